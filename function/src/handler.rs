@@ -1,0 +1,174 @@
+//! The invocation handler: one DynamoDB Streams batch in, a batch item failure list out.
+
+use std::time::Instant;
+
+use aws_lambda_events::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse};
+use futures::stream::{self, StreamExt};
+use serde_json::Value;
+
+use crate::config::Config;
+use crate::plan::{plan_batch, Step, UserPlan};
+use crate::store::{ObjectStore, StoreError};
+
+/// Everything an invocation needs, built once at cold start.
+#[derive(Debug)]
+pub struct Mirror<S> {
+    pub store: S,
+    pub config: Config,
+}
+
+/// The invocation payload is something other than a DynamoDB Streams event.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("the payload is not a DynamoDB Streams event: {0}")]
+pub struct NotAStreamsEvent(pub String);
+
+impl From<NotAStreamsEvent> for lambda_runtime::Diagnostic {
+    fn from(err: NotAStreamsEvent) -> Self {
+        lambda_runtime::Diagnostic {
+            error_type: "NotAStreamsEvent".to_owned(),
+            error_message: err.to_string(),
+        }
+    }
+}
+
+/// What one batch did, as logged in its summary line.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BatchSummary {
+    pub records: usize,
+    pub puts: usize,
+    pub deletes: usize,
+    pub coalesced: usize,
+    pub skipped: usize,
+    pub failed_users: usize,
+}
+
+/// Handles one invocation: applies the batch to the store and reports the users that failed.
+pub async fn handle_event<S: ObjectStore>(
+    mirror: &Mirror<S>,
+    payload: Value,
+) -> Result<DynamoDbEventResponse, NotAStreamsEvent> {
+    let records = stream_records(payload)?;
+    let (response, _) = process_batch(mirror, records).await;
+    Ok(response)
+}
+
+/// Takes the `Records` array out of a payload, refusing payloads of other event sources.
+pub fn stream_records(payload: Value) -> Result<Vec<Value>, NotAStreamsEvent> {
+    let Value::Object(mut event) = payload else {
+        return Err(NotAStreamsEvent(format!(
+            "expected a JSON object, got {}",
+            json_kind(&payload)
+        )));
+    };
+    let records = match event.remove("Records") {
+        Some(Value::Array(records)) => records,
+        Some(other) => {
+            return Err(NotAStreamsEvent(format!(
+                "\"Records\" is {}, expected an array",
+                json_kind(&other)
+            )))
+        }
+        None => return Err(NotAStreamsEvent("it has no \"Records\" array".to_owned())),
+    };
+    if let Some(source) = records
+        .iter()
+        .filter_map(|r| r.get("eventSource").and_then(Value::as_str))
+        .find(|source| *source != "aws:dynamodb")
+    {
+        return Err(NotAStreamsEvent(format!(
+            "it holds records of {source:?}, expected \"aws:dynamodb\""
+        )));
+    }
+    Ok(records)
+}
+
+fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Plans and applies a batch of raw stream records; logs one summary line.
+pub async fn process_batch<S: ObjectStore>(
+    mirror: &Mirror<S>,
+    records: Vec<Value>,
+) -> (DynamoDbEventResponse, BatchSummary) {
+    let started = Instant::now();
+    let plan = plan_batch(records, &mirror.config);
+
+    for skipped in &plan.skipped {
+        tracing::error!(
+            event_id = skipped.event_id.as_deref().unwrap_or("-"),
+            sequence_number = skipped.sequence_number.as_deref().unwrap_or("-"),
+            reason = %skipped.reason,
+            "skipped a record that can never succeed"
+        );
+    }
+
+    let store = &mirror.store;
+    let mut outcomes: Vec<(usize, Result<(), StoreError>)> =
+        stream::iter(plan.users.iter().enumerate())
+            .map(|(index, user)| async move { (index, apply_user(store, user).await) })
+            .buffer_unordered(mirror.config.max_concurrency.get())
+            .collect()
+            .await;
+    // Report failures in stream order, whatever order the work finished in.
+    outcomes.sort_unstable_by_key(|(index, _)| *index);
+
+    let mut response = DynamoDbEventResponse::default();
+    for (index, outcome) in outcomes {
+        if let Err(err) = outcome {
+            let user = &plan.users[index];
+            tracing::error!(
+                user = %user.name,
+                sequence_number = %user.first_sequence_number,
+                error = %err,
+                "failed to apply the user's records; reporting them for retry"
+            );
+            let mut failure = DynamoDbBatchItemFailure::default();
+            failure.item_identifier = Some(user.first_sequence_number.clone());
+            response.batch_item_failures.push(failure);
+        }
+    }
+
+    let steps = plan.users.iter().flat_map(|u| &u.steps);
+    let summary = BatchSummary {
+        records: plan.records,
+        puts: steps.clone().filter(|s| matches!(s, Step::Put(_))).count(),
+        deletes: steps.filter(|s| !matches!(s, Step::Put(_))).count(),
+        coalesced: plan.coalesced(),
+        skipped: plan.skipped.len(),
+        failed_users: response.batch_item_failures.len(),
+    };
+    tracing::info!(
+        records = summary.records,
+        users = plan.users.len(),
+        puts = summary.puts,
+        deletes = summary.deletes,
+        coalesced = summary.coalesced,
+        skipped = summary.skipped,
+        failed = summary.failed_users,
+        ms = started.elapsed().as_millis() as u64,
+        "batch processed"
+    );
+    (response, summary)
+}
+
+/// Runs a user's steps in order, stopping at the first failure: later steps must not overtake it.
+async fn apply_user<S: ObjectStore>(store: &S, user: &UserPlan) -> Result<(), StoreError> {
+    for step in &user.steps {
+        match step {
+            Step::Put(body) => store.put(&user.keys.object, body.clone()).await?,
+            Step::DeleteObject => store.delete(&user.keys.object).await?,
+            Step::DeletePrefix => {
+                store.delete_prefix(&user.keys.prefix).await?;
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,258 @@
+//! Turning a batch of stream records into per-user S3 work.
+//!
+//! Records of one user are reduced, in stream order, to the shortest list of steps that leaves
+//! S3 as applying them one by one would: the last write wins for the user's object, and with
+//! `DELETE_SCOPE=prefix` any `REMOVE` in the batch becomes one prefix delete that runs before
+//! the final write. Users are independent of each other, so their plans can run concurrently.
+
+use std::collections::HashMap;
+
+use aws_lambda_events::event::dynamodb::EventRecord;
+use serde_dynamo::AttributeValue;
+use serde_json::Value;
+
+use crate::config::{Config, DeleteScope};
+use crate::image::item_to_json;
+use crate::key::{user_keys, KeyTooLong, UserKeys};
+
+/// One S3 operation of a user's plan.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Write the user's object with this JSON body.
+    Put(Vec<u8>),
+    /// Delete the user's object.
+    DeleteObject,
+    /// Delete every object under the user's prefix.
+    DeletePrefix,
+}
+
+/// The work for one user in one batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserPlan {
+    pub name: String,
+    pub keys: UserKeys,
+    /// Sequence number of the user's earliest record in the batch: where Lambda must resume
+    /// if this user's steps fail.
+    pub first_sequence_number: String,
+    /// How many records of the batch this plan covers.
+    pub records: usize,
+    pub steps: Vec<Step>,
+}
+
+/// A record that can never succeed, so it is logged and passed over instead of retried.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SkippedRecord {
+    pub event_id: Option<String>,
+    pub sequence_number: Option<String>,
+    pub reason: SkipReason,
+}
+
+/// Why a record was passed over.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SkipReason {
+    #[error("not a DynamoDB stream record: {0}")]
+    Malformed(String),
+    #[error("the record has no dynamodb.SequenceNumber")]
+    MissingSequenceNumber,
+    #[error("unknown eventName {0:?}; expected INSERT, MODIFY or REMOVE")]
+    UnknownEventName(String),
+    #[error("key attribute {attribute:?} is missing from the record")]
+    KeyMissing { attribute: String },
+    #[error("key attribute {attribute:?} is {found}, expected a string")]
+    KeyNotString {
+        attribute: String,
+        found: &'static str,
+    },
+    #[error("key attribute {attribute:?} is an empty string")]
+    KeyEmpty { attribute: String },
+    #[error("{0}")]
+    KeyTooLong(#[from] KeyTooLong),
+}
+
+/// The work for a whole batch.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// One entry per user, in the order of each user's first record.
+    pub users: Vec<UserPlan>,
+    pub skipped: Vec<SkippedRecord>,
+    /// Records in the batch, skipped ones included.
+    pub records: usize,
+}
+
+impl Plan {
+    /// Records whose effect is folded into a later record of the same user.
+    pub fn coalesced(&self) -> usize {
+        let planned: usize = self.users.iter().map(|u| u.records).sum();
+        let steps: usize = self.users.iter().map(|u| u.steps.len()).sum();
+        planned.saturating_sub(steps)
+    }
+}
+
+enum Change {
+    Write,
+    Remove,
+}
+
+struct UserRecords {
+    name: String,
+    keys: UserKeys,
+    first_sequence_number: String,
+    records: usize,
+    removed: bool,
+    last: Option<(Change, EventRecord)>,
+}
+
+/// Plans a batch of raw records (the `Records` array of a DynamoDB Streams event).
+pub fn plan_batch(records: Vec<Value>, config: &Config) -> Plan {
+    let mut plan = Plan {
+        records: records.len(),
+        ..Plan::default()
+    };
+    let mut users: Vec<UserRecords> = Vec::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
+
+    for raw in records {
+        let (event_id, sequence_number) = identity_of(&raw);
+        let record = match serde_json::from_value::<EventRecord>(raw) {
+            Ok(record) => record,
+            Err(err) => {
+                plan.skipped.push(SkippedRecord {
+                    event_id,
+                    sequence_number,
+                    reason: SkipReason::Malformed(err.to_string()),
+                });
+                continue;
+            }
+        };
+        let skip = |reason| SkippedRecord {
+            event_id: Some(record.event_id.clone()),
+            sequence_number: record.change.sequence_number.clone(),
+            reason,
+        };
+        let Some(sequence_number) = record.change.sequence_number.clone() else {
+            plan.skipped.push(skip(SkipReason::MissingSequenceNumber));
+            continue;
+        };
+        let change = match record.event_name.as_str() {
+            "INSERT" | "MODIFY" => Change::Write,
+            "REMOVE" => Change::Remove,
+            other => {
+                plan.skipped
+                    .push(skip(SkipReason::UnknownEventName(other.to_owned())));
+                continue;
+            }
+        };
+        let name = match user_name(&record, &config.key_attribute) {
+            Ok(name) => name,
+            Err(reason) => {
+                plan.skipped.push(skip(reason));
+                continue;
+            }
+        };
+        let slot = match index.get(&name) {
+            Some(&slot) => slot,
+            None => {
+                let keys = match user_keys(&config.key_prefix, &name, &config.object_name) {
+                    Ok(keys) => keys,
+                    Err(too_long) => {
+                        plan.skipped.push(skip(too_long.into()));
+                        continue;
+                    }
+                };
+                users.push(UserRecords {
+                    name: name.clone(),
+                    keys,
+                    first_sequence_number: sequence_number,
+                    records: 0,
+                    removed: false,
+                    last: None,
+                });
+                index.insert(name, users.len() - 1);
+                users.len() - 1
+            }
+        };
+        let user = &mut users[slot];
+        user.records += 1;
+        user.removed |= matches!(change, Change::Remove);
+        user.last = Some((change, record));
+    }
+
+    plan.users = users
+        .into_iter()
+        .map(|user| finish(user, config.delete_scope))
+        .collect();
+    plan
+}
+
+fn finish(user: UserRecords, scope: DeleteScope) -> UserPlan {
+    let mut steps = Vec::with_capacity(2);
+    if scope == DeleteScope::Prefix && user.removed {
+        steps.push(Step::DeletePrefix);
+    }
+    match user.last {
+        Some((Change::Write, record)) => steps.push(Step::Put(object_body(&record))),
+        Some((Change::Remove, _)) if scope == DeleteScope::Object => steps.push(Step::DeleteObject),
+        _ => {}
+    }
+    UserPlan {
+        name: user.name,
+        keys: user.keys,
+        first_sequence_number: user.first_sequence_number,
+        records: user.records,
+        steps,
+    }
+}
+
+/// The object body: the new image, or the keys where the stream carries no image (KEYS_ONLY).
+fn object_body(record: &EventRecord) -> Vec<u8> {
+    let image = if record.change.new_image.is_empty() {
+        &record.change.keys
+    } else {
+        &record.change.new_image
+    };
+    serde_json::to_vec(&item_to_json(image)).expect("a JSON value always serializes")
+}
+
+fn user_name(record: &EventRecord, attribute: &str) -> Result<String, SkipReason> {
+    let change = &record.change;
+    let value = [&change.keys, &change.new_image, &change.old_image]
+        .into_iter()
+        .find_map(|item| item.get(attribute))
+        .ok_or_else(|| SkipReason::KeyMissing {
+            attribute: attribute.to_owned(),
+        })?;
+    match value {
+        AttributeValue::S(name) if name.is_empty() => Err(SkipReason::KeyEmpty {
+            attribute: attribute.to_owned(),
+        }),
+        AttributeValue::S(name) => Ok(name.clone()),
+        other => Err(SkipReason::KeyNotString {
+            attribute: attribute.to_owned(),
+            found: type_name(other),
+        }),
+    }
+}
+
+fn type_name(value: &AttributeValue) -> &'static str {
+    match value {
+        AttributeValue::N(_) => "a number",
+        AttributeValue::S(_) => "a string",
+        AttributeValue::Bool(_) => "a boolean",
+        AttributeValue::B(_) => "binary",
+        AttributeValue::Null(_) => "null",
+        AttributeValue::M(_) => "a map",
+        AttributeValue::L(_) => "a list",
+        AttributeValue::Ss(_) => "a string set",
+        AttributeValue::Ns(_) => "a number set",
+        AttributeValue::Bs(_) => "a binary set",
+    }
+}
+
+/// The event ID and sequence number of a raw record, as far as it has them, for logging.
+fn identity_of(raw: &Value) -> (Option<String>, Option<String>) {
+    let text = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_owned);
+    (
+        text(raw.get("eventID")),
+        text(raw.get("dynamodb").and_then(|d| d.get("SequenceNumber"))),
+    )
+}

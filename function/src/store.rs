@@ -1,0 +1,143 @@
+//! Where user objects are written: S3 in production, an in-memory fake in unit tests.
+
+use std::future::Future;
+
+use aws_sdk_s3::error::DisplayErrorContext;
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{Delete, ObjectIdentifier};
+
+/// An S3 operation that failed after the SDK's own retries.
+#[derive(Debug, thiserror::Error)]
+#[error("failed to {operation} {key:?}: {message}")]
+pub struct StoreError {
+    pub operation: &'static str,
+    pub key: String,
+    pub message: String,
+}
+
+/// The three operations the function needs from a bucket. Every one is idempotent, which is
+/// what makes replaying a partly applied batch safe.
+pub trait ObjectStore: Sync {
+    /// Writes `body` as a JSON object at `key`.
+    fn put(&self, key: &str, body: Vec<u8>) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Deletes the object at `key`; deleting a missing object succeeds.
+    fn delete(&self, key: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Deletes every object whose key starts with `prefix`; returns how many there were.
+    fn delete_prefix(&self, prefix: &str)
+        -> impl Future<Output = Result<usize, StoreError>> + Send;
+}
+
+/// The most keys one DeleteObjects request may name.
+const DELETE_OBJECTS_LIMIT: usize = 1000;
+
+/// A bucket reached through the AWS SDK.
+#[derive(Clone, Debug)]
+pub struct S3Store {
+    client: aws_sdk_s3::Client,
+    bucket: String,
+}
+
+impl S3Store {
+    pub fn new(client: aws_sdk_s3::Client, bucket: impl Into<String>) -> Self {
+        Self {
+            client,
+            bucket: bucket.into(),
+        }
+    }
+}
+
+fn store_error(operation: &'static str, key: &str, err: impl std::error::Error) -> StoreError {
+    StoreError {
+        operation,
+        key: key.to_owned(),
+        message: DisplayErrorContext(err).to_string(),
+    }
+}
+
+impl ObjectStore for S3Store {
+    async fn put(&self, key: &str, body: Vec<u8>) -> Result<(), StoreError> {
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type("application/json")
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map_err(|err| store_error("put", key, err))?;
+        Ok(())
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|err| store_error("delete", key, err))?;
+        Ok(())
+    }
+
+    async fn delete_prefix(&self, prefix: &str) -> Result<usize, StoreError> {
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(prefix)
+            .into_paginator()
+            .send();
+        let mut deleted = 0;
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|err| store_error("list objects under", prefix, err))?;
+            let keys: Vec<String> = page
+                .contents()
+                .iter()
+                .filter_map(|o| o.key().map(str::to_owned))
+                .collect();
+            for chunk in keys.chunks(DELETE_OBJECTS_LIMIT) {
+                deleted += self.delete_keys(prefix, chunk).await?;
+            }
+        }
+        Ok(deleted)
+    }
+}
+
+impl S3Store {
+    async fn delete_keys(&self, prefix: &str, keys: &[String]) -> Result<usize, StoreError> {
+        let objects = keys
+            .iter()
+            .map(|key| ObjectIdentifier::builder().key(key).build())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|err| store_error("delete objects under", prefix, err))?;
+        let delete = Delete::builder()
+            .set_objects(Some(objects))
+            .quiet(true)
+            .build()
+            .map_err(|err| store_error("delete objects under", prefix, err))?;
+        let output = self
+            .client
+            .delete_objects()
+            .bucket(&self.bucket)
+            .delete(delete)
+            .send()
+            .await
+            .map_err(|err| store_error("delete objects under", prefix, err))?;
+        // DeleteObjects answers 200 even when single keys fail; those are in `Errors`.
+        if let Some(first) = output.errors().first() {
+            return Err(StoreError {
+                operation: "delete objects under",
+                key: prefix.to_owned(),
+                message: format!(
+                    "{} of {} keys failed, first {:?}: {} {}",
+                    output.errors().len(),
+                    keys.len(),
+                    first.key().unwrap_or_default(),
+                    first.code().unwrap_or("unknown error"),
+                    first.message().unwrap_or_default()
+                ),
+            });
+        }
+        Ok(keys.len())
+    }
+}

@@ -1,0 +1,305 @@
+//! The handler over an in-memory bucket: behaviour, ordering, failures and bad input.
+
+mod support;
+
+use proptest::prelude::*;
+use serde_json::{json, Value};
+use support::{config, fixture, record, MemoryStore};
+use usersync_function::{
+    handle_event, process_batch, stream_records, DeleteScope, Mirror, NotAStreamsEvent,
+};
+
+fn mirror(store: MemoryStore, scope: DeleteScope) -> Mirror<MemoryStore> {
+    Mirror {
+        store,
+        config: config(scope),
+    }
+}
+
+fn failures(response: &aws_lambda_events::streams::DynamoDbEventResponse) -> Vec<String> {
+    response
+        .batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.clone().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_real_event_puts_modifies_and_deletes() {
+    let mirror = mirror(
+        MemoryStore::with_objects(&[("carol/userdata", "{}")]),
+        DeleteScope::Object,
+    );
+    let response = handle_event(&mirror, fixture("insert_modify_remove.json"))
+        .await
+        .unwrap();
+    assert!(response.batch_item_failures.is_empty());
+    assert_eq!(
+        mirror.store.body("alice/userdata"),
+        Some(json!({"name": "alice", "plan": "enterprise", "seats": 50}))
+    );
+    assert_eq!(
+        mirror.store.body("bob/userdata"),
+        Some(json!({"name": "bob", "plan": "free"}))
+    );
+    assert_eq!(mirror.store.snapshot().len(), 2, "carol's object is gone");
+    // alice's INSERT and MODIFY were coalesced into one put.
+    let calls = mirror.store.calls.lock().unwrap().clone();
+    assert_eq!(
+        calls
+            .iter()
+            .filter(|c| c.as_str() == "put alice/userdata")
+            .count(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn keys_only_records_write_the_keys_and_ttl_removals_delete() {
+    let mirror = mirror(
+        MemoryStore::with_objects(&[("erin/userdata", "{}")]),
+        DeleteScope::Object,
+    );
+    let response = handle_event(&mirror, fixture("ttl_expiry_keys_only.json"))
+        .await
+        .unwrap();
+    assert!(response.batch_item_failures.is_empty());
+    assert_eq!(
+        mirror.store.body("dave/userdata"),
+        Some(json!({"name": "dave"}))
+    );
+    assert_eq!(mirror.store.body("erin/userdata"), None);
+}
+
+#[tokio::test]
+async fn records_that_can_never_succeed_are_skipped_not_retried() {
+    let mirror = mirror(MemoryStore::default(), DeleteScope::Object);
+    let records = stream_records(fixture("poison_records.json")).unwrap();
+    let (response, summary) = process_batch(&mirror, records).await;
+    assert!(
+        response.batch_item_failures.is_empty(),
+        "poison records must not block the shard"
+    );
+    assert_eq!(summary.records, 7);
+    assert_eq!(summary.skipped, 6);
+    assert_eq!(summary.puts, 1);
+    assert_eq!(
+        mirror.store.body("good/userdata"),
+        Some(json!({"name": "good"}))
+    );
+}
+
+#[tokio::test]
+async fn a_key_over_the_s3_limit_is_skipped_and_later_records_still_apply() {
+    let mirror = mirror(MemoryStore::default(), DeleteScope::Object);
+    let long = "x".repeat(1020);
+    let records = vec![
+        record("INSERT", &long, 1, Some(json!({}))),
+        record("INSERT", "after", 2, Some(json!({}))),
+    ];
+    let (response, summary) = process_batch(&mirror, records).await;
+    assert!(response.batch_item_failures.is_empty());
+    assert_eq!(summary.skipped, 1);
+    assert_eq!(
+        mirror.store.snapshot().keys().collect::<Vec<_>>(),
+        ["after/userdata"]
+    );
+}
+
+#[tokio::test]
+async fn a_failed_user_is_reported_by_its_earliest_sequence_number() {
+    let store = MemoryStore::failing(&["bob/userdata"]);
+    let mirror = mirror(store, DeleteScope::Object);
+    let records = vec![
+        record("INSERT", "alice", 10, Some(json!({}))),
+        record("INSERT", "bob", 11, Some(json!({"v": {"N": "1"}}))),
+        record("INSERT", "carol", 12, Some(json!({}))),
+        record("MODIFY", "bob", 13, Some(json!({"v": {"N": "2"}}))),
+    ];
+    let (response, summary) = process_batch(&mirror, records).await;
+    assert_eq!(failures(&response), [format!("{:030}", 11)]);
+    assert_eq!(summary.failed_users, 1);
+    let keys: Vec<String> = mirror.store.snapshot().into_keys().collect();
+    assert_eq!(keys, ["alice/userdata", "carol/userdata"]);
+}
+
+#[tokio::test]
+async fn several_failed_users_are_reported_in_stream_order() {
+    let store = MemoryStore::failing(&["c/userdata", "a/userdata"]);
+    let mirror = mirror(store, DeleteScope::Object);
+    let records = (0..6)
+        .map(|i| record("INSERT", ["a", "b", "c"][i % 3], i as u64, Some(json!({}))))
+        .collect();
+    let (response, _) = process_batch(&mirror, records).await;
+    assert_eq!(
+        failures(&response),
+        [format!("{:030}", 0), format!("{:030}", 2)]
+    );
+}
+
+#[tokio::test]
+async fn a_failed_prefix_delete_stops_the_users_later_put() {
+    let store = MemoryStore::failing(&["alice/"]);
+    let mirror = mirror(store, DeleteScope::Prefix);
+    let records = vec![
+        record("REMOVE", "alice", 1, None),
+        record("INSERT", "alice", 2, Some(json!({}))),
+    ];
+    let (response, _) = process_batch(&mirror, records).await;
+    assert_eq!(failures(&response), [format!("{:030}", 1)]);
+    assert!(
+        mirror.store.snapshot().is_empty(),
+        "the put must not overtake the failed delete"
+    );
+}
+
+#[tokio::test]
+async fn insert_then_remove_in_one_batch_leaves_nothing() {
+    let mirror = mirror(MemoryStore::default(), DeleteScope::Object);
+    let records = vec![
+        record("INSERT", "alice", 1, Some(json!({}))),
+        record("REMOVE", "alice", 2, None),
+    ];
+    let (response, summary) = process_batch(&mirror, records).await;
+    assert!(response.batch_item_failures.is_empty());
+    assert_eq!(
+        (summary.puts, summary.deletes, summary.coalesced),
+        (0, 1, 1)
+    );
+    assert!(mirror.store.snapshot().is_empty());
+}
+
+#[tokio::test]
+async fn prefix_scope_removes_everything_under_the_user_only() {
+    let store = MemoryStore::with_objects(&[
+        ("alice/userdata", "{}"),
+        ("alice/avatar.png", "png"),
+        ("alice2/userdata", "{}"),
+        ("alicex/userdata", "{}"),
+    ]);
+    let mirror = mirror(store, DeleteScope::Prefix);
+    let (response, _) = process_batch(&mirror, vec![record("REMOVE", "alice", 1, None)]).await;
+    assert!(response.batch_item_failures.is_empty());
+    let keys: Vec<String> = mirror.store.snapshot().into_keys().collect();
+    assert_eq!(keys, ["alice2/userdata", "alicex/userdata"]);
+}
+
+#[tokio::test]
+async fn names_cannot_reach_another_users_objects() {
+    let store = MemoryStore::with_objects(&[("bob/userdata", "{}"), ("bob/secret", "s")]);
+    let mirror = mirror(store, DeleteScope::Prefix);
+    let records = vec![
+        record("REMOVE", "bob/..", 1, None),
+        record("REMOVE", "..", 2, None),
+        record("INSERT", "bob/userdata", 3, Some(json!({}))),
+    ];
+    let (response, _) = process_batch(&mirror, records).await;
+    assert!(response.batch_item_failures.is_empty());
+    let keys: Vec<String> = mirror.store.snapshot().into_keys().collect();
+    assert_eq!(
+        keys,
+        ["bob%2Fuserdata/userdata", "bob/secret", "bob/userdata"]
+    );
+}
+
+#[tokio::test]
+async fn payloads_that_are_not_stream_events_fail_the_invocation_clearly() {
+    let mirror = mirror(MemoryStore::default(), DeleteScope::Object);
+    let cases: Vec<(Value, &str)> = vec![
+        (json!("hello"), "expected a JSON object, got a string"),
+        (json!({"detail": {}}), "no \"Records\" array"),
+        (json!({"Records": {}}), "\"Records\" is an object"),
+        (
+            json!({"Records": [{"eventSource": "aws:sqs", "body": "x"}]}),
+            "records of \"aws:sqs\"",
+        ),
+    ];
+    for (payload, fragment) in cases {
+        let err: NotAStreamsEvent = handle_event(&mirror, payload).await.unwrap_err();
+        let message = err.to_string();
+        assert!(
+            message.starts_with("the payload is not a DynamoDB Streams event"),
+            "{message}"
+        );
+        assert!(
+            message.contains(fragment),
+            "{message:?} should contain {fragment:?}"
+        );
+    }
+    let response = handle_event(&mirror, json!({"Records": []})).await.unwrap();
+    assert!(response.batch_item_failures.is_empty());
+}
+
+#[test]
+fn the_response_serializes_as_lambda_expects() {
+    let mut failure = aws_lambda_events::streams::DynamoDbBatchItemFailure::default();
+    failure.item_identifier = Some("42".to_owned());
+    let mut response = aws_lambda_events::streams::DynamoDbEventResponse::default();
+    response.batch_item_failures.push(failure);
+    assert_eq!(
+        serde_json::to_value(&response).unwrap(),
+        json!({"batchItemFailures": [{"itemIdentifier": "42"}]})
+    );
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Write(u8),
+    Remove,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![3 => (0u8..4).prop_map(Op::Write), 2 => Just(Op::Remove)]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    /// The bucket after a batch equals applying its records one by one, whatever the
+    /// interleaving of users, the delete scope and the concurrency.
+    #[test]
+    fn a_batch_equals_its_records_applied_in_order(
+        ops in prop::collection::vec((0usize..4, op()), 0..40),
+        prefix_scope in any::<bool>(),
+        extras in prop::collection::vec(0usize..4, 0..4),
+        concurrency in 1usize..8,
+    ) {
+        let users = ["ann", "ben", "cy", "ann2"];
+        let scope = if prefix_scope { DeleteScope::Prefix } else { DeleteScope::Object };
+        let initial: Vec<(String, String)> = extras.iter().map(|&u| (format!("{}/extra", users[u]), "x".to_owned())).collect();
+
+        let mut expected = std::collections::BTreeMap::new();
+        for (key, value) in &initial {
+            expected.insert(key.clone(), value.as_bytes().to_vec());
+        }
+        let mut records = Vec::new();
+        for (seq, (user, op)) in ops.iter().enumerate() {
+            let name = users[*user];
+            let object = format!("{name}/userdata");
+            match op {
+                Op::Write(v) => {
+                    let event = if seq % 2 == 0 { "INSERT" } else { "MODIFY" };
+                    records.push(record(event, name, seq as u64, Some(json!({"v": {"N": v.to_string()}}))));
+                    expected.insert(object, serde_json::to_vec(&json!({"name": name, "v": v})).unwrap());
+                }
+                Op::Remove => {
+                    records.push(record("REMOVE", name, seq as u64, None));
+                    if prefix_scope {
+                        expected.retain(|k, _| !k.starts_with(&format!("{name}/")));
+                    } else {
+                        expected.remove(&object);
+                    }
+                }
+            }
+        }
+
+        let initial_refs: Vec<(&str, &str)> = initial.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let mut mirror = mirror(MemoryStore::with_objects(&initial_refs), scope);
+        mirror.config.max_concurrency = std::num::NonZeroUsize::new(concurrency).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let (response, summary) = runtime.block_on(process_batch(&mirror, records));
+        prop_assert!(response.batch_item_failures.is_empty());
+        prop_assert_eq!(summary.records, ops.len());
+        prop_assert_eq!(mirror.store.snapshot(), expected);
+    }
+}
