@@ -1,1 +1,4 @@
+//! Shared harness of usersync's end-to-end and integration tests.
 
+pub mod emulator;
+pub mod records;

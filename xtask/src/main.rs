@@ -1,1 +1,69 @@
-fn main() {}
+//! `cargo xtask`: usersync's command line. Each subcommand is a thin layer over `deployer`.
+//!
+//! Exit codes: 0 success, 1 the operation failed, 2 bad usage (unknown flag, invalid value).
+
+mod args;
+mod build;
+mod console;
+mod deploy;
+mod status;
+mod synth;
+mod teardown;
+mod test;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", version, about = "Build, deploy and test usersync")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    #[command(flatten)]
+    target: args::TargetArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build the function archive for Lambda (target/lambda/function/bootstrap.zip)
+    Build(build::BuildArgs),
+    /// Print the CloudFormation template
+    Synth(synth::SynthArgs),
+    /// Build, upload and create or update the stack through a change set
+    Deploy(deploy::DeployArgs),
+    /// Show the stack, its resources, the event source mapping, the failure queue and the bucket
+    Status,
+    /// Empty the data bucket, delete the stack and remove the uploaded archives
+    Teardown(teardown::TeardownArgs),
+    /// Run every check CI runs: format, clippy, unit tests, template lint and the end-to-end suite
+    Test(test::TestArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: failed to start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let target = &cli.target;
+    let result = match cli.command {
+        Command::Build(args) => build::run(args, target),
+        Command::Synth(args) => synth::run(args, target),
+        Command::Deploy(args) => runtime.block_on(deploy::run(args, target)),
+        Command::Status => runtime.block_on(status::run(target)),
+        Command::Teardown(args) => runtime.block_on(teardown::run(args, target)),
+        Command::Test(args) => test::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // The whole chain once, ripgrep-style: "error: failed to X: because Y: because Z".
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

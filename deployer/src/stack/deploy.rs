@@ -1,0 +1,236 @@
+//! Creating or updating the stack through a change set.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use aws_sdk_cloudformation::types::{Capability, Change, ChangeSetStatus, ChangeSetType};
+
+use super::wait::{seen_events, wait_for_stack};
+use super::{aws_error, describe_stack, outputs_of, poll_interval, status_of, StackError};
+use crate::console::Console;
+use crate::target::Target;
+
+/// How long a change set may take to be computed.
+const CHANGE_SET_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+
+/// What a deploy did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DeployOutcome {
+    /// The template matched the stack: nothing was executed.
+    UpToDate { outputs: BTreeMap<String, String> },
+    /// The stack was created (`created`) or updated.
+    Deployed {
+        created: bool,
+        changes: Vec<String>,
+        outputs: BTreeMap<String, String>,
+    },
+}
+
+impl DeployOutcome {
+    pub fn outputs(&self) -> &BTreeMap<String, String> {
+        match self {
+            DeployOutcome::UpToDate { outputs } | DeployOutcome::Deployed { outputs, .. } => outputs,
+        }
+    }
+}
+
+/// Creates or updates `stack` to `template_body` through a change set, shows what will change,
+/// executes it and waits, printing resource events as they happen.
+///
+/// A stack left in `ROLLBACK_COMPLETE` by a failed create cannot be updated: it is deleted and
+/// created again, once `console` confirms.
+pub async fn deploy(
+    target: &Target,
+    stack: &str,
+    template_body: &str,
+    console: &mut dyn Console,
+) -> Result<DeployOutcome, StackError> {
+    let existing = describe_stack(target, stack).await?;
+    let change_set_type = match existing.as_ref().map(status_of).as_deref() {
+        None | Some("REVIEW_IN_PROGRESS") => ChangeSetType::Create,
+        Some("ROLLBACK_COMPLETE") => {
+            let question = format!(
+                "stack {stack} is in ROLLBACK_COMPLETE after a failed create and must be deleted before it can be created again; delete it?"
+            );
+            if !console.confirm(&question) {
+                return Err(StackError::Declined(format!("stack {stack} is in ROLLBACK_COMPLETE")));
+            }
+            delete_failed_stack(target, stack, existing.as_ref().and_then(|s| s.stack_id()), console).await?;
+            ChangeSetType::Create
+        }
+        Some(status) if status.ends_with("_IN_PROGRESS") => {
+            return Err(StackError::Busy {
+                stack: stack.to_owned(),
+                status: status.to_owned(),
+            })
+        }
+        Some(_) => ChangeSetType::Update,
+    };
+    let creating = change_set_type == ChangeSetType::Create;
+
+    let cfn = target.cloudformation();
+    let name = format!(
+        "usersync-{}",
+        SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or_default()
+    );
+    console.waiting("planning changes");
+    let created = cfn
+        .create_change_set()
+        .stack_name(stack)
+        .change_set_name(&name)
+        .change_set_type(change_set_type)
+        .template_body(template_body)
+        .capabilities(Capability::CapabilityIam)
+        .send()
+        .await
+        .map_err(|err| aws_error(format!("create a change set for stack {stack}"), err))?;
+    let change_set = created.id().unwrap_or(&name).to_owned();
+
+    let changes = match wait_for_change_set(target, stack, &change_set).await? {
+        Some(changes) => changes,
+        None => {
+            // Leave no pending change set behind; failing to delete it is harmless.
+            let _ = cfn.delete_change_set().stack_name(stack).change_set_name(&change_set).send().await;
+            let stack_now = describe_stack(target, stack).await?;
+            return Ok(DeployOutcome::UpToDate {
+                outputs: stack_now.as_ref().map(outputs_of).unwrap_or_default(),
+            });
+        }
+    };
+    console.line(&format!(
+        "{} stack {stack} on {}: {} change(s)",
+        if creating { "creating" } else { "updating" },
+        target.describe(),
+        changes.len()
+    ));
+    for change in &changes {
+        console.line(change);
+    }
+
+    // On a new stack the events start with the change set's REVIEW_IN_PROGRESS; skip those.
+    let stack_id = created.stack_id().unwrap_or(stack).to_owned();
+    let seen = seen_events(target, &stack_id).await?;
+    cfn.execute_change_set()
+        .stack_name(stack)
+        .change_set_name(&change_set)
+        .send()
+        .await
+        .map_err(|err| aws_error(format!("execute the change set of stack {stack}"), err))?;
+    let finished = wait_for_stack(target, &stack_id, seen, console).await?;
+    let status = finished.status.unwrap_or_else(|| "DELETE_COMPLETE".to_owned());
+    if status != "CREATE_COMPLETE" && status != "UPDATE_COMPLETE" {
+        return Err(StackError::DeployFailed {
+            stack: stack.to_owned(),
+            status,
+            failures: finished.failures,
+        });
+    }
+    let stack_now = describe_stack(target, &stack_id).await?;
+    Ok(DeployOutcome::Deployed {
+        created: creating,
+        changes,
+        outputs: stack_now.as_ref().map(outputs_of).unwrap_or_default(),
+    })
+}
+
+/// Waits for the change set; `None` when it holds no changes.
+async fn wait_for_change_set(target: &Target, stack: &str, change_set: &str) -> Result<Option<Vec<String>>, StackError> {
+    let cfn = target.cloudformation();
+    let started = Instant::now();
+    loop {
+        let described = cfn
+            .describe_change_set()
+            .stack_name(stack)
+            .change_set_name(change_set)
+            .send()
+            .await
+            .map_err(|err| aws_error(format!("read the change set of stack {stack}"), err))?;
+        match described.status() {
+            Some(ChangeSetStatus::CreateComplete) => {
+                let mut changes: Vec<String> = described.changes().iter().map(describe_change).collect();
+                let mut token = described.next_token().map(str::to_owned);
+                while let Some(next) = token {
+                    let page = cfn
+                        .describe_change_set()
+                        .stack_name(stack)
+                        .change_set_name(change_set)
+                        .next_token(next)
+                        .send()
+                        .await
+                        .map_err(|err| aws_error(format!("read the change set of stack {stack}"), err))?;
+                    changes.extend(page.changes().iter().map(describe_change));
+                    token = page.next_token().map(str::to_owned);
+                }
+                return Ok((!changes.is_empty()).then_some(changes));
+            }
+            Some(ChangeSetStatus::Failed) => {
+                let reason = described.status_reason().unwrap_or("no reason given");
+                // AWS's way of saying "nothing to do".
+                if reason.contains("didn't contain changes") || reason.contains("No updates are to be performed") {
+                    return Ok(None);
+                }
+                return Err(StackError::ChangeSetFailed {
+                    stack: stack.to_owned(),
+                    reason: reason.to_owned(),
+                });
+            }
+            _ if started.elapsed() > CHANGE_SET_TIMEOUT => {
+                return Err(StackError::Timeout {
+                    stack: stack.to_owned(),
+                    status: "change set CREATE_PENDING".to_owned(),
+                    waited: CHANGE_SET_TIMEOUT,
+                })
+            }
+            _ => tokio::time::sleep(poll_interval(target)).await,
+        }
+    }
+}
+
+/// One line per change: `+ Add    UsersTable  AWS::DynamoDB::Table`.
+fn describe_change(change: &Change) -> String {
+    let Some(resource) = change.resource_change() else {
+        return "  ? (a change CloudFormation did not describe)".to_owned();
+    };
+    let action = resource.action().map(|a| a.as_str()).unwrap_or("?");
+    let sign = match action {
+        "Add" => '+',
+        "Remove" => '-',
+        "Modify" => '~',
+        _ => '?',
+    };
+    let mut line = format!(
+        "  {sign} {action:<7} {:<22} {}",
+        resource.logical_resource_id().unwrap_or("-"),
+        resource.resource_type().unwrap_or("-")
+    );
+    if let Some(replacement) = resource.replacement().filter(|r| r.as_str() != "False") {
+        line.push_str(&format!("  (replacement: {})", replacement.as_str()));
+    }
+    line
+}
+
+async fn delete_failed_stack(
+    target: &Target,
+    stack: &str,
+    stack_id: Option<&str>,
+    console: &mut dyn Console,
+) -> Result<(), StackError> {
+    let stack_id = stack_id.unwrap_or(stack).to_owned();
+    let seen = seen_events(target, &stack_id).await?;
+    target
+        .cloudformation()
+        .delete_stack()
+        .stack_name(stack)
+        .send()
+        .await
+        .map_err(|err| aws_error(format!("delete stack {stack}"), err))?;
+    let finished = wait_for_stack(target, &stack_id, seen, console).await?;
+    match finished.status {
+        None => Ok(()),
+        Some(status) => Err(StackError::DeleteFailed {
+            stack: stack.to_owned(),
+            status,
+            failures: finished.failures,
+        }),
+    }
+}

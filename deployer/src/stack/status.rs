@@ -1,0 +1,134 @@
+//! What a deployed stack looks like now.
+
+use std::collections::BTreeMap;
+
+use aws_sdk_sqs::types::QueueAttributeName;
+
+use super::{aws_error, describe_stack, outputs_of, status_of, StackError};
+use crate::target::Target;
+use crate::template::output;
+
+/// One resource of the stack.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ResourceReport {
+    pub logical_id: String,
+    pub resource_type: String,
+    pub physical_id: Option<String>,
+    pub status: String,
+}
+
+/// The event source mapping as Lambda reports it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct MappingReport {
+    pub uuid: String,
+    pub state: String,
+    pub last_processing_result: Option<String>,
+    pub batch_size: Option<i32>,
+}
+
+/// Everything `cargo xtask status` shows; serialised as is for `--output json`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct StackReport {
+    pub stack_name: String,
+    pub status: String,
+    pub status_reason: Option<String>,
+    pub outputs: BTreeMap<String, String>,
+    pub resources: Vec<ResourceReport>,
+    pub event_source_mappings: Vec<MappingReport>,
+    pub failure_queue_depth: Option<u64>,
+    pub bucket_objects: Option<u64>,
+}
+
+/// Reads the state of `stack`; `None` when it does not exist.
+pub async fn status(target: &Target, stack: &str) -> Result<Option<StackReport>, StackError> {
+    let Some(found) = describe_stack(target, stack).await? else {
+        return Ok(None);
+    };
+    let outputs = outputs_of(&found);
+    let resources = target
+        .cloudformation()
+        .describe_stack_resources()
+        .stack_name(stack)
+        .send()
+        .await
+        .map_err(|err| aws_error(format!("read the resources of stack {stack}"), err))?
+        .stack_resources()
+        .iter()
+        .map(|r| ResourceReport {
+            logical_id: r.logical_resource_id().unwrap_or_default().to_owned(),
+            resource_type: r.resource_type().unwrap_or_default().to_owned(),
+            physical_id: r.physical_resource_id().map(str::to_owned),
+            status: r.resource_status().map_or_else(String::new, |s| s.as_str().to_owned()),
+        })
+        .collect();
+
+    let event_source_mappings = match outputs.get(output::FUNCTION_NAME) {
+        Some(function) => mappings(target, function).await?,
+        None => Vec::new(),
+    };
+    let failure_queue_depth = match outputs.get(output::FAILURE_QUEUE_URL) {
+        Some(url) => Some(queue_depth(target, url).await?),
+        None => None,
+    };
+    let bucket_objects = match outputs.get(output::BUCKET_NAME) {
+        Some(bucket) => Some(count_objects(target, bucket).await?),
+        None => None,
+    };
+
+    Ok(Some(StackReport {
+        stack_name: stack.to_owned(),
+        status: status_of(&found),
+        status_reason: found.stack_status_reason().map(str::to_owned),
+        outputs,
+        resources,
+        event_source_mappings,
+        failure_queue_depth,
+        bucket_objects,
+    }))
+}
+
+async fn mappings(target: &Target, function: &str) -> Result<Vec<MappingReport>, StackError> {
+    let listed = target
+        .lambda()
+        .list_event_source_mappings()
+        .function_name(function)
+        .send()
+        .await
+        .map_err(|err| aws_error(format!("list the event source mappings of {function}"), err))?;
+    Ok(listed
+        .event_source_mappings()
+        .iter()
+        .map(|m| MappingReport {
+            uuid: m.uuid().unwrap_or_default().to_owned(),
+            state: m.state().unwrap_or("unknown").to_owned(),
+            last_processing_result: m.last_processing_result().map(str::to_owned),
+            batch_size: m.batch_size(),
+        })
+        .collect())
+}
+
+async fn queue_depth(target: &Target, url: &str) -> Result<u64, StackError> {
+    let attributes = target
+        .sqs()
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+        .send()
+        .await
+        .map_err(|err| aws_error(format!("read the depth of queue {url}"), err))?;
+    Ok(attributes
+        .attributes()
+        .and_then(|a| a.get(&QueueAttributeName::ApproximateNumberOfMessages))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0))
+}
+
+async fn count_objects(target: &Target, bucket: &str) -> Result<u64, StackError> {
+    let mut pages = target.s3().list_objects_v2().bucket(bucket).into_paginator().send();
+    let mut count = 0;
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|err| aws_error(format!("count the objects of bucket {bucket}"), err))?;
+        count += page.contents().len() as u64;
+    }
+    Ok(count)
+}

@@ -1,0 +1,172 @@
+//! Deleting the stack: empty the data bucket, delete the stack, remove uploaded archives.
+
+use aws_sdk_s3::types::{Delete, ObjectIdentifier};
+
+use super::assets::remove_artifacts;
+use super::wait::{seen_events, wait_for_stack};
+use super::{aws_error, build_error, describe_stack, StackError};
+use crate::console::Console;
+use crate::target::Target;
+use crate::template::logical_id;
+
+/// What a teardown did.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum TeardownOutcome {
+    /// There was no such stack.
+    NothingToTearDown { removed_artifacts: usize },
+    TornDown {
+        /// Object versions and delete markers removed from the data bucket.
+        emptied_objects: usize,
+        removed_artifacts: usize,
+        /// Whether the data was kept (`retain_data_on_teardown`).
+        data_retained: bool,
+    },
+}
+
+/// Tears `stack` down. Unless `retain_data`, the data bucket is emptied first (every version and
+/// delete marker: CloudFormation cannot delete a bucket that holds anything). Unless
+/// `keep_assets`, the archives uploaded for the stack are removed afterwards.
+pub async fn teardown(
+    target: &Target,
+    stack: &str,
+    retain_data: bool,
+    keep_assets: bool,
+    console: &mut dyn Console,
+) -> Result<TeardownOutcome, StackError> {
+    let Some(existing) = describe_stack(target, stack).await? else {
+        let removed_artifacts = if keep_assets { 0 } else { remove_artifacts(target, stack).await? };
+        return Ok(TeardownOutcome::NothingToTearDown { removed_artifacts });
+    };
+    if let Some(status) = existing.stack_status().map(|s| s.as_str()) {
+        if status.ends_with("_IN_PROGRESS") && status != "REVIEW_IN_PROGRESS" {
+            return Err(StackError::Busy {
+                stack: stack.to_owned(),
+                status: status.to_owned(),
+            });
+        }
+    }
+    let stack_id = existing.stack_id().unwrap_or(stack).to_owned();
+
+    let mut emptied_objects = 0;
+    if !retain_data {
+        if let Some(bucket) = data_bucket(target, stack).await? {
+            console.waiting(&format!("emptying bucket {bucket}"));
+            emptied_objects = delete_all_versions(target, &bucket, None).await?;
+            console.line(&format!("emptied bucket {bucket}: {emptied_objects} object version(s) removed"));
+        }
+    }
+
+    let seen = seen_events(target, &stack_id).await?;
+    target
+        .cloudformation()
+        .delete_stack()
+        .stack_name(&stack_id)
+        .send()
+        .await
+        .map_err(|err| aws_error(format!("delete stack {stack}"), err))?;
+    let finished = wait_for_stack(target, &stack_id, seen, console).await?;
+    if let Some(status) = finished.status {
+        return Err(StackError::DeleteFailed {
+            stack: stack.to_owned(),
+            status,
+            failures: finished.failures,
+        });
+    }
+
+    let removed_artifacts = if keep_assets { 0 } else { remove_artifacts(target, stack).await? };
+    Ok(TeardownOutcome::TornDown {
+        emptied_objects,
+        removed_artifacts,
+        data_retained: retain_data,
+    })
+}
+
+/// The physical name of the stack's data bucket, if the stack has one that exists.
+async fn data_bucket(target: &Target, stack: &str) -> Result<Option<String>, StackError> {
+    let resources = target
+        .cloudformation()
+        .describe_stack_resources()
+        .stack_name(stack)
+        .logical_resource_id(logical_id::DATA_BUCKET)
+        .send()
+        .await;
+    let resources = match resources {
+        Ok(output) => output,
+        // No such resource in the stack (a create that failed early).
+        Err(err)
+            if aws_sdk_cloudformation::error::ProvideErrorMetadata::code(&err) == Some("ValidationError") =>
+        {
+            return Ok(None)
+        }
+        Err(err) => return Err(aws_error(format!("read the resources of stack {stack}"), err)),
+    };
+    Ok(resources
+        .stack_resources()
+        .iter()
+        .filter(|r| r.resource_status().is_none_or(|s| s.as_str() != "DELETE_COMPLETE"))
+        .find_map(|r| r.physical_resource_id().map(str::to_owned)))
+}
+
+/// Deletes every object version and delete marker in `bucket` (under `prefix`, if given);
+/// returns how many were removed. A bucket that does not exist holds nothing.
+pub(crate) async fn delete_all_versions(target: &Target, bucket: &str, prefix: Option<&str>) -> Result<usize, StackError> {
+    let s3 = target.s3();
+    let mut removed = 0;
+    // Deleting while paging would move the markers; list a page, delete it, list again.
+    loop {
+        let listed = s3.list_object_versions().bucket(bucket).set_prefix(prefix.map(str::to_owned)).send().await;
+        let listed = match listed {
+            Ok(listed) => listed,
+            Err(err) if aws_sdk_s3::error::ProvideErrorMetadata::code(&err) == Some("NoSuchBucket") => return Ok(removed),
+            Err(err) => return Err(aws_error(format!("list the objects of bucket {bucket}"), err)),
+        };
+        let mut objects = Vec::new();
+        for version in listed.versions() {
+            objects.push((version.key(), version.version_id()));
+        }
+        for marker in listed.delete_markers() {
+            objects.push((marker.key(), marker.version_id()));
+        }
+        let identifiers = objects
+            .into_iter()
+            .filter_map(|(key, version)| {
+                ObjectIdentifier::builder()
+                    .key(key?)
+                    .set_version_id(version.filter(|v| *v != "null").map(str::to_owned))
+                    .build()
+                    .ok()
+            })
+            .collect::<Vec<_>>();
+        if identifiers.is_empty() {
+            return Ok(removed);
+        }
+        for chunk in identifiers.chunks(1000) {
+            let delete = Delete::builder()
+                .set_objects(Some(chunk.to_vec()))
+                .quiet(true)
+                .build()
+                .map_err(|err| build_error("build a DeleteObjects request", err))?;
+            let output = s3
+                .delete_objects()
+                .bucket(bucket)
+                .delete(delete)
+                .send()
+                .await
+                .map_err(|err| aws_error(format!("delete objects of bucket {bucket}"), err))?;
+            if let Some(error) = output.errors().first() {
+                return Err(StackError::Aws {
+                    action: format!("delete objects of bucket {bucket}"),
+                    message: format!(
+                        "{} of {} failed, first {:?}: {}",
+                        output.errors().len(),
+                        chunk.len(),
+                        error.key().unwrap_or_default(),
+                        error.message().or(error.code()).unwrap_or("unknown error")
+                    ),
+                });
+            }
+            removed += chunk.len();
+        }
+    }
+}

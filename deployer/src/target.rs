@@ -1,0 +1,187 @@
+//! Where a command acts: real AWS, any AWS-compatible endpoint, or the embedded emulator.
+
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_sdk_s3::config::Credentials;
+
+use crate::local::emulator::{self, EmulatorError, EmulatorState};
+
+/// The region used for emulators when none is given.
+pub const DEFAULT_LOCAL_REGION: &str = "us-east-1";
+
+/// The target flags every command takes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TargetOptions {
+    pub region: Option<String>,
+    pub profile: Option<String>,
+    pub endpoint_url: Option<String>,
+    /// The embedded emulator, started or reused.
+    pub local: bool,
+}
+
+/// What kind of target a command acts on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TargetKind {
+    /// Real AWS, through the standard credential chain.
+    Aws,
+    /// An AWS-compatible endpoint, such as LocalStack.
+    Endpoint(String),
+    /// The embedded emulator on loopback.
+    Local(EmulatorState),
+}
+
+/// Failures of reaching a target.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    #[error("--local and --endpoint-url exclude each other: choose one")]
+    Conflict,
+    #[error("--endpoint-url {0:?} is not an http(s) URL: pass one such as http://localhost:4566")]
+    BadEndpoint(String),
+    #[error("no AWS region is configured: pass --region, or set AWS_REGION or a region in the profile")]
+    NoRegion,
+    #[error("failed to start the embedded emulator: {0}")]
+    Emulator(#[from] EmulatorError),
+}
+
+/// A connected target: SDK configuration for every client the deployer needs.
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub kind: TargetKind,
+    pub sdk: SdkConfig,
+}
+
+impl Target {
+    /// Resolves the target flags; `--local` starts (or reuses) the embedded emulator, installing
+    /// it first if needed, with `progress` told about each step.
+    pub async fn connect(options: &TargetOptions, progress: &mut dyn FnMut(&str)) -> Result<Self, TargetError> {
+        let kind = match (&options.endpoint_url, options.local) {
+            (Some(_), true) => return Err(TargetError::Conflict),
+            (Some(url), false) => {
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    return Err(TargetError::BadEndpoint(url.clone()));
+                }
+                TargetKind::Endpoint(url.trim_end_matches('/').to_owned())
+            }
+            (None, true) => {
+                let (state, started) = emulator::start_or_reuse(&emulator::state_file(), progress).await?;
+                if started {
+                    progress(&format!("started the embedded emulator at http://{} (pid {})", state.addr, state.pid));
+                }
+                TargetKind::Local(state)
+            }
+            (None, false) => TargetKind::Aws,
+        };
+        let sdk = sdk_config(&kind, options).await?;
+        Ok(Self { kind, sdk })
+    }
+
+    /// A target for an already known endpoint with static test credentials; for tests and the
+    /// local stack, which know their emulator.
+    pub fn for_endpoint(endpoint_url: &str, region: &str) -> Self {
+        let kind = TargetKind::Endpoint(endpoint_url.to_owned());
+        let sdk = SdkConfig::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new(region.to_owned()))
+            .endpoint_url(endpoint_url)
+            .credentials_provider(aws_credential_types::provider::SharedCredentialsProvider::new(
+                test_credentials(),
+            ))
+            .build();
+        Self { kind, sdk }
+    }
+
+    /// Whether this is real AWS, where changes cost money and ask for confirmation.
+    pub fn is_aws(&self) -> bool {
+        self.kind == TargetKind::Aws
+    }
+
+    /// The endpoint URL of an emulator or custom endpoint.
+    pub fn endpoint_url(&self) -> Option<String> {
+        match &self.kind {
+            TargetKind::Aws => None,
+            TargetKind::Endpoint(url) => Some(url.clone()),
+            TargetKind::Local(state) => Some(format!("http://{}", state.addr)),
+        }
+    }
+
+    pub fn region(&self) -> String {
+        self.sdk.region().map_or_else(|| DEFAULT_LOCAL_REGION.to_owned(), |r| r.to_string())
+    }
+
+    /// A short description for messages: "AWS us-east-1", "endpoint http://…", "local emulator http://…".
+    pub fn describe(&self) -> String {
+        match &self.kind {
+            TargetKind::Aws => format!("AWS {}", self.region()),
+            TargetKind::Endpoint(url) => format!("endpoint {url}"),
+            TargetKind::Local(state) => format!("local emulator http://{}", state.addr),
+        }
+    }
+
+    pub fn cloudformation(&self) -> aws_sdk_cloudformation::Client {
+        aws_sdk_cloudformation::Client::new(&self.sdk)
+    }
+
+    /// S3 with path-style addressing on emulators, which rarely serve virtual-hosted buckets.
+    pub fn s3(&self) -> aws_sdk_s3::Client {
+        let config = aws_sdk_s3::config::Builder::from(&self.sdk)
+            .force_path_style(!self.is_aws())
+            .build();
+        aws_sdk_s3::Client::from_conf(config)
+    }
+
+    pub fn lambda(&self) -> aws_sdk_lambda::Client {
+        aws_sdk_lambda::Client::new(&self.sdk)
+    }
+
+    pub fn sqs(&self) -> aws_sdk_sqs::Client {
+        aws_sdk_sqs::Client::new(&self.sdk)
+    }
+
+    pub fn dynamodb(&self) -> aws_sdk_dynamodb::Client {
+        aws_sdk_dynamodb::Client::new(&self.sdk)
+    }
+
+    pub fn dynamodb_streams(&self) -> aws_sdk_dynamodbstreams::Client {
+        aws_sdk_dynamodbstreams::Client::new(&self.sdk)
+    }
+
+    pub fn sts(&self) -> aws_sdk_sts::Client {
+        aws_sdk_sts::Client::new(&self.sdk)
+    }
+}
+
+fn test_credentials() -> Credentials {
+    Credentials::new("test", "test", None, None, "usersync-local")
+}
+
+async fn sdk_config(kind: &TargetKind, options: &TargetOptions) -> Result<SdkConfig, TargetError> {
+    let mut loader = aws_config::defaults(BehaviorVersion::latest());
+    if let Some(profile) = &options.profile {
+        loader = loader.profile_name(profile);
+    }
+    if let Some(region) = &options.region {
+        loader = loader.region(Region::new(region.clone()));
+    }
+    match kind {
+        TargetKind::Aws => {}
+        TargetKind::Endpoint(url) => {
+            loader = loader.endpoint_url(url);
+            // Emulators accept any credentials; use the environment's when it has some.
+            if std::env::var_os("AWS_ACCESS_KEY_ID").is_none() && options.profile.is_none() {
+                loader = loader.credentials_provider(test_credentials());
+            }
+        }
+        TargetKind::Local(state) => {
+            loader = loader
+                .endpoint_url(format!("http://{}", state.addr))
+                .credentials_provider(test_credentials());
+        }
+    }
+    let mut sdk = loader.load().await;
+    if sdk.region().is_none() {
+        if *kind == TargetKind::Aws {
+            return Err(TargetError::NoRegion);
+        }
+        sdk = sdk.into_builder().region(Region::new(DEFAULT_LOCAL_REGION)).build();
+    }
+    Ok(sdk)
+}

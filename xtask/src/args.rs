@@ -1,0 +1,91 @@
+//! Flags every command shares: where to act, and how to talk.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Args, ValueEnum};
+use deployer::project::project_root;
+use deployer::settings::StackSettings;
+use deployer::target::TargetOptions;
+
+/// The settings file read when `--config` is not given and it exists.
+pub const DEFAULT_CONFIG_FILE: &str = "usersync.toml";
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// `--stack`, `--region`, `--profile`, `--endpoint-url`, `--local`, `--yes`, `--output`, `--config`.
+#[derive(Args, Clone, Debug)]
+pub struct TargetArgs {
+    /// Stack name [default: from the config file, else "usersync"]
+    #[arg(long, global = true, value_name = "NAME")]
+    pub stack: Option<String>,
+    /// AWS region [default: from the environment or profile; us-east-1 on emulators]
+    #[arg(long, global = true, value_name = "REGION")]
+    pub region: Option<String>,
+    /// AWS profile to take credentials and region from
+    #[arg(long, global = true, value_name = "PROFILE")]
+    pub profile: Option<String>,
+    /// Any AWS-compatible endpoint, such as LocalStack's http://localhost:4566
+    #[arg(long, global = true, value_name = "URL", conflicts_with = "local")]
+    pub endpoint_url: Option<String>,
+    /// The embedded emulator on 127.0.0.1, started (installed on first use) or reused
+    #[arg(long, global = true)]
+    pub local: bool,
+    /// Answer yes to every confirmation (for scripts)
+    #[arg(long, short = 'y', global = true)]
+    pub yes: bool,
+    /// Output format of the command's result
+    #[arg(long, global = true, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+    /// Stack settings file [default: usersync.toml at the workspace root, when present]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+impl TargetArgs {
+    pub fn target_options(&self) -> TargetOptions {
+        TargetOptions {
+            region: self.region.clone(),
+            profile: self.profile.clone(),
+            endpoint_url: self.endpoint_url.clone(),
+            local: self.local,
+        }
+    }
+
+    /// Settings from the config file (if any), with `--stack` on top.
+    pub fn settings(&self) -> Result<StackSettings> {
+        let mut settings = match &self.config {
+            Some(path) => StackSettings::from_file(path)
+                .with_context(|| format!("failed to read the settings file {}", path.display()))?,
+            None => {
+                let default = project_root().join(DEFAULT_CONFIG_FILE);
+                if default.is_file() {
+                    StackSettings::from_file(&default)
+                        .with_context(|| format!("failed to read the settings file {}", default.display()))?
+                } else {
+                    StackSettings::default()
+                }
+            }
+        };
+        if let Some(stack) = &self.stack {
+            settings.stack_name = stack.clone();
+        }
+        settings.validate().context("invalid stack settings")?;
+        Ok(settings)
+    }
+
+    pub fn json(&self) -> bool {
+        self.output == OutputFormat::Json
+    }
+}
+
+/// Prints `value` as pretty JSON on standard output.
+pub fn print_json(value: &impl serde::Serialize) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(value).context("failed to render the result as JSON")?);
+    Ok(())
+}

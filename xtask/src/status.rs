@@ -1,0 +1,62 @@
+//! `cargo xtask status`: what the stack looks like now.
+
+use anyhow::{bail, Context, Result};
+use deployer::stack;
+use deployer::target::Target;
+
+use crate::args::{print_json, TargetArgs};
+
+pub async fn run(target_args: &TargetArgs) -> Result<()> {
+    let settings = target_args.settings()?;
+    let target = Target::connect(&target_args.target_options(), &mut |line| eprintln!("{line}"))
+        .await
+        .context("failed to reach the target")?;
+    let stack_name = &settings.stack_name;
+    let report = stack::status(&target, stack_name)
+        .await
+        .with_context(|| format!("failed to read the status of stack {stack_name}"))?;
+    let Some(report) = report else {
+        if target_args.json() {
+            print_json(&serde_json::json!({ "stack_name": stack_name, "status": "NOT_FOUND" }))?;
+        }
+        bail!("stack {stack_name} does not exist on {}; deploy it with `cargo xtask deploy`", target.describe());
+    };
+    if target_args.json() {
+        return print_json(&report);
+    }
+    println!("stack {} on {}: {}", report.stack_name, target.describe(), report.status);
+    if let Some(reason) = &report.status_reason {
+        println!("  reason: {reason}");
+    }
+    println!("outputs");
+    for (name, value) in &report.outputs {
+        println!("  {name:<22} {value}");
+    }
+    println!("resources");
+    for resource in &report.resources {
+        println!(
+            "  {:<22} {:<34} {:<20} {}",
+            resource.logical_id,
+            resource.resource_type,
+            resource.status,
+            resource.physical_id.as_deref().unwrap_or("-")
+        );
+    }
+    println!("event source mapping");
+    for mapping in &report.event_source_mappings {
+        println!(
+            "  {} {} (last processing result: {}, batch size {})",
+            mapping.uuid,
+            mapping.state,
+            mapping.last_processing_result.as_deref().unwrap_or("none yet"),
+            mapping.batch_size.map_or_else(|| "-".to_owned(), |n| n.to_string())
+        );
+    }
+    if let Some(depth) = report.failure_queue_depth {
+        println!("failure queue: {depth} message(s)");
+    }
+    if let Some(count) = report.bucket_objects {
+        println!("bucket: {count} object(s)");
+    }
+    Ok(())
+}
