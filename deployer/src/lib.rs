@@ -1,5 +1,13 @@
 //! Everything behind `cargo xtask`: building the function artifact, synthesising the
 //! CloudFormation template, deploying and tearing down stacks, and running the stack locally.
 
+pub mod artifact;
+pub mod console;
 pub mod local;
 pub mod project;
+pub mod settings;
+pub mod stack;
+pub mod target;
+pub mod template;
+pub mod tools;
+pub mod workflow;

@@ -36,7 +36,9 @@ pub enum TargetError {
     Conflict,
     #[error("--endpoint-url {0:?} is not an http(s) URL: pass one such as http://localhost:4566")]
     BadEndpoint(String),
-    #[error("no AWS region is configured: pass --region, or set AWS_REGION or a region in the profile")]
+    #[error(
+        "no AWS region is configured: pass --region, or set AWS_REGION or a region in the profile"
+    )]
     NoRegion,
     #[error("failed to start the embedded emulator: {0}")]
     Emulator(#[from] EmulatorError),
@@ -52,7 +54,10 @@ pub struct Target {
 impl Target {
     /// Resolves the target flags; `--local` starts (or reuses) the embedded emulator, installing
     /// it first if needed, with `progress` told about each step.
-    pub async fn connect(options: &TargetOptions, progress: &mut dyn FnMut(&str)) -> Result<Self, TargetError> {
+    pub async fn connect(
+        options: &TargetOptions,
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<Self, TargetError> {
         let kind = match (&options.endpoint_url, options.local) {
             (Some(_), true) => return Err(TargetError::Conflict),
             (Some(url), false) => {
@@ -62,9 +67,13 @@ impl Target {
                 TargetKind::Endpoint(url.trim_end_matches('/').to_owned())
             }
             (None, true) => {
-                let (state, started) = emulator::start_or_reuse(&emulator::state_file(), progress).await?;
+                let (state, started) =
+                    emulator::start_or_reuse(&emulator::state_file(), progress).await?;
                 if started {
-                    progress(&format!("started the embedded emulator at http://{} (pid {})", state.addr, state.pid));
+                    progress(&format!(
+                        "started the embedded emulator at http://{} (pid {})",
+                        state.addr, state.pid
+                    ));
                 }
                 TargetKind::Local(state)
             }
@@ -82,9 +91,9 @@ impl Target {
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new(region.to_owned()))
             .endpoint_url(endpoint_url)
-            .credentials_provider(aws_credential_types::provider::SharedCredentialsProvider::new(
-                test_credentials(),
-            ))
+            .credentials_provider(
+                aws_credential_types::provider::SharedCredentialsProvider::new(test_credentials()),
+            )
             .build();
         Self { kind, sdk }
     }
@@ -104,7 +113,9 @@ impl Target {
     }
 
     pub fn region(&self) -> String {
-        self.sdk.region().map_or_else(|| DEFAULT_LOCAL_REGION.to_owned(), |r| r.to_string())
+        self.sdk
+            .region()
+            .map_or_else(|| DEFAULT_LOCAL_REGION.to_owned(), |r| r.to_string())
     }
 
     /// A short description for messages: "AWS us-east-1", "endpoint http://…", "local emulator http://…".
@@ -181,7 +192,10 @@ async fn sdk_config(kind: &TargetKind, options: &TargetOptions) -> Result<SdkCon
         if *kind == TargetKind::Aws {
             return Err(TargetError::NoRegion);
         }
-        sdk = sdk.into_builder().region(Region::new(DEFAULT_LOCAL_REGION)).build();
+        sdk = sdk
+            .into_builder()
+            .region(Region::new(DEFAULT_LOCAL_REGION))
+            .build();
     }
     Ok(sdk)
 }

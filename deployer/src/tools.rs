@@ -36,7 +36,10 @@ pub fn ensure_cfn_lint(progress: &mut dyn FnMut(&str)) -> Result<PathBuf, ToolEr
     if binary.is_file() {
         return Ok(binary);
     }
-    progress(&format!("installing cfn-lint {CFN_LINT_VERSION} into {}", venv.display()));
+    progress(&format!(
+        "installing cfn-lint {CFN_LINT_VERSION} into {}",
+        venv.display()
+    ));
     let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_owned());
     run(Command::new(&python).args(["-m", "venv"]).arg(&venv))?;
     run(Command::new(venv.join("bin").join("pip"))

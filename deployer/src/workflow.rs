@@ -37,7 +37,11 @@ pub struct DeployReport {
 
 /// Deploys `settings` to `target`. On real AWS the account and region are shown and confirmed
 /// through `console` before anything changes.
-pub async fn deploy(target: &Target, settings: &StackSettings, console: &mut dyn Console) -> Result<DeployReport, DeployError> {
+pub async fn deploy(
+    target: &Target,
+    settings: &StackSettings,
+    console: &mut dyn Console,
+) -> Result<DeployReport, DeployError> {
     settings.validate()?;
     let stack_name = settings.stack_name.as_str();
     if target.is_aws() {
@@ -64,7 +68,8 @@ pub async fn deploy(target: &Target, settings: &StackSettings, console: &mut dyn
             purpose: Purpose::Local,
         }
     };
-    let built = tokio::task::block_in_place(|| artifact::build(&options, &mut |line| console.line(line)))?;
+    let built =
+        tokio::task::block_in_place(|| artifact::build(&options, &mut |line| console.line(line)))?;
     console.line(&format!(
         "built {} ({} bytes, sha256 {})",
         built.zip_path.display(),
@@ -91,7 +96,11 @@ pub async fn deploy(target: &Target, settings: &StackSettings, console: &mut dyn
 
     let (result, changes) = match &outcome {
         DeployOutcome::UpToDate { .. } => ("up_to_date", Vec::new()),
-        DeployOutcome::Deployed { created: true, changes, .. } => ("created", changes.clone()),
+        DeployOutcome::Deployed {
+            created: true,
+            changes,
+            ..
+        } => ("created", changes.clone()),
         DeployOutcome::Deployed { changes, .. } => ("updated", changes.clone()),
     };
     Ok(DeployReport {

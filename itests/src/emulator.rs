@@ -15,12 +15,11 @@ pub const REGION: &str = "us-east-1";
 /// run without it, and must say why rather than pass.
 pub async fn start() -> Emulator {
     static STARTED: AtomicUsize = AtomicUsize::new(0);
-    let binary = tokio::task::spawn_blocking(|| {
-        ensure_binary(&mut |line| eprintln!("fakecloud: {line}"))
-    })
-    .await
-    .expect("the install task does not panic")
-    .unwrap_or_else(|err| panic!("failed to provide the emulator: {err}"));
+    let binary =
+        tokio::task::spawn_blocking(|| ensure_binary(&mut |line| eprintln!("fakecloud: {line}")))
+            .await
+            .expect("the install task does not panic")
+            .unwrap_or_else(|err| panic!("failed to provide the emulator: {err}"));
     let n = STARTED.fetch_add(1, Ordering::Relaxed);
     let log = deployer::project::state_dir()
         .join("itests")
@@ -50,5 +49,9 @@ pub fn unique_bucket(label: &str) -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
         .unwrap_or_default();
-    format!("itest-{label}-{}-{nanos}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "itest-{label}-{}-{nanos}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }

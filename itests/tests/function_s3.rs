@@ -21,7 +21,12 @@ async fn fixture(label: &str, create_bucket: bool) -> Fixture {
     let client = s3_client(&emulator);
     let bucket = unique_bucket(label);
     if create_bucket {
-        client.create_bucket().bucket(&bucket).send().await.expect("create the test bucket");
+        client
+            .create_bucket()
+            .bucket(&bucket)
+            .send()
+            .await
+            .expect("create the test bucket");
     }
     Fixture {
         _emulator: emulator,
@@ -33,7 +38,8 @@ async fn fixture(label: &str, create_bucket: bool) -> Fixture {
 impl Fixture {
     fn mirror(&self, scope: DeleteScope) -> Mirror<S3Store> {
         let bucket = self.bucket.clone();
-        let mut config = Config::from_lookup(|name| (name == "BUCKET_NAME").then(|| bucket.clone())).unwrap();
+        let mut config =
+            Config::from_lookup(|name| (name == "BUCKET_NAME").then(|| bucket.clone())).unwrap();
         config.delete_scope = scope;
         config.force_path_style = true;
         Mirror {
@@ -45,11 +51,23 @@ impl Fixture {
     /// Every object in the bucket with its body.
     async fn objects(&self) -> BTreeMap<String, Vec<u8>> {
         let mut objects = BTreeMap::new();
-        let mut pages = self.client.list_objects_v2().bucket(&self.bucket).into_paginator().send();
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .into_paginator()
+            .send();
         while let Some(page) = pages.next().await {
             for object in page.expect("list the bucket").contents() {
                 let key = object.key().unwrap().to_owned();
-                let body = self.client.get_object().bucket(&self.bucket).key(&key).send().await.unwrap();
+                let body = self
+                    .client
+                    .get_object()
+                    .bucket(&self.bucket)
+                    .key(&key)
+                    .send()
+                    .await
+                    .unwrap();
                 objects.insert(key, body.body.collect().await.unwrap().to_vec());
             }
         }
@@ -57,7 +75,14 @@ impl Fixture {
     }
 
     async fn json(&self, key: &str) -> Value {
-        let object = self.client.get_object().bucket(&self.bucket).key(key).send().await.unwrap();
+        let object = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(object.content_type(), Some("application/json"));
         serde_json::from_slice(&object.body.collect().await.unwrap().to_vec()).unwrap()
     }
@@ -84,22 +109,44 @@ async fn puts_modifies_and_deletes_user_objects() {
     let mirror = fx.mirror(DeleteScope::Object);
     let event = stream_event(vec![
         stream_record("INSERT", "alice", 1, Some(json!({"plan": {"S": "pro"}}))),
-        stream_record("INSERT", "bob", 2, Some(json!({"plan": {"S": "free"}, "seats": {"N": "2"}}))),
+        stream_record(
+            "INSERT",
+            "bob",
+            2,
+            Some(json!({"plan": {"S": "free"}, "seats": {"N": "2"}})),
+        ),
     ]);
     let response = handle_event(&mirror, event).await.unwrap();
     assert!(response.batch_item_failures.is_empty());
-    assert_eq!(keys(&fx.objects().await), ["alice/userdata", "bob/userdata"]);
-    assert_eq!(fx.json("alice/userdata").await, json!({"name": "alice", "plan": "pro"}));
-    assert_eq!(fx.json("bob/userdata").await, json!({"name": "bob", "plan": "free", "seats": 2}));
+    assert_eq!(
+        keys(&fx.objects().await),
+        ["alice/userdata", "bob/userdata"]
+    );
+    assert_eq!(
+        fx.json("alice/userdata").await,
+        json!({"name": "alice", "plan": "pro"})
+    );
+    assert_eq!(
+        fx.json("bob/userdata").await,
+        json!({"name": "bob", "plan": "free", "seats": 2})
+    );
 
     let event = stream_event(vec![
-        stream_record("MODIFY", "alice", 3, Some(json!({"plan": {"S": "enterprise"}}))),
+        stream_record(
+            "MODIFY",
+            "alice",
+            3,
+            Some(json!({"plan": {"S": "enterprise"}})),
+        ),
         stream_record("REMOVE", "bob", 4, None),
     ]);
     let response = handle_event(&mirror, event).await.unwrap();
     assert!(response.batch_item_failures.is_empty());
     assert_eq!(keys(&fx.objects().await), ["alice/userdata"]);
-    assert_eq!(fx.json("alice/userdata").await, json!({"name": "alice", "plan": "enterprise"}));
+    assert_eq!(
+        fx.json("alice/userdata").await,
+        json!({"name": "alice", "plan": "enterprise"})
+    );
 }
 
 #[tokio::test]
@@ -110,9 +157,12 @@ async fn prefix_scope_deletes_everything_under_the_user() {
     fx.put_raw("carol/history/2026.json", "[]").await;
     fx.put_raw("carol2/userdata", "{}").await;
     let mirror = fx.mirror(DeleteScope::Prefix);
-    let response = handle_event(&mirror, stream_event(vec![stream_record("REMOVE", "carol", 1, None)]))
-        .await
-        .unwrap();
+    let response = handle_event(
+        &mirror,
+        stream_event(vec![stream_record("REMOVE", "carol", 1, None)]),
+    )
+    .await
+    .unwrap();
     assert!(response.batch_item_failures.is_empty());
     assert_eq!(keys(&fx.objects().await), ["carol2/userdata"]);
 }
@@ -137,9 +187,12 @@ async fn prefix_delete_pages_through_more_than_a_thousand_objects() {
     futures_join_all(puts, 32).await;
     fx.put_raw("erin/userdata", "{}").await;
     let mirror = fx.mirror(DeleteScope::Prefix);
-    let response = handle_event(&mirror, stream_event(vec![stream_record("REMOVE", "dave", 1, None)]))
-        .await
-        .unwrap();
+    let response = handle_event(
+        &mirror,
+        stream_event(vec![stream_record("REMOVE", "dave", 1, None)]),
+    )
+    .await
+    .unwrap();
     assert!(response.batch_item_failures.is_empty());
     assert_eq!(keys(&fx.objects().await), ["erin/userdata"]);
 }
@@ -158,7 +211,10 @@ async fn insert_then_remove_in_one_batch_leaves_no_object() {
     let response = handle_event(&mirror, event).await.unwrap();
     assert!(response.batch_item_failures.is_empty());
     assert_eq!(keys(&fx.objects().await), ["grace/userdata"]);
-    assert_eq!(fx.json("grace/userdata").await, json!({"name": "grace", "v": 2}));
+    assert_eq!(
+        fx.json("grace/userdata").await,
+        json!({"name": "grace", "v": 2})
+    );
 }
 
 #[tokio::test]
@@ -167,9 +223,18 @@ async fn a_thousand_record_batch_lands_completely() {
     let mirror = fx.mirror(DeleteScope::Object);
     // 800 users inserted; 200 of them removed again later in the same batch.
     let mut records: Vec<Value> = (0..800)
-        .map(|i| stream_record("INSERT", &format!("user-{i:04}"), i, Some(json!({"i": {"N": i.to_string()}}))))
+        .map(|i| {
+            stream_record(
+                "INSERT",
+                &format!("user-{i:04}"),
+                i,
+                Some(json!({"i": {"N": i.to_string()}})),
+            )
+        })
         .collect();
-    records.extend((0..200).map(|i| stream_record("REMOVE", &format!("user-{:04}", i * 4), 800 + i, None)));
+    records.extend(
+        (0..200).map(|i| stream_record("REMOVE", &format!("user-{:04}", i * 4), 800 + i, None)),
+    );
     let response = handle_event(&mirror, stream_event(records)).await.unwrap();
     assert!(response.batch_item_failures.is_empty());
     let objects = fx.objects().await;
@@ -191,7 +256,15 @@ async fn a_thousand_record_batch_lands_completely() {
 async fn names_that_stress_the_key_rule_land_in_their_own_segment() {
     let fx = fixture("names", true).await;
     let mirror = fx.mirror(DeleteScope::Object);
-    let names = ["a/b", "..", ".", "100%", "with space", "🎉 party", "tab\there"];
+    let names = [
+        "a/b",
+        "..",
+        ".",
+        "100%",
+        "with space",
+        "🎉 party",
+        "tab\there",
+    ];
     let records = names
         .iter()
         .enumerate()
@@ -232,7 +305,13 @@ async fn a_missing_bucket_fails_every_user_without_panicking() {
 }
 
 /// Runs `futures` with at most `limit` in flight.
-async fn futures_join_all<F: std::future::Future<Output = ()>>(futures: impl Iterator<Item = F>, limit: usize) {
+async fn futures_join_all<F: std::future::Future<Output = ()>>(
+    futures: impl Iterator<Item = F>,
+    limit: usize,
+) {
     use futures::stream::StreamExt;
-    futures::stream::iter(futures).buffer_unordered(limit).collect::<Vec<()>>().await;
+    futures::stream::iter(futures)
+        .buffer_unordered(limit)
+        .collect::<Vec<()>>()
+        .await;
 }

@@ -65,8 +65,9 @@ impl TargetArgs {
             None => {
                 let default = project_root().join(DEFAULT_CONFIG_FILE);
                 if default.is_file() {
-                    StackSettings::from_file(&default)
-                        .with_context(|| format!("failed to read the settings file {}", default.display()))?
+                    StackSettings::from_file(&default).with_context(|| {
+                        format!("failed to read the settings file {}", default.display())
+                    })?
                 } else {
                     StackSettings::default()
                 }
@@ -86,6 +87,9 @@ impl TargetArgs {
 
 /// Prints `value` as pretty JSON on standard output.
 pub fn print_json(value: &impl serde::Serialize) -> Result<()> {
-    println!("{}", serde_json::to_string_pretty(value).context("failed to render the result as JSON")?);
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).context("failed to render the result as JSON")?
+    );
     Ok(())
 }

@@ -39,7 +39,8 @@ pub fn run(args: BuildArgs, target: &TargetArgs) -> Result<()> {
         architecture,
         purpose: if local { Purpose::Local } else { Purpose::Aws },
     };
-    let built = artifact::build(&options, &mut |line| eprintln!("{line}")).context("failed to build the function")?;
+    let built = artifact::build(&options, &mut |line| eprintln!("{line}"))
+        .context("failed to build the function")?;
     let report = BuildReport {
         zip: built.zip_path.display().to_string(),
         size: built.size,

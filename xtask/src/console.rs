@@ -16,11 +16,16 @@ impl TerminalConsole {
     pub fn new(assume_yes: bool) -> Self {
         let spinner = std::io::stderr().is_terminal().then(|| {
             let bar = ProgressBar::new_spinner();
-            bar.set_style(ProgressStyle::with_template("{spinner} {msg}").expect("the template is valid"));
+            bar.set_style(
+                ProgressStyle::with_template("{spinner} {msg}").expect("the template is valid"),
+            );
             bar.enable_steady_tick(Duration::from_millis(100));
             bar
         });
-        Self { spinner, assume_yes }
+        Self {
+            spinner,
+            assume_yes,
+        }
     }
 
     /// Clears the spinner; call before printing the final report.

@@ -39,15 +39,21 @@ pub async fn run(args: DeployArgs, target_args: &TargetArgs) -> Result<()> {
         settings.memory_mb = n;
     }
     if let Some(scope) = args.delete_scope.as_deref() {
-        settings.delete_scope = if scope == "prefix" { DeleteScope::Prefix } else { DeleteScope::Object };
+        settings.delete_scope = if scope == "prefix" {
+            DeleteScope::Prefix
+        } else {
+            DeleteScope::Object
+        };
     }
     settings.retain_data_on_teardown |= args.retain_data;
     settings.validate().context("invalid stack settings")?;
 
     let mut console = TerminalConsole::new(target_args.yes);
-    let target = Target::connect(&target_args.target_options(), &mut |line| eprintln!("{line}"))
-        .await
-        .context("failed to reach the target")?;
+    let target = Target::connect(&target_args.target_options(), &mut |line| {
+        eprintln!("{line}")
+    })
+    .await
+    .context("failed to reach the target")?;
     let report = workflow::deploy(&target, &settings, &mut console)
         .await
         .with_context(|| format!("failed to deploy stack {}", settings.stack_name))?;
@@ -57,7 +63,10 @@ pub async fn run(args: DeployArgs, target_args: &TargetArgs) -> Result<()> {
         return print_json(&report);
     }
     match report.result {
-        "up_to_date" => println!("stack {} is up to date on {}: nothing to do", report.stack_name, report.target),
+        "up_to_date" => println!(
+            "stack {} is up to date on {}: nothing to do",
+            report.stack_name, report.target
+        ),
         result => println!("stack {} {result} on {}", report.stack_name, report.target),
     }
     for (name, value) in &report.outputs {

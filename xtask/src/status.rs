@@ -8,9 +8,11 @@ use crate::args::{print_json, TargetArgs};
 
 pub async fn run(target_args: &TargetArgs) -> Result<()> {
     let settings = target_args.settings()?;
-    let target = Target::connect(&target_args.target_options(), &mut |line| eprintln!("{line}"))
-        .await
-        .context("failed to reach the target")?;
+    let target = Target::connect(&target_args.target_options(), &mut |line| {
+        eprintln!("{line}")
+    })
+    .await
+    .context("failed to reach the target")?;
     let stack_name = &settings.stack_name;
     let report = stack::status(&target, stack_name)
         .await
@@ -19,12 +21,20 @@ pub async fn run(target_args: &TargetArgs) -> Result<()> {
         if target_args.json() {
             print_json(&serde_json::json!({ "stack_name": stack_name, "status": "NOT_FOUND" }))?;
         }
-        bail!("stack {stack_name} does not exist on {}; deploy it with `cargo xtask deploy`", target.describe());
+        bail!(
+            "stack {stack_name} does not exist on {}; deploy it with `cargo xtask deploy`",
+            target.describe()
+        );
     };
     if target_args.json() {
         return print_json(&report);
     }
-    println!("stack {} on {}: {}", report.stack_name, target.describe(), report.status);
+    println!(
+        "stack {} on {}: {}",
+        report.stack_name,
+        target.describe(),
+        report.status
+    );
     if let Some(reason) = &report.status_reason {
         println!("  reason: {reason}");
     }
@@ -48,8 +58,13 @@ pub async fn run(target_args: &TargetArgs) -> Result<()> {
             "  {} {} (last processing result: {}, batch size {})",
             mapping.uuid,
             mapping.state,
-            mapping.last_processing_result.as_deref().unwrap_or("none yet"),
-            mapping.batch_size.map_or_else(|| "-".to_owned(), |n| n.to_string())
+            mapping
+                .last_processing_result
+                .as_deref()
+                .unwrap_or("none yet"),
+            mapping
+                .batch_size
+                .map_or_else(|| "-".to_owned(), |n| n.to_string())
         );
     }
     if let Some(depth) = report.failure_queue_depth {

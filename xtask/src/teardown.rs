@@ -20,9 +20,11 @@ pub async fn run(args: TeardownArgs, target_args: &TargetArgs) -> Result<()> {
     let settings = target_args.settings()?;
     let stack_name = settings.stack_name.clone();
     let mut console = TerminalConsole::new(target_args.yes);
-    let target = Target::connect(&target_args.target_options(), &mut |line| eprintln!("{line}"))
-        .await
-        .context("failed to reach the target")?;
+    let target = Target::connect(&target_args.target_options(), &mut |line| {
+        eprintln!("{line}")
+    })
+    .await
+    .context("failed to reach the target")?;
     if target.is_aws() {
         let account = stack::account_id(&target).await?;
         let question = format!(
@@ -62,7 +64,10 @@ pub async fn run(args: TeardownArgs, target_args: &TargetArgs) -> Result<()> {
     }
     match outcome {
         TeardownOutcome::NothingToTearDown { .. } => {
-            println!("stack {stack_name} does not exist on {}: nothing to tear down", target.describe())
+            println!(
+                "stack {stack_name} does not exist on {}: nothing to tear down",
+                target.describe()
+            )
         }
         TeardownOutcome::TornDown {
             emptied_objects,
@@ -79,7 +84,10 @@ pub async fn run(args: TeardownArgs, target_args: &TargetArgs) -> Result<()> {
         }
     }
     if let Some(state) = stopped {
-        console.line(&format!("stopped the embedded emulator (pid {})", state.pid));
+        console.line(&format!(
+            "stopped the embedded emulator (pid {})",
+            state.pid
+        ));
     }
     Ok(())
 }

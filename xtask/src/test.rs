@@ -24,7 +24,14 @@ pub fn run(args: TestArgs) -> Result<()> {
     step(
         &root,
         "clippy",
-        &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"],
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
         &[],
     )?;
 
@@ -44,7 +51,10 @@ pub fn run(args: TestArgs) -> Result<()> {
     }
     step(&root, "tests", &test_args, &env)?;
 
-    eprintln!("[xtask test] all checks passed in {}s", started.elapsed().as_secs());
+    eprintln!(
+        "[xtask test] all checks passed in {}s",
+        started.elapsed().as_secs()
+    );
     Ok(())
 }
 
@@ -61,6 +71,9 @@ fn step(root: &Path, name: &str, args: &[&str], env: &[(&str, &std::ffi::OsStr)]
     if !status.success() {
         bail!("the {name} step failed ({status}); its output is above");
     }
-    eprintln!("[xtask test] {name}: ok in {}s", started.elapsed().as_secs());
+    eprintln!(
+        "[xtask test] {name}: ok in {}s",
+        started.elapsed().as_secs()
+    );
     Ok(())
 }

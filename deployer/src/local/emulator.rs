@@ -32,7 +32,9 @@ const INSTALL_PROFILE: &[(&str, &str)] = &[
 /// Failures of finding, installing, starting or stopping the emulator.
 #[derive(Debug, thiserror::Error)]
 pub enum EmulatorError {
-    #[error("FAKECLOUD_BIN points at {0}, which does not exist: fix the path or unset FAKECLOUD_BIN")]
+    #[error(
+        "FAKECLOUD_BIN points at {0}, which does not exist: fix the path or unset FAKECLOUD_BIN"
+    )]
     BinaryMissing(PathBuf),
     #[error("failed to run `cargo install fakecloud --version {FAKECLOUD_VERSION}`: {0}; is cargo on PATH?")]
     InstallSpawn(#[source] std::io::Error),
@@ -56,8 +58,14 @@ pub enum EmulatorError {
         source: std::io::Error,
     },
     #[error("the emulator exited during start-up ({status}); its log {log} ends with:\n{tail}")]
-    ExitedEarly { status: String, log: PathBuf, tail: String },
-    #[error("the emulator at {addr} did not become healthy within {READY_TIMEOUT:?}; see its log {log}")]
+    ExitedEarly {
+        status: String,
+        log: PathBuf,
+        tail: String,
+    },
+    #[error(
+        "the emulator at {addr} did not become healthy within {READY_TIMEOUT:?}; see its log {log}"
+    )]
     NotReady { addr: SocketAddr, log: PathBuf },
     #[error("failed to read or write the emulator state file {path}: {source}")]
     State {
@@ -89,7 +97,11 @@ pub struct EmulatorBinary {
 /// usersync's cache of tools: `USERSYNC_CACHE_DIR`, else `$XDG_CACHE_HOME/usersync`, else
 /// `~/.cache/usersync`. Shared by every checkout on the machine.
 pub fn cache_dir() -> PathBuf {
-    let non_empty = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let non_empty = |name: &str| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
     if let Some(dir) = non_empty("USERSYNC_CACHE_DIR") {
         return dir;
     }
@@ -137,7 +149,9 @@ pub fn find_binary() -> Result<Option<EmulatorBinary>, EmulatorError> {
 
 fn find_on_path(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|dir| dir.join(name)).find(|candidate| candidate.is_file())
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
 }
 
 /// Finds the emulator, installing the pinned version into the cache first if there is none.
@@ -185,7 +199,14 @@ pub fn install(progress: &mut dyn FnMut(&str)) -> Result<(), EmulatorError> {
     ));
     let mut command = Command::new(cargo);
     command
-        .args(["install", "fakecloud", "--locked", "--version", FAKECLOUD_VERSION, "--root"])
+        .args([
+            "install",
+            "fakecloud",
+            "--locked",
+            "--version",
+            FAKECLOUD_VERSION,
+            "--root",
+        ])
         .arg(&root)
         .arg("--target-dir")
         .arg(&build_dir)
@@ -208,7 +229,11 @@ pub fn install(progress: &mut dyn FnMut(&str)) -> Result<(), EmulatorError> {
             if line.starts_with("Compiling") {
                 compiled += 1;
                 let elapsed = started.elapsed().as_secs();
-                progress(&format!("[{compiled} crates, {}m{:02}s] {line}", elapsed / 60, elapsed % 60));
+                progress(&format!(
+                    "[{compiled} crates, {}m{:02}s] {line}",
+                    elapsed / 60,
+                    elapsed % 60
+                ));
             }
             tail.push(line);
             if tail.len() > 20 {
@@ -226,7 +251,11 @@ pub fn install(progress: &mut dyn FnMut(&str)) -> Result<(), EmulatorError> {
     // Several GiB of intermediate artifacts; the binary is all that is needed from now on.
     let _ = fs::remove_dir_all(&build_dir);
     let elapsed = started.elapsed().as_secs();
-    progress(&format!("installed fakecloud {FAKECLOUD_VERSION} in {}m{:02}s", elapsed / 60, elapsed % 60));
+    progress(&format!(
+        "installed fakecloud {FAKECLOUD_VERSION} in {}m{:02}s",
+        elapsed / 60,
+        elapsed % 60
+    ));
     Ok(())
 }
 
@@ -260,11 +289,18 @@ impl Emulator {
     }
 
     /// Starts an emulator that keeps running after this process exits.
-    pub async fn start_detached(binary: &EmulatorBinary, log: &Path) -> Result<Self, EmulatorError> {
+    pub async fn start_detached(
+        binary: &EmulatorBinary,
+        log: &Path,
+    ) -> Result<Self, EmulatorError> {
         Self::spawn(binary, log, true).await
     }
 
-    async fn spawn(binary: &EmulatorBinary, log: &Path, detached: bool) -> Result<Self, EmulatorError> {
+    async fn spawn(
+        binary: &EmulatorBinary,
+        log: &Path,
+        detached: bool,
+    ) -> Result<Self, EmulatorError> {
         // The port is free when probed; another process could take it before fakecloud binds,
         // so a start that fails early is tried again on a new port.
         let mut last_error = None;
@@ -278,7 +314,11 @@ impl Emulator {
         Err(last_error.expect("the loop ran at least once"))
     }
 
-    async fn spawn_once(binary: &EmulatorBinary, log: &Path, detached: bool) -> Result<Self, EmulatorError> {
+    async fn spawn_once(
+        binary: &EmulatorBinary,
+        log: &Path,
+        detached: bool,
+    ) -> Result<Self, EmulatorError> {
         let addr = free_port()?;
         if let Some(dir) = log.parent() {
             fs::create_dir_all(dir).map_err(|source| EmulatorError::Cache {
@@ -290,10 +330,12 @@ impl Emulator {
             path: log.to_path_buf(),
             source,
         })?;
-        let log_err = log_file.try_clone().map_err(|source| EmulatorError::Cache {
-            path: log.to_path_buf(),
-            source,
-        })?;
+        let log_err = log_file
+            .try_clone()
+            .map_err(|source| EmulatorError::Cache {
+                path: log.to_path_buf(),
+                source,
+            })?;
         let mut command = Command::new(&binary.path);
         command
             .arg("--addr")
@@ -437,7 +479,10 @@ pub async fn running_detached(state_path: &Path) -> Result<Option<EmulatorState>
     let Ok(state) = serde_json::from_str::<EmulatorState>(&text) else {
         return Ok(None);
     };
-    if state.version != FAKECLOUD_VERSION || !process_alive(state.pid) || !is_healthy(state.addr).await {
+    if state.version != FAKECLOUD_VERSION
+        || !process_alive(state.pid)
+        || !is_healthy(state.addr).await
+    {
         return Ok(None);
     }
     Ok(Some(state))
@@ -497,7 +542,10 @@ pub async fn stop_detached(state_path: &Path) -> Result<Option<EmulatorState>, E
 fn process_alive(pid: u32) -> bool {
     // /proc/<pid> exists for live processes and zombies; a zombie has state Z.
     match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
         Err(_) => false,
     }
 }
@@ -552,7 +600,11 @@ mod tests {
             log: dir.path().join("log"),
         };
         fs::write(&path, serde_json::to_string(&stale).unwrap()).unwrap();
-        assert_eq!(running_detached(&path).await.unwrap(), None, "nothing answers on that port");
+        assert_eq!(
+            running_detached(&path).await.unwrap(),
+            None,
+            "nothing answers on that port"
+        );
         assert_eq!(stop_detached(&path).await.unwrap(), None);
         assert!(!path.exists(), "the stale state file is removed");
     }

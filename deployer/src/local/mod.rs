@@ -2,4 +2,6 @@
 //! that runs the real `bootstrap`, and an event source mapping poller that feeds it.
 
 pub mod emulator;
+pub mod function_host;
 pub mod invoke;
+pub mod runtime_api;

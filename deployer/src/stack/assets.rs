@@ -38,11 +38,18 @@ pub async fn account_id(target: &Target) -> Result<String, StackError> {
 }
 
 /// Makes sure the assets bucket exists, encrypted and with all public access blocked.
-async fn ensure_assets_bucket(target: &Target, bucket: &str, console: &mut dyn Console) -> Result<(), StackError> {
+async fn ensure_assets_bucket(
+    target: &Target,
+    bucket: &str,
+    console: &mut dyn Console,
+) -> Result<(), StackError> {
     let s3 = target.s3();
     match s3.head_bucket().bucket(bucket).send().await {
         Ok(_) => return Ok(()),
-        Err(err) if err.raw_response().is_some_and(|r| r.status().as_u16() == 404) => {}
+        Err(err)
+            if err
+                .raw_response()
+                .is_some_and(|r| r.status().as_u16() == 404) => {}
         Err(err) => return Err(aws_error(format!("check the assets bucket {bucket}"), err)),
     }
     console.line(&format!("creating assets bucket {bucket}"));
@@ -92,7 +99,12 @@ async fn ensure_assets_bucket(target: &Target, bucket: &str, console: &mut dyn C
         )
         .send()
         .await
-        .map_err(|err| aws_error(format!("block public access to the assets bucket {bucket}"), err))?;
+        .map_err(|err| {
+            aws_error(
+                format!("block public access to the assets bucket {bucket}"),
+                err,
+            )
+        })?;
     Ok(())
 }
 
@@ -118,7 +130,10 @@ pub async fn upload_artifact(
                 uploaded: false,
             })
         }
-        Err(err) if err.raw_response().is_some_and(|r| r.status().as_u16() == 404) => {}
+        Err(err)
+            if err
+                .raw_response()
+                .is_some_and(|r| r.status().as_u16() == 404) => {}
         Err(err) => return Err(aws_error(format!("check s3://{bucket}/{key}"), err)),
     }
     let body = aws_sdk_s3::primitives::ByteStream::from_path(zip)
@@ -127,7 +142,9 @@ pub async fn upload_artifact(
             path: zip.to_path_buf(),
             source: std::io::Error::other(err),
         })?;
-    console.line(&format!("uploading the function archive to s3://{bucket}/{key}"));
+    console.line(&format!(
+        "uploading the function archive to s3://{bucket}/{key}"
+    ));
     s3.put_object()
         .bucket(&bucket)
         .key(&key)
@@ -150,7 +167,13 @@ pub(crate) async fn remove_artifacts(target: &Target, stack: &str) -> Result<usi
     let s3 = target.s3();
     match s3.head_bucket().bucket(&bucket).send().await {
         Ok(_) => {}
-        Err(err) if err.raw_response().is_some_and(|r| r.status().as_u16() == 404) => return Ok(0),
+        Err(err)
+            if err
+                .raw_response()
+                .is_some_and(|r| r.status().as_u16() == 404) =>
+        {
+            return Ok(0)
+        }
         Err(err) => return Err(aws_error(format!("check the assets bucket {bucket}"), err)),
     }
     super::teardown::delete_all_versions(target, &bucket, Some(&format!("{stack}/"))).await

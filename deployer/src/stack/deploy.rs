@@ -3,7 +3,9 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use aws_sdk_cloudformation::types::{Capability, Change, ChangeSetStatus, ChangeSetType};
+use aws_sdk_cloudformation::types::{
+    Capability, Change, ChangeSetStatus, ChangeSetType, TemplateStage,
+};
 
 use super::wait::{seen_events, wait_for_stack};
 use super::{aws_error, describe_stack, outputs_of, poll_interval, status_of, StackError};
@@ -29,7 +31,9 @@ pub enum DeployOutcome {
 impl DeployOutcome {
     pub fn outputs(&self) -> &BTreeMap<String, String> {
         match self {
-            DeployOutcome::UpToDate { outputs } | DeployOutcome::Deployed { outputs, .. } => outputs,
+            DeployOutcome::UpToDate { outputs } | DeployOutcome::Deployed { outputs, .. } => {
+                outputs
+            }
         }
     }
 }
@@ -53,9 +57,17 @@ pub async fn deploy(
                 "stack {stack} is in ROLLBACK_COMPLETE after a failed create and must be deleted before it can be created again; delete it?"
             );
             if !console.confirm(&question) {
-                return Err(StackError::Declined(format!("stack {stack} is in ROLLBACK_COMPLETE")));
+                return Err(StackError::Declined(format!(
+                    "stack {stack} is in ROLLBACK_COMPLETE"
+                )));
             }
-            delete_failed_stack(target, stack, existing.as_ref().and_then(|s| s.stack_id()), console).await?;
+            delete_failed_stack(
+                target,
+                stack,
+                existing.as_ref().and_then(|s| s.stack_id()),
+                console,
+            )
+            .await?;
             ChangeSetType::Create
         }
         Some(status) if status.ends_with("_IN_PROGRESS") => {
@@ -67,11 +79,19 @@ pub async fn deploy(
         Some(_) => ChangeSetType::Update,
     };
     let creating = change_set_type == ChangeSetType::Create;
+    if !creating && deployed_template_matches(target, stack, template_body).await? {
+        return Ok(DeployOutcome::UpToDate {
+            outputs: existing.as_ref().map(outputs_of).unwrap_or_default(),
+        });
+    }
 
     let cfn = target.cloudformation();
     let name = format!(
         "usersync-{}",
-        SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or_default()
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or_default()
     );
     console.waiting("planning changes");
     let created = cfn
@@ -90,7 +110,12 @@ pub async fn deploy(
         Some(changes) => changes,
         None => {
             // Leave no pending change set behind; failing to delete it is harmless.
-            let _ = cfn.delete_change_set().stack_name(stack).change_set_name(&change_set).send().await;
+            let _ = cfn
+                .delete_change_set()
+                .stack_name(stack)
+                .change_set_name(&change_set)
+                .send()
+                .await;
             let stack_now = describe_stack(target, stack).await?;
             return Ok(DeployOutcome::UpToDate {
                 outputs: stack_now.as_ref().map(outputs_of).unwrap_or_default(),
@@ -117,7 +142,9 @@ pub async fn deploy(
         .await
         .map_err(|err| aws_error(format!("execute the change set of stack {stack}"), err))?;
     let finished = wait_for_stack(target, &stack_id, seen, console).await?;
-    let status = finished.status.unwrap_or_else(|| "DELETE_COMPLETE".to_owned());
+    let status = finished
+        .status
+        .unwrap_or_else(|| "DELETE_COMPLETE".to_owned());
     if status != "CREATE_COMPLETE" && status != "UPDATE_COMPLETE" {
         return Err(StackError::DeployFailed {
             stack: stack.to_owned(),
@@ -133,8 +160,40 @@ pub async fn deploy(
     })
 }
 
+/// Whether the stack already runs exactly `template_body`. Checked before any change set: it
+/// answers in one call, and emulators whose change sets list every resource as modified would
+/// otherwise update a stack that is up to date.
+async fn deployed_template_matches(
+    target: &Target,
+    stack: &str,
+    template_body: &str,
+) -> Result<bool, StackError> {
+    let deployed = target
+        .cloudformation()
+        .get_template()
+        .stack_name(stack)
+        .template_stage(TemplateStage::Original)
+        .send()
+        .await
+        .map_err(|err| aws_error(format!("read the deployed template of stack {stack}"), err))?;
+    let parse = |text: &str| serde_json::from_str::<serde_json::Value>(text).ok();
+    Ok(
+        match (
+            deployed.template_body().and_then(parse),
+            parse(template_body),
+        ) {
+            (Some(deployed), Some(wanted)) => deployed == wanted,
+            _ => false,
+        },
+    )
+}
+
 /// Waits for the change set; `None` when it holds no changes.
-async fn wait_for_change_set(target: &Target, stack: &str, change_set: &str) -> Result<Option<Vec<String>>, StackError> {
+async fn wait_for_change_set(
+    target: &Target,
+    stack: &str,
+    change_set: &str,
+) -> Result<Option<Vec<String>>, StackError> {
     let cfn = target.cloudformation();
     let started = Instant::now();
     loop {
@@ -147,7 +206,8 @@ async fn wait_for_change_set(target: &Target, stack: &str, change_set: &str) -> 
             .map_err(|err| aws_error(format!("read the change set of stack {stack}"), err))?;
         match described.status() {
             Some(ChangeSetStatus::CreateComplete) => {
-                let mut changes: Vec<String> = described.changes().iter().map(describe_change).collect();
+                let mut changes: Vec<String> =
+                    described.changes().iter().map(describe_change).collect();
                 let mut token = described.next_token().map(str::to_owned);
                 while let Some(next) = token {
                     let page = cfn
@@ -157,7 +217,9 @@ async fn wait_for_change_set(target: &Target, stack: &str, change_set: &str) -> 
                         .next_token(next)
                         .send()
                         .await
-                        .map_err(|err| aws_error(format!("read the change set of stack {stack}"), err))?;
+                        .map_err(|err| {
+                            aws_error(format!("read the change set of stack {stack}"), err)
+                        })?;
                     changes.extend(page.changes().iter().map(describe_change));
                     token = page.next_token().map(str::to_owned);
                 }
@@ -166,7 +228,9 @@ async fn wait_for_change_set(target: &Target, stack: &str, change_set: &str) -> 
             Some(ChangeSetStatus::Failed) => {
                 let reason = described.status_reason().unwrap_or("no reason given");
                 // AWS's way of saying "nothing to do".
-                if reason.contains("didn't contain changes") || reason.contains("No updates are to be performed") {
+                if reason.contains("didn't contain changes")
+                    || reason.contains("No updates are to be performed")
+                {
                     return Ok(None);
                 }
                 return Err(StackError::ChangeSetFailed {

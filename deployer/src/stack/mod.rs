@@ -42,7 +42,11 @@ fn list(failures: &[ResourceFailure]) -> String {
     if failures.is_empty() {
         return "  (CloudFormation reported no failed resource)".to_owned();
     }
-    failures.iter().map(|f| format!("  {f}")).collect::<Vec<_>>().join("\n")
+    failures
+        .iter()
+        .map(|f| format!("  {f}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Failures of a lifecycle operation; each names the stack and what to do.
@@ -115,12 +119,24 @@ pub(crate) fn poll_interval(target: &Target) -> Duration {
 }
 
 /// The stack named `stack`, or `None` when it does not exist (or was deleted).
-pub(crate) async fn describe_stack(target: &Target, stack: &str) -> Result<Option<Stack>, StackError> {
-    match target.cloudformation().describe_stacks().stack_name(stack).send().await {
+pub(crate) async fn describe_stack(
+    target: &Target,
+    stack: &str,
+) -> Result<Option<Stack>, StackError> {
+    match target
+        .cloudformation()
+        .describe_stacks()
+        .stack_name(stack)
+        .send()
+        .await
+    {
         Ok(output) => Ok(output
             .stacks()
             .iter()
-            .find(|s| s.stack_status().is_none_or(|status| status.as_str() != "DELETE_COMPLETE"))
+            .find(|s| {
+                s.stack_status()
+                    .is_none_or(|status| status.as_str() != "DELETE_COMPLETE")
+            })
             .cloned()),
         Err(err) if err.message().is_some_and(|m| m.contains("does not exist")) => Ok(None),
         Err(err) => Err(aws_error(format!("describe stack {stack}"), err)),
@@ -137,5 +153,7 @@ pub(crate) fn outputs_of(stack: &Stack) -> std::collections::BTreeMap<String, St
 }
 
 pub(crate) fn status_of(stack: &Stack) -> String {
-    stack.stack_status().map_or_else(|| "UNKNOWN".to_owned(), |s| s.as_str().to_owned())
+    stack
+        .stack_status()
+        .map_or_else(|| "UNKNOWN".to_owned(), |s| s.as_str().to_owned())
 }

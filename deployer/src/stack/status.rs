@@ -58,7 +58,9 @@ pub async fn status(target: &Target, stack: &str) -> Result<Option<StackReport>,
             logical_id: r.logical_resource_id().unwrap_or_default().to_owned(),
             resource_type: r.resource_type().unwrap_or_default().to_owned(),
             physical_id: r.physical_resource_id().map(str::to_owned),
-            status: r.resource_status().map_or_else(String::new, |s| s.as_str().to_owned()),
+            status: r
+                .resource_status()
+                .map_or_else(String::new, |s| s.as_str().to_owned()),
         })
         .collect();
 
@@ -124,10 +126,16 @@ async fn queue_depth(target: &Target, url: &str) -> Result<u64, StackError> {
 }
 
 async fn count_objects(target: &Target, bucket: &str) -> Result<u64, StackError> {
-    let mut pages = target.s3().list_objects_v2().bucket(bucket).into_paginator().send();
+    let mut pages = target
+        .s3()
+        .list_objects_v2()
+        .bucket(bucket)
+        .into_paginator()
+        .send();
     let mut count = 0;
     while let Some(page) = pages.next().await {
-        let page = page.map_err(|err| aws_error(format!("count the objects of bucket {bucket}"), err))?;
+        let page =
+            page.map_err(|err| aws_error(format!("count the objects of bucket {bucket}"), err))?;
         count += page.contents().len() as u64;
     }
     Ok(count)

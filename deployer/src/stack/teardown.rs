@@ -35,7 +35,11 @@ pub async fn teardown(
     console: &mut dyn Console,
 ) -> Result<TeardownOutcome, StackError> {
     let Some(existing) = describe_stack(target, stack).await? else {
-        let removed_artifacts = if keep_assets { 0 } else { remove_artifacts(target, stack).await? };
+        let removed_artifacts = if keep_assets {
+            0
+        } else {
+            remove_artifacts(target, stack).await?
+        };
         return Ok(TeardownOutcome::NothingToTearDown { removed_artifacts });
     };
     if let Some(status) = existing.stack_status().map(|s| s.as_str()) {
@@ -53,7 +57,9 @@ pub async fn teardown(
         if let Some(bucket) = data_bucket(target, stack).await? {
             console.waiting(&format!("emptying bucket {bucket}"));
             emptied_objects = delete_all_versions(target, &bucket, None).await?;
-            console.line(&format!("emptied bucket {bucket}: {emptied_objects} object version(s) removed"));
+            console.line(&format!(
+                "emptied bucket {bucket}: {emptied_objects} object version(s) removed"
+            ));
         }
     }
 
@@ -74,7 +80,11 @@ pub async fn teardown(
         });
     }
 
-    let removed_artifacts = if keep_assets { 0 } else { remove_artifacts(target, stack).await? };
+    let removed_artifacts = if keep_assets {
+        0
+    } else {
+        remove_artifacts(target, stack).await?
+    };
     Ok(TeardownOutcome::TornDown {
         emptied_objects,
         removed_artifacts,
@@ -95,31 +105,58 @@ async fn data_bucket(target: &Target, stack: &str) -> Result<Option<String>, Sta
         Ok(output) => output,
         // No such resource in the stack (a create that failed early).
         Err(err)
-            if aws_sdk_cloudformation::error::ProvideErrorMetadata::code(&err) == Some("ValidationError") =>
+            if aws_sdk_cloudformation::error::ProvideErrorMetadata::code(&err)
+                == Some("ValidationError") =>
         {
             return Ok(None)
         }
-        Err(err) => return Err(aws_error(format!("read the resources of stack {stack}"), err)),
+        Err(err) => {
+            return Err(aws_error(
+                format!("read the resources of stack {stack}"),
+                err,
+            ))
+        }
     };
     Ok(resources
         .stack_resources()
         .iter()
-        .filter(|r| r.resource_status().is_none_or(|s| s.as_str() != "DELETE_COMPLETE"))
+        .filter(|r| {
+            r.resource_status()
+                .is_none_or(|s| s.as_str() != "DELETE_COMPLETE")
+        })
         .find_map(|r| r.physical_resource_id().map(str::to_owned)))
 }
 
 /// Deletes every object version and delete marker in `bucket` (under `prefix`, if given);
 /// returns how many were removed. A bucket that does not exist holds nothing.
-pub(crate) async fn delete_all_versions(target: &Target, bucket: &str, prefix: Option<&str>) -> Result<usize, StackError> {
+pub(crate) async fn delete_all_versions(
+    target: &Target,
+    bucket: &str,
+    prefix: Option<&str>,
+) -> Result<usize, StackError> {
     let s3 = target.s3();
     let mut removed = 0;
     // Deleting while paging would move the markers; list a page, delete it, list again.
     loop {
-        let listed = s3.list_object_versions().bucket(bucket).set_prefix(prefix.map(str::to_owned)).send().await;
+        let listed = s3
+            .list_object_versions()
+            .bucket(bucket)
+            .set_prefix(prefix.map(str::to_owned))
+            .send()
+            .await;
         let listed = match listed {
             Ok(listed) => listed,
-            Err(err) if aws_sdk_s3::error::ProvideErrorMetadata::code(&err) == Some("NoSuchBucket") => return Ok(removed),
-            Err(err) => return Err(aws_error(format!("list the objects of bucket {bucket}"), err)),
+            Err(err)
+                if aws_sdk_s3::error::ProvideErrorMetadata::code(&err) == Some("NoSuchBucket") =>
+            {
+                return Ok(removed)
+            }
+            Err(err) => {
+                return Err(aws_error(
+                    format!("list the objects of bucket {bucket}"),
+                    err,
+                ))
+            }
         };
         let mut objects = Vec::new();
         for version in listed.versions() {

@@ -21,7 +21,11 @@ pub(crate) struct Finished {
 }
 
 /// Streams the events of `stack_id` that are not in `seen` and returns them, oldest first.
-async fn new_events(target: &Target, stack_id: &str, seen: &mut HashSet<String>) -> Result<Vec<StackEvent>, StackError> {
+async fn new_events(
+    target: &Target,
+    stack_id: &str,
+    seen: &mut HashSet<String>,
+) -> Result<Vec<StackEvent>, StackError> {
     let mut fresh = Vec::new();
     let mut pages = target
         .cloudformation()
@@ -33,12 +37,18 @@ async fn new_events(target: &Target, stack_id: &str, seen: &mut HashSet<String>)
         let page = match page {
             Ok(page) => page,
             // A deleted stack's events may vanish on emulators; nothing more to show.
-            Err(err) if aws_sdk_cloudformation::error::ProvideErrorMetadata::message(&err)
-                .is_some_and(|m| m.contains("does not exist")) =>
+            Err(err)
+                if aws_sdk_cloudformation::error::ProvideErrorMetadata::message(&err)
+                    .is_some_and(|m| m.contains("does not exist")) =>
             {
                 break
             }
-            Err(err) => return Err(aws_error(format!("read the events of stack {stack_id}"), err)),
+            Err(err) => {
+                return Err(aws_error(
+                    format!("read the events of stack {stack_id}"),
+                    err,
+                ))
+            }
         };
         // Newest first: stop at the first event already shown.
         for event in page.stack_events() {
@@ -54,7 +64,10 @@ async fn new_events(target: &Target, stack_id: &str, seen: &mut HashSet<String>)
 }
 
 /// Marks every event that exists now as seen, so only later ones are shown.
-pub(crate) async fn seen_events(target: &Target, stack_id: &str) -> Result<HashSet<String>, StackError> {
+pub(crate) async fn seen_events(
+    target: &Target,
+    stack_id: &str,
+) -> Result<HashSet<String>, StackError> {
     let mut seen = HashSet::new();
     new_events(target, stack_id, &mut seen).await?;
     Ok(seen)
@@ -82,7 +95,10 @@ fn failure_of(event: &StackEvent) -> Option<ResourceFailure> {
         logical_id: event.logical_resource_id().unwrap_or("-").to_owned(),
         resource_type: event.resource_type().unwrap_or("-").to_owned(),
         status: status.to_owned(),
-        reason: event.resource_status_reason().unwrap_or("no reason given").to_owned(),
+        reason: event
+            .resource_status_reason()
+            .unwrap_or("no reason given")
+            .to_owned(),
     })
 }
 

@@ -1,0 +1,780 @@
+//! The stack settings users may change, their defaults and their validation.
+//!
+//! Settings come from [`StackSettings::default`], a small TOML file
+//! ([`StackSettings::from_file`]) whose keys are the snake_case field names below, and command
+//! line flags applied on top by the caller. Call [`StackSettings::validate`] after the last
+//! change: [`crate::template::synthesize`] trusts what it is given.
+//!
+//! ```toml
+//! # usersync.toml: every key is optional; absent keys keep their defaults.
+//! stack_name = "usersync-dev"
+//! batch_size = 500
+//! delete_scope = "prefix"
+//! key_prefix = "users/"
+//! max_concurrency = 16
+//! architecture = "x86_64"
+//! ```
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::template::FUNCTION_NAME_SUFFIX;
+
+/// Lambda's limit on function names, in characters.
+const MAX_FUNCTION_NAME_LEN: usize = 64;
+
+/// The longest stack name accepted.
+///
+/// CloudFormation itself allows 128 characters, but the function is named
+/// `<stack name>-mirror` (see [`crate::template`]) and Lambda allows 64. Every other resource
+/// is named by CloudFormation, which shortens names as each service requires.
+pub const MAX_STACK_NAME_LEN: usize = MAX_FUNCTION_NAME_LEN - FUNCTION_NAME_SUFFIX.len();
+
+/// The retention periods CloudWatch Logs accepts, in days.
+pub const LOG_RETENTION_DAYS: [u32; 22] = [
+    1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922,
+    3288, 3653,
+];
+
+/// The most users the function may work on at once (the function's own limit).
+pub const MAX_MAX_CONCURRENCY: u32 = 1024;
+
+const STACK_NAME_FORM: &str =
+    "1 to 57 characters of letters, digits and '-', starting with a letter, such as \"usersync\"";
+const PREFIX_FORM: &str =
+    "a key prefix of at most 512 bytes without control characters, such as \"users/\"";
+const OBJECT_NAME_FORM: &str =
+    "an object name of at most 255 bytes without '/' or control characters, not '.' or '..', such as \"userdata\"";
+const RETENTION_FORM: &str = "one of 1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288 or 3653";
+const DELETE_SCOPE_FORM: &str = "\"object\" or \"prefix\"";
+const ARCHITECTURE_FORM: &str = "\"arm64\" or \"x86_64\"";
+
+/// What a `REMOVE` from the table deletes in the bucket (the function's `DELETE_SCOPE`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeleteScope {
+    /// Only the user's object, `<key_prefix><name>/<object_name>`.
+    #[default]
+    Object,
+    /// Every object under the user's prefix, `<key_prefix><name>/`.
+    Prefix,
+}
+
+impl DeleteScope {
+    /// The value as the function and the config file spell it: `object` or `prefix`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Object => "object",
+            Self::Prefix => "prefix",
+        }
+    }
+}
+
+impl fmt::Display for DeleteScope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for DeleteScope {
+    type Err = SettingsError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "object" => Ok(Self::Object),
+            "prefix" => Ok(Self::Prefix),
+            _ => Err(SettingsError::Invalid {
+                setting: "delete_scope",
+                value: s.to_owned(),
+                reason: "unknown scope",
+                expected: DELETE_SCOPE_FORM,
+            }),
+        }
+    }
+}
+
+/// The instruction set the function runs on; it must match the built `bootstrap`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Architecture {
+    /// AWS Graviton, `arm64` (the default: cheaper per millisecond than x86_64).
+    #[default]
+    #[serde(rename = "arm64")]
+    Arm64,
+    /// `x86_64`.
+    #[serde(rename = "x86_64")]
+    X86_64,
+}
+
+impl Architecture {
+    /// The value as Lambda's `Architectures` property spells it: `arm64` or `x86_64`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Arm64 => "arm64",
+            Self::X86_64 => "x86_64",
+        }
+    }
+}
+
+impl fmt::Display for Architecture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Architecture {
+    type Err = SettingsError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "arm64" => Ok(Self::Arm64),
+            "x86_64" => Ok(Self::X86_64),
+            _ => Err(SettingsError::Invalid {
+                setting: "architecture",
+                value: s.to_owned(),
+                reason: "unknown architecture",
+                expected: ARCHITECTURE_FORM,
+            }),
+        }
+    }
+}
+
+/// Where the function's code archive (`bootstrap.zip`) was uploaded.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ArtifactLocation {
+    /// The assets bucket, in the stack's region.
+    pub bucket: String,
+    /// The archive's key in that bucket.
+    pub key: String,
+}
+
+/// The settings of one usersync stack; see each field for its default and allowed values.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StackSettings {
+    /// The CloudFormation stack name. Default `usersync`; 1 to 57 characters matching
+    /// `[a-zA-Z][-a-zA-Z0-9]*` (the function is named `<stack_name>-mirror`, at most 64).
+    pub stack_name: String,
+    /// Most stream records per invocation. Default 100; 1 to 10000.
+    pub batch_size: u32,
+    /// Seconds the mapping may wait to fill a batch. Default 1; 0 to 300.
+    pub maximum_batching_window_seconds: u32,
+    /// Retries of a failed batch before it goes to the failure queue. Default 5; -1 (retry
+    /// until the record expires) or 0 to 10000.
+    pub maximum_retry_attempts: i32,
+    /// Age after which a record is sent to the failure queue instead of being retried.
+    /// Default 3600; -1 (no limit) or 60 to 604800 seconds.
+    pub maximum_record_age_seconds: i32,
+    /// Split a failing batch in two and retry each half. Default `true`.
+    pub bisect_batch_on_function_error: bool,
+    /// The function's memory in MB. Default 256; 128 to 10240.
+    pub memory_mb: u32,
+    /// The function's timeout in seconds. Default 60; 1 to 900.
+    pub timeout_seconds: u32,
+    /// What a `REMOVE` deletes. Default `object`; `object` or `prefix`.
+    pub delete_scope: DeleteScope,
+    /// Prefix of every key the function writes. Default empty; at most 512 bytes, no control
+    /// characters.
+    pub key_prefix: String,
+    /// Name of each user's object under its prefix. Default `userdata`.
+    pub object_name: String,
+    /// Most users the function works on at once. Default unset (the function's own default,
+    /// 64); 1 to 1024.
+    pub max_concurrency: Option<u32>,
+    /// Days CloudWatch Logs keeps the function's logs. Default 14; one of CloudWatch's
+    /// allowed periods ([`LOG_RETENTION_DAYS`]).
+    pub log_retention_days: u32,
+    /// Keep the users table when the stack is deleted or the table replaced. Default `false`.
+    pub retain_data_on_teardown: bool,
+    /// The function's architecture. Default `arm64`; `arm64` or `x86_64`.
+    pub architecture: Architecture,
+}
+
+impl Default for StackSettings {
+    fn default() -> Self {
+        Self {
+            stack_name: "usersync".to_owned(),
+            batch_size: 100,
+            maximum_batching_window_seconds: 1,
+            maximum_retry_attempts: 5,
+            maximum_record_age_seconds: 3600,
+            bisect_batch_on_function_error: true,
+            memory_mb: 256,
+            timeout_seconds: 60,
+            delete_scope: DeleteScope::Object,
+            key_prefix: String::new(),
+            object_name: "userdata".to_owned(),
+            max_concurrency: None,
+            log_retention_days: 14,
+            retain_data_on_teardown: false,
+            architecture: Architecture::Arm64,
+        }
+    }
+}
+
+/// A setting that is invalid or a settings file that cannot be read; every message names the
+/// setting (or file), the bad value and the allowed form.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// A number outside its allowed range.
+    #[error("{setting} {value} is out of range: expected {expected}")]
+    OutOfRange {
+        /// The setting's name, as in the config file.
+        setting: &'static str,
+        /// The rejected value.
+        value: i64,
+        /// The allowed values.
+        expected: &'static str,
+    },
+    /// A text value that breaks a rule.
+    #[error("{setting} {value:?} is invalid: {reason}; expected {expected}")]
+    Invalid {
+        /// The setting's name, as in the config file.
+        setting: &'static str,
+        /// The rejected value.
+        value: String,
+        /// What is wrong with it.
+        reason: &'static str,
+        /// The allowed form.
+        expected: &'static str,
+    },
+    /// The settings file could not be read.
+    #[error("cannot read settings file {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why it could not be read.
+        source: std::io::Error,
+    },
+    /// The settings are not valid TOML or hold an unknown key or a value of the wrong type.
+    #[error("invalid settings in {origin}: {message}")]
+    Parse {
+        /// The file's path, or `TOML text` when parsing a string.
+        origin: String,
+        /// The TOML parser's message, with the line, column and key.
+        message: String,
+    },
+    /// A setting in a file breaks a rule; the message names the file, then the setting.
+    #[error("invalid settings in {}: {error}", path.display())]
+    InFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        error: Box<SettingsError>,
+    },
+}
+
+impl StackSettings {
+    /// Parses settings from TOML text (snake_case keys, all optional) and validates them.
+    ///
+    /// Absent keys keep their defaults; unknown keys are an error naming the key.
+    pub fn from_toml_str(text: &str) -> Result<Self, SettingsError> {
+        let settings = parse(text, "TOML text")?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Reads, parses and validates a settings file; errors name the file.
+    pub fn from_file(path: &Path) -> Result<Self, SettingsError> {
+        let text = std::fs::read_to_string(path).map_err(|source| SettingsError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let settings = parse(&text, &path.display().to_string())?;
+        settings.validate().map_err(|error| SettingsError::InFile {
+            path: path.to_owned(),
+            error: Box::new(error),
+        })?;
+        Ok(settings)
+    }
+
+    /// Checks every setting against its allowed values; returns the first problem found.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        check_stack_name(&self.stack_name)?;
+        check_range("batch_size", self.batch_size, 1, 10_000, "1 to 10000")?;
+        check_range(
+            "maximum_batching_window_seconds",
+            self.maximum_batching_window_seconds,
+            0,
+            300,
+            "0 to 300",
+        )?;
+        check_range(
+            "maximum_retry_attempts",
+            self.maximum_retry_attempts,
+            -1,
+            10_000,
+            "-1 (retry until the record expires) or 0 to 10000",
+        )?;
+        if self.maximum_record_age_seconds != -1 {
+            check_range(
+                "maximum_record_age_seconds",
+                self.maximum_record_age_seconds,
+                60,
+                604_800,
+                "-1 (no limit) or 60 to 604800",
+            )?;
+        }
+        check_range("memory_mb", self.memory_mb, 128, 10_240, "128 to 10240")?;
+        check_range("timeout_seconds", self.timeout_seconds, 1, 900, "1 to 900")?;
+        check_key_prefix(&self.key_prefix)?;
+        check_object_name(&self.object_name)?;
+        if let Some(n) = self.max_concurrency {
+            check_range(
+                "max_concurrency",
+                n,
+                1,
+                MAX_MAX_CONCURRENCY.into(),
+                "1 to 1024",
+            )?;
+        }
+        if !LOG_RETENTION_DAYS.contains(&self.log_retention_days) {
+            return Err(SettingsError::OutOfRange {
+                setting: "log_retention_days",
+                value: i64::from(self.log_retention_days),
+                expected: RETENTION_FORM,
+            });
+        }
+        Ok(())
+    }
+}
+
+fn parse(text: &str, origin: &str) -> Result<StackSettings, SettingsError> {
+    toml::from_str(text).map_err(|err: toml::de::Error| SettingsError::Parse {
+        origin: origin.to_owned(),
+        message: err.to_string().trim_end().to_owned(),
+    })
+}
+
+fn check_range<T: Into<i64>>(
+    setting: &'static str,
+    value: T,
+    min: i64,
+    max: i64,
+    expected: &'static str,
+) -> Result<(), SettingsError> {
+    let value = value.into();
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(SettingsError::OutOfRange {
+            setting,
+            value,
+            expected,
+        })
+    }
+}
+
+fn invalid(
+    setting: &'static str,
+    value: &str,
+    reason: &'static str,
+    expected: &'static str,
+) -> SettingsError {
+    SettingsError::Invalid {
+        setting,
+        value: value.to_owned(),
+        reason,
+        expected,
+    }
+}
+
+fn check_stack_name(name: &str) -> Result<(), SettingsError> {
+    let problem = if name.is_empty() {
+        Some("empty")
+    } else if !name.starts_with(|c: char| c.is_ascii_alphabetic()) {
+        Some("does not start with a letter")
+    } else if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+        Some("holds a character other than a letter, digit or '-'")
+    } else if name.len() > MAX_STACK_NAME_LEN {
+        Some("longer than 57 characters")
+    } else {
+        None
+    };
+    match problem {
+        Some(reason) => Err(invalid("stack_name", name, reason, STACK_NAME_FORM)),
+        None => Ok(()),
+    }
+}
+
+// The same rules as the function's `KEY_PREFIX` and `OBJECT_NAME`, so that a stack that
+// deploys also starts.
+fn check_key_prefix(prefix: &str) -> Result<(), SettingsError> {
+    if prefix.len() > 512 {
+        return Err(invalid(
+            "key_prefix",
+            prefix,
+            "longer than 512 bytes",
+            PREFIX_FORM,
+        ));
+    }
+    if prefix.chars().any(char::is_control) {
+        return Err(invalid(
+            "key_prefix",
+            prefix,
+            "contains a control character",
+            PREFIX_FORM,
+        ));
+    }
+    Ok(())
+}
+
+fn check_object_name(name: &str) -> Result<(), SettingsError> {
+    let problem = if name.is_empty() {
+        Some("empty")
+    } else if name.contains('/') {
+        Some("contains '/'")
+    } else if name == "." || name == ".." {
+        Some("is a relative path segment")
+    } else if name.chars().any(char::is_control) {
+        Some("contains a control character")
+    } else if name.len() > 255 {
+        Some("longer than 255 bytes")
+    } else {
+        None
+    };
+    match problem {
+        Some(reason) => Err(invalid("object_name", name, reason, OBJECT_NAME_FORM)),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(change: impl FnOnce(&mut StackSettings)) -> StackSettings {
+        let mut settings = StackSettings::default();
+        change(&mut settings);
+        settings
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones_and_valid() {
+        let s = StackSettings::default();
+        assert_eq!(s.stack_name, "usersync");
+        assert_eq!(s.batch_size, 100);
+        assert_eq!(s.maximum_batching_window_seconds, 1);
+        assert_eq!(s.maximum_retry_attempts, 5);
+        assert_eq!(s.maximum_record_age_seconds, 3600);
+        assert!(s.bisect_batch_on_function_error);
+        assert_eq!(s.memory_mb, 256);
+        assert_eq!(s.timeout_seconds, 60);
+        assert_eq!(s.delete_scope, DeleteScope::Object);
+        assert_eq!(s.key_prefix, "");
+        assert_eq!(s.object_name, "userdata");
+        assert_eq!(s.max_concurrency, None);
+        assert_eq!(s.log_retention_days, 14);
+        assert!(!s.retain_data_on_teardown);
+        assert_eq!(s.architecture, Architecture::Arm64);
+        s.validate().unwrap();
+    }
+
+    #[test]
+    fn the_longest_stack_name_keeps_the_function_name_legal() {
+        assert_eq!(MAX_STACK_NAME_LEN, 57);
+        with(|s| s.stack_name = format!("a{}", "-".repeat(56)))
+            .validate()
+            .unwrap();
+        assert!(STACK_NAME_FORM.starts_with(&format!("1 to {MAX_STACK_NAME_LEN} ")));
+    }
+
+    #[test]
+    fn the_retention_form_lists_exactly_the_allowed_periods() {
+        let listed: Vec<u32> = RETENTION_FORM
+            .trim_start_matches("one of ")
+            .split([',', ' '])
+            .filter_map(|word| word.parse().ok())
+            .collect();
+        assert_eq!(listed, LOG_RETENTION_DAYS);
+    }
+
+    #[test]
+    fn boundary_values_are_accepted() {
+        let ok = [
+            with(|s| s.batch_size = 1),
+            with(|s| s.batch_size = 10_000),
+            with(|s| s.maximum_batching_window_seconds = 0),
+            with(|s| s.maximum_batching_window_seconds = 300),
+            with(|s| s.maximum_retry_attempts = -1),
+            with(|s| s.maximum_retry_attempts = 10_000),
+            with(|s| s.maximum_record_age_seconds = -1),
+            with(|s| s.maximum_record_age_seconds = 60),
+            with(|s| s.maximum_record_age_seconds = 604_800),
+            with(|s| s.memory_mb = 128),
+            with(|s| s.memory_mb = 10_240),
+            with(|s| s.timeout_seconds = 1),
+            with(|s| s.timeout_seconds = 900),
+            with(|s| s.max_concurrency = Some(1)),
+            with(|s| s.max_concurrency = Some(1024)),
+            with(|s| s.log_retention_days = 3653),
+            with(|s| s.key_prefix = "x".repeat(512)),
+            with(|s| s.object_name = "profile.json".to_owned()),
+        ];
+        for settings in ok {
+            settings
+                .validate()
+                .unwrap_or_else(|err| panic!("{settings:?} should be valid: {err}"));
+        }
+    }
+
+    #[test]
+    fn invalid_values_name_the_setting_the_value_and_the_allowed_form() {
+        let cases = [
+            (
+                with(|s| s.batch_size = 0),
+                "batch_size 0 is out of range: expected 1 to 10000",
+            ),
+            (
+                with(|s| s.batch_size = 10_001),
+                "batch_size 10001 is out of range: expected 1 to 10000",
+            ),
+            (
+                with(|s| s.maximum_batching_window_seconds = 301),
+                "maximum_batching_window_seconds 301 is out of range: expected 0 to 300",
+            ),
+            (
+                with(|s| s.maximum_retry_attempts = -2),
+                "maximum_retry_attempts -2 is out of range: expected -1 (retry until the record expires) or 0 to 10000",
+            ),
+            (
+                with(|s| s.maximum_record_age_seconds = 59),
+                "maximum_record_age_seconds 59 is out of range: expected -1 (no limit) or 60 to 604800",
+            ),
+            (
+                with(|s| s.maximum_record_age_seconds = 0),
+                "maximum_record_age_seconds 0 is out of range",
+            ),
+            (
+                with(|s| s.memory_mb = 127),
+                "memory_mb 127 is out of range: expected 128 to 10240",
+            ),
+            (
+                with(|s| s.timeout_seconds = 901),
+                "timeout_seconds 901 is out of range: expected 1 to 900",
+            ),
+            (
+                with(|s| s.max_concurrency = Some(0)),
+                "max_concurrency 0 is out of range: expected 1 to 1024",
+            ),
+            (
+                with(|s| s.log_retention_days = 10),
+                "log_retention_days 10 is out of range: expected one of 1, 3, 5, 7, 14,",
+            ),
+            (
+                with(|s| s.stack_name = String::new()),
+                "stack_name \"\" is invalid: empty; expected 1 to 57 characters",
+            ),
+            (
+                with(|s| s.stack_name = "1stack".to_owned()),
+                "stack_name \"1stack\" is invalid: does not start with a letter",
+            ),
+            (
+                with(|s| s.stack_name = "my_stack".to_owned()),
+                "stack_name \"my_stack\" is invalid: holds a character other than",
+            ),
+            (
+                with(|s| s.stack_name = "a".repeat(58)),
+                "is invalid: longer than 57 characters",
+            ),
+            (
+                with(|s| s.key_prefix = "a\nb".to_owned()),
+                "key_prefix \"a\\nb\" is invalid: contains a control character; expected a key prefix",
+            ),
+            (
+                with(|s| s.key_prefix = "x".repeat(513)),
+                "is invalid: longer than 512 bytes",
+            ),
+            (
+                with(|s| s.object_name = "a/b".to_owned()),
+                "object_name \"a/b\" is invalid: contains '/'; expected an object name",
+            ),
+            (
+                with(|s| s.object_name = String::new()),
+                "object_name \"\" is invalid: empty",
+            ),
+            (
+                with(|s| s.object_name = "..".to_owned()),
+                "object_name \"..\" is invalid: is a relative path segment",
+            ),
+        ];
+        for (settings, expected) in cases {
+            let message = settings.validate().unwrap_err().to_string();
+            assert!(
+                message.contains(expected),
+                "{message:?} should contain {expected:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_empty_file_gives_the_defaults() {
+        assert_eq!(
+            StackSettings::from_toml_str("").unwrap(),
+            StackSettings::default()
+        );
+    }
+
+    #[test]
+    fn every_key_is_read_from_toml() {
+        let text = r#"
+            stack_name = "users-dev"
+            batch_size = 500
+            maximum_batching_window_seconds = 0
+            maximum_retry_attempts = -1
+            maximum_record_age_seconds = -1
+            bisect_batch_on_function_error = false
+            memory_mb = 1024
+            timeout_seconds = 120
+            delete_scope = "prefix"
+            key_prefix = "users/"
+            object_name = "profile.json"
+            max_concurrency = 16
+            log_retention_days = 30
+            retain_data_on_teardown = true
+            architecture = "x86_64"
+        "#;
+        let expected = StackSettings {
+            stack_name: "users-dev".to_owned(),
+            batch_size: 500,
+            maximum_batching_window_seconds: 0,
+            maximum_retry_attempts: -1,
+            maximum_record_age_seconds: -1,
+            bisect_batch_on_function_error: false,
+            memory_mb: 1024,
+            timeout_seconds: 120,
+            delete_scope: DeleteScope::Prefix,
+            key_prefix: "users/".to_owned(),
+            object_name: "profile.json".to_owned(),
+            max_concurrency: Some(16),
+            log_retention_days: 30,
+            retain_data_on_teardown: true,
+            architecture: Architecture::X86_64,
+        };
+        assert_eq!(StackSettings::from_toml_str(text).unwrap(), expected);
+    }
+
+    #[test]
+    fn settings_survive_a_toml_round_trip() {
+        let settings = with(|s| {
+            s.delete_scope = DeleteScope::Prefix;
+            s.architecture = Architecture::X86_64;
+            s.max_concurrency = Some(8);
+        });
+        let text = toml::to_string(&settings).unwrap();
+        assert_eq!(StackSettings::from_toml_str(&text).unwrap(), settings);
+    }
+
+    #[test]
+    fn an_unknown_key_is_named() {
+        let message = StackSettings::from_toml_str("batch_size = 10\nbatchsize = 5\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.starts_with("invalid settings in TOML text: "),
+            "{message}"
+        );
+        assert!(message.contains("unknown field `batchsize`"), "{message}");
+        assert!(message.contains("line 2"), "{message}");
+    }
+
+    #[test]
+    fn wrong_types_and_unknown_enum_values_are_parse_errors() {
+        for (text, fragment) in [
+            ("batch_size = \"ten\"", "batch_size"),
+            ("batch_size = -1", "batch_size"),
+            ("delete_scope = \"all\"", "unknown variant `all`"),
+            ("architecture = \"aarch64\"", "unknown variant `aarch64`"),
+            ("memory_mb = ", "memory_mb"),
+        ] {
+            let err = StackSettings::from_toml_str(text).unwrap_err();
+            assert!(matches!(err, SettingsError::Parse { .. }), "{err:?}");
+            let message = err.to_string();
+            assert!(
+                message.contains(fragment),
+                "{message:?} should name {fragment:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_parsed_value_out_of_range_is_rejected() {
+        let message = StackSettings::from_toml_str("timeout_seconds = 0")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            message,
+            "timeout_seconds 0 is out of range: expected 1 to 900"
+        );
+    }
+
+    #[test]
+    fn file_errors_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+
+        let unknown = dir.path().join("unknown.toml");
+        std::fs::write(&unknown, "stack = \"x\"\n").unwrap();
+        let message = StackSettings::from_file(&unknown).unwrap_err().to_string();
+        assert!(
+            message.contains(&unknown.display().to_string()),
+            "{message}"
+        );
+        assert!(message.contains("unknown field `stack`"), "{message}");
+
+        let bad = dir.path().join("bad.toml");
+        std::fs::write(&bad, "memory_mb = 64\n").unwrap();
+        let message = StackSettings::from_file(&bad).unwrap_err().to_string();
+        assert_eq!(
+            message,
+            format!(
+                "invalid settings in {}: memory_mb 64 is out of range: expected 128 to 10240",
+                bad.display()
+            )
+        );
+
+        let missing = dir.path().join("missing.toml");
+        let message = StackSettings::from_file(&missing).unwrap_err().to_string();
+        assert!(
+            message.starts_with(&format!(
+                "cannot read settings file {}: ",
+                missing.display()
+            )),
+            "{message}"
+        );
+
+        let good = dir.path().join("good.toml");
+        std::fs::write(&good, "stack_name = \"users-test\"\n").unwrap();
+        assert_eq!(
+            StackSettings::from_file(&good).unwrap().stack_name,
+            "users-test"
+        );
+    }
+
+    #[test]
+    fn enums_parse_from_flags_and_print_as_aws_spells_them() {
+        assert_eq!(
+            "prefix".parse::<DeleteScope>().unwrap(),
+            DeleteScope::Prefix
+        );
+        assert_eq!(
+            "object".parse::<DeleteScope>().unwrap(),
+            DeleteScope::Object
+        );
+        assert_eq!(
+            "x86_64".parse::<Architecture>().unwrap(),
+            Architecture::X86_64
+        );
+        assert_eq!(Architecture::Arm64.to_string(), "arm64");
+        assert_eq!(DeleteScope::Prefix.to_string(), "prefix");
+        assert_eq!(
+            "all".parse::<DeleteScope>().unwrap_err().to_string(),
+            "delete_scope \"all\" is invalid: unknown scope; expected \"object\" or \"prefix\""
+        );
+        assert_eq!(
+            "amd64".parse::<Architecture>().unwrap_err().to_string(),
+            "architecture \"amd64\" is invalid: unknown architecture; expected \"arm64\" or \"x86_64\""
+        );
+    }
+}

@@ -1,0 +1,469 @@
+//! The CloudFormation template of a usersync stack: one template for AWS and emulators alike.
+//!
+//! [`synthesize`] is a pure function of the settings and the artifact location, and every JSON
+//! object in it has its keys sorted, so the same inputs always give the same bytes and a deploy
+//! with nothing changed finds nothing to change.
+//!
+//! Physical names are left to CloudFormation except the function's, `<stack name>-mirror`:
+//! its log group must be named `/aws/lambda/<function name>` before the function exists, and
+//! deriving both from the stack name (rather than a `Ref` between them) avoids a circular
+//! reference.
+
+use serde_json::{json, Map, Value};
+
+use crate::settings::{ArtifactLocation, DeleteScope, StackSettings};
+
+/// Appended to the stack name to form the function's name.
+pub const FUNCTION_NAME_SUFFIX: &str = "-mirror";
+
+/// Logical IDs of the template's resources; use these instead of string literals.
+pub mod logical_id {
+    /// The users table (`AWS::DynamoDB::Table`) whose stream drives the function.
+    pub const USERS_TABLE: &str = "UsersTable";
+    /// The bucket the function mirrors users into (`AWS::S3::Bucket`).
+    pub const DATA_BUCKET: &str = "DataBucket";
+    /// The data bucket's policy denying requests without TLS (`AWS::S3::BucketPolicy`).
+    pub const DATA_BUCKET_POLICY: &str = "DataBucketPolicy";
+    /// The mapping's on-failure destination (`AWS::SQS::Queue`).
+    pub const FAILURE_QUEUE: &str = "FailureQueue";
+    /// The function's log group (`AWS::Logs::LogGroup`).
+    pub const FUNCTION_LOG_GROUP: &str = "FunctionLogGroup";
+    /// The function's execution role (`AWS::IAM::Role`).
+    pub const FUNCTION_ROLE: &str = "FunctionRole";
+    /// The mirror function (`AWS::Lambda::Function`).
+    pub const MIRROR_FUNCTION: &str = "MirrorFunction";
+    /// The stream-to-function mapping (`AWS::Lambda::EventSourceMapping`).
+    pub const EVENT_SOURCE_MAPPING: &str = "EventSourceMapping";
+
+    /// Every logical ID in the template.
+    pub const ALL: [&str; 8] = [
+        USERS_TABLE,
+        DATA_BUCKET,
+        DATA_BUCKET_POLICY,
+        FAILURE_QUEUE,
+        FUNCTION_LOG_GROUP,
+        FUNCTION_ROLE,
+        MIRROR_FUNCTION,
+        EVENT_SOURCE_MAPPING,
+    ];
+}
+
+/// Names of the template's outputs; use these instead of string literals.
+pub mod output {
+    /// The users table's name.
+    pub const TABLE_NAME: &str = "TableName";
+    /// The users table's stream ARN.
+    pub const STREAM_ARN: &str = "StreamArn";
+    /// The data bucket's name.
+    pub const BUCKET_NAME: &str = "BucketName";
+    /// The mirror function's name.
+    pub const FUNCTION_NAME: &str = "FunctionName";
+    /// The failure queue's URL.
+    pub const FAILURE_QUEUE_URL: &str = "FailureQueueUrl";
+    /// The failure queue's ARN.
+    pub const FAILURE_QUEUE_ARN: &str = "FailureQueueArn";
+    /// The event source mapping's UUID.
+    pub const EVENT_SOURCE_MAPPING_ID: &str = "EventSourceMappingId";
+
+    /// Every output name.
+    pub const ALL: [&str; 7] = [
+        TABLE_NAME,
+        STREAM_ARN,
+        BUCKET_NAME,
+        FUNCTION_NAME,
+        FAILURE_QUEUE_URL,
+        FAILURE_QUEUE_ARN,
+        EVENT_SOURCE_MAPPING_ID,
+    ];
+}
+
+/// The template's description.
+pub const DESCRIPTION: &str =
+    "usersync: mirrors a DynamoDB users table into S3 through a Lambda function on the table's stream";
+
+/// The function's physical name in a stack called `stack_name`.
+pub fn function_name(stack_name: &str) -> String {
+    format!("{stack_name}{FUNCTION_NAME_SUFFIX}")
+}
+
+/// The function's log group name in a stack called `stack_name`.
+pub fn log_group_name(stack_name: &str) -> String {
+    format!("/aws/lambda/{}", function_name(stack_name))
+}
+
+/// A template could not be rendered.
+#[derive(Debug, thiserror::Error)]
+pub enum TemplateError {
+    /// The YAML emitter failed.
+    #[error("cannot render the template as YAML: {0}")]
+    Yaml(#[from] serde_norway::Error),
+    /// A string that the emitter would leave unquoted but a YAML 1.1 parser (such as
+    /// CloudFormation's) would read as a boolean or number.
+    #[error(
+        "cannot render the template as YAML: the value {value:?} would be read as a boolean \
+         or number by YAML 1.1 parsers; use the JSON form of the template"
+    )]
+    AmbiguousYaml {
+        /// The string, as it appears in the template.
+        value: String,
+    },
+}
+
+/// Builds the stack's CloudFormation template.
+///
+/// It trusts `settings`; call [`StackSettings::validate`] first.
+pub fn synthesize(settings: &StackSettings, artifact: &ArtifactLocation) -> Value {
+    use logical_id::*;
+
+    let mut resources = Map::new();
+    resources.insert(USERS_TABLE.into(), users_table(settings));
+    resources.insert(DATA_BUCKET.into(), data_bucket());
+    resources.insert(DATA_BUCKET_POLICY.into(), data_bucket_policy());
+    resources.insert(FAILURE_QUEUE.into(), failure_queue());
+    resources.insert(FUNCTION_LOG_GROUP.into(), function_log_group(settings));
+    resources.insert(FUNCTION_ROLE.into(), function_role(settings));
+    resources.insert(MIRROR_FUNCTION.into(), mirror_function(settings, artifact));
+    resources.insert(EVENT_SOURCE_MAPPING.into(), event_source_mapping(settings));
+
+    let mut outputs = Map::new();
+    let mut add_output = |name: &str, description: &str, value: Value| {
+        outputs.insert(
+            name.into(),
+            json!({ "Description": description, "Value": value }),
+        );
+    };
+    add_output(
+        output::TABLE_NAME,
+        "Name of the users table",
+        reference(USERS_TABLE),
+    );
+    add_output(
+        output::STREAM_ARN,
+        "ARN of the users table's stream",
+        get_att(USERS_TABLE, "StreamArn"),
+    );
+    add_output(
+        output::BUCKET_NAME,
+        "Name of the bucket the users are mirrored into",
+        reference(DATA_BUCKET),
+    );
+    add_output(
+        output::FUNCTION_NAME,
+        "Name of the mirror function",
+        reference(MIRROR_FUNCTION),
+    );
+    add_output(
+        output::FAILURE_QUEUE_URL,
+        "URL of the queue receiving batches that could not be mirrored",
+        reference(FAILURE_QUEUE),
+    );
+    add_output(
+        output::FAILURE_QUEUE_ARN,
+        "ARN of the queue receiving batches that could not be mirrored",
+        get_att(FAILURE_QUEUE, "Arn"),
+    );
+    add_output(
+        output::EVENT_SOURCE_MAPPING_ID,
+        "UUID of the mapping from the table's stream to the function",
+        reference(EVENT_SOURCE_MAPPING),
+    );
+
+    let mut template = json!({
+        "AWSTemplateFormatVersion": "2010-09-09",
+        "Description": DESCRIPTION,
+        "Metadata": {
+            "usersync": {
+                "Generator": "cargo xtask synth",
+            }
+        },
+        "Resources": resources,
+        "Outputs": outputs,
+    });
+    // Some dependencies turn on serde_json's `preserve_order`; sorting makes the output
+    // the same whichever features a build unifies.
+    template.sort_all_objects();
+    template
+}
+
+/// Renders a template as pretty-printed JSON ending with a newline.
+pub fn to_json_string(template: &Value) -> String {
+    // `{:#}` is serde_json's infallible pretty printer.
+    format!("{template:#}\n")
+}
+
+/// Renders a template as YAML (plain keys such as `Fn::GetAtt`, no short-form tags).
+///
+/// The emitter follows YAML 1.2 and quotes only what YAML 1.2 would misread, so a value such as
+/// `yes` or `1_000` from the settings is refused rather than emitted plain, where a YAML 1.1
+/// parser would change its type. The JSON form has no such ambiguity.
+pub fn to_yaml_string(template: &Value) -> Result<String, TemplateError> {
+    check_yaml_1_1_strings(template)?;
+    Ok(serde_norway::to_string(template)?)
+}
+
+fn check_yaml_1_1_strings(value: &Value) -> Result<(), TemplateError> {
+    match value {
+        Value::String(text) if misread_by_yaml_1_1(text) => Err(TemplateError::AmbiguousYaml {
+            value: text.clone(),
+        }),
+        Value::Array(items) => items.iter().try_for_each(check_yaml_1_1_strings),
+        Value::Object(map) => map.values().try_for_each(check_yaml_1_1_strings),
+        _ => Ok(()),
+    }
+}
+
+/// Whether YAML 1.1 reads a plain `text` as something other than a string, in a way that the
+/// YAML 1.2 emitter does not guard against: `yes`/`no`/`on`/`off`/`y`/`n` booleans, base-60
+/// numbers (`1:20`) and numbers with `_` separators. Dates are left alone: CloudFormation reads
+/// plain `2012-10-17` as text (AWS's own examples leave policy `Version` dates unquoted).
+fn misread_by_yaml_1_1(text: &str) -> bool {
+    const SPECIAL: [&str; 18] = [
+        "y", "Y", "yes", "Yes", "YES", "n", "N", "no", "No", "NO", "on", "On", "ON", "off", "Off",
+        "OFF", "=", "<<",
+    ];
+    if SPECIAL.contains(&text) {
+        return true;
+    }
+    let unsigned = text.strip_prefix(['-', '+']).unwrap_or(text);
+    let numeric =
+        |part: &str| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit() || b == b'_');
+    let base_60 = unsigned.contains(':') && unsigned.split(':').all(numeric);
+    let underscored = unsigned.contains('_')
+        && unsigned.starts_with(|c: char| c.is_ascii_digit() || c == '.')
+        && unsigned.split('.').count() <= 2
+        && unsigned
+            .split('.')
+            .all(|part| part.is_empty() || numeric(part));
+    base_60 || underscored
+}
+
+fn reference(logical_id: &str) -> Value {
+    json!({ "Ref": logical_id })
+}
+
+fn get_att(logical_id: &str, attribute: &str) -> Value {
+    json!({ "Fn::GetAtt": [logical_id, attribute] })
+}
+
+fn sub(text: String) -> Value {
+    json!({ "Fn::Sub": text })
+}
+
+/// `${FunctionLogGroup}`'s ARN without the `:*` that its `Arn` attribute ends with.
+fn log_group_arn(suffix: &str) -> Value {
+    sub(format!(
+        "arn:${{AWS::Partition}}:logs:${{AWS::Region}}:${{AWS::AccountId}}:log-group:${{{}}}{suffix}",
+        logical_id::FUNCTION_LOG_GROUP
+    ))
+}
+
+fn users_table(settings: &StackSettings) -> Value {
+    // The table is the data of record; the bucket is derived from it and can be rebuilt.
+    let policy = if settings.retain_data_on_teardown {
+        "Retain"
+    } else {
+        "Delete"
+    };
+    json!({
+        "Type": "AWS::DynamoDB::Table",
+        "DeletionPolicy": policy,
+        "UpdateReplacePolicy": policy,
+        "Properties": {
+            "AttributeDefinitions": [{ "AttributeName": "name", "AttributeType": "S" }],
+            "KeySchema": [{ "AttributeName": "name", "KeyType": "HASH" }],
+            "BillingMode": "PAY_PER_REQUEST",
+            "StreamSpecification": { "StreamViewType": "NEW_AND_OLD_IMAGES" },
+            "PointInTimeRecoverySpecification": { "PointInTimeRecoveryEnabled": true },
+            "SSESpecification": { "SSEEnabled": true },
+        }
+    })
+}
+
+fn data_bucket() -> Value {
+    json!({
+        "Type": "AWS::S3::Bucket",
+        "Properties": {
+            "BucketEncryption": {
+                "ServerSideEncryptionConfiguration": [{
+                    "ServerSideEncryptionByDefault": { "SSEAlgorithm": "AES256" }
+                }]
+            },
+            "PublicAccessBlockConfiguration": {
+                "BlockPublicAcls": true,
+                "BlockPublicPolicy": true,
+                "IgnorePublicAcls": true,
+                "RestrictPublicBuckets": true,
+            },
+            "OwnershipControls": { "Rules": [{ "ObjectOwnership": "BucketOwnerEnforced" }] },
+        }
+    })
+}
+
+fn data_bucket_policy() -> Value {
+    let bucket = logical_id::DATA_BUCKET;
+    json!({
+        "Type": "AWS::S3::BucketPolicy",
+        "Properties": {
+            "Bucket": reference(bucket),
+            "PolicyDocument": {
+                "Version": "2012-10-17",
+                "Statement": [{
+                    "Sid": "DenyInsecureTransport",
+                    "Effect": "Deny",
+                    "Principal": "*",
+                    "Action": "s3:*",
+                    "Resource": [get_att(bucket, "Arn"), sub(format!("${{{bucket}.Arn}}/*"))],
+                    "Condition": { "Bool": { "aws:SecureTransport": "false" } },
+                }]
+            }
+        }
+    })
+}
+
+fn failure_queue() -> Value {
+    json!({
+        "Type": "AWS::SQS::Queue",
+        "Properties": {
+            "SqsManagedSseEnabled": true,
+            // 14 days, SQS's maximum: time to inspect and replay failed batches.
+            "MessageRetentionPeriod": 1_209_600,
+        }
+    })
+}
+
+fn function_log_group(settings: &StackSettings) -> Value {
+    json!({
+        "Type": "AWS::Logs::LogGroup",
+        "Properties": {
+            "LogGroupName": sub(log_group_name("${AWS::StackName}")),
+            "RetentionInDays": settings.log_retention_days,
+        }
+    })
+}
+
+fn function_role(settings: &StackSettings) -> Value {
+    use logical_id::*;
+
+    let objects = sub(format!("${{{DATA_BUCKET}.Arn}}/*"));
+    let mut statements = vec![json!({
+        "Sid": "WriteUserObjects",
+        "Effect": "Allow",
+        // DeleteObjects (the prefix scope's batch delete) is authorised as s3:DeleteObject.
+        "Action": ["s3:PutObject", "s3:DeleteObject"],
+        "Resource": objects,
+    })];
+    if settings.delete_scope == DeleteScope::Prefix {
+        statements.push(json!({
+            "Sid": "ListUserPrefixes",
+            "Effect": "Allow",
+            "Action": ["s3:ListBucket"],
+            "Resource": get_att(DATA_BUCKET, "Arn"),
+        }));
+    }
+    statements.extend([
+        json!({
+            "Sid": "ReadUsersStream",
+            "Effect": "Allow",
+            "Action": [
+                "dynamodb:DescribeStream",
+                "dynamodb:GetRecords",
+                "dynamodb:GetShardIterator",
+            ],
+            "Resource": get_att(USERS_TABLE, "StreamArn"),
+        }),
+        // ListStreams has no resource type in IAM: "*" is the only resource AWS accepts
+        // for it, and it is the only "*" resource in this policy.
+        json!({
+            "Sid": "ListStreams",
+            "Effect": "Allow",
+            "Action": ["dynamodb:ListStreams"],
+            "Resource": "*",
+        }),
+        json!({
+            "Sid": "SendFailedBatches",
+            "Effect": "Allow",
+            "Action": ["sqs:SendMessage"],
+            "Resource": get_att(FAILURE_QUEUE, "Arn"),
+        }),
+        json!({
+            "Sid": "WriteLogs",
+            "Effect": "Allow",
+            "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
+            "Resource": [log_group_arn(""), log_group_arn(":*")],
+        }),
+    ]);
+
+    json!({
+        "Type": "AWS::IAM::Role",
+        "Properties": {
+            "AssumeRolePolicyDocument": {
+                "Version": "2012-10-17",
+                "Statement": [{
+                    "Effect": "Allow",
+                    "Principal": { "Service": "lambda.amazonaws.com" },
+                    "Action": "sts:AssumeRole",
+                }]
+            },
+            "Policies": [{
+                "PolicyName": "mirror",
+                "PolicyDocument": { "Version": "2012-10-17", "Statement": statements },
+            }]
+        }
+    })
+}
+
+fn mirror_function(settings: &StackSettings, artifact: &ArtifactLocation) -> Value {
+    use logical_id::*;
+
+    let mut variables = Map::new();
+    variables.insert("BUCKET_NAME".into(), reference(DATA_BUCKET));
+    variables.insert("KEY_PREFIX".into(), settings.key_prefix.clone().into());
+    variables.insert("OBJECT_NAME".into(), settings.object_name.clone().into());
+    variables.insert("DELETE_SCOPE".into(), settings.delete_scope.as_str().into());
+    // Unset means the function's own default, which may change with the function.
+    if let Some(n) = settings.max_concurrency {
+        variables.insert("MAX_CONCURRENCY".into(), n.to_string().into());
+    }
+
+    json!({
+        "Type": "AWS::Lambda::Function",
+        // No `DependsOn` on the log group: the `Ref` in `LoggingConfig` already creates the
+        // group first (and cfn-lint flags the duplicate, W3005).
+        "Properties": {
+            "FunctionName": sub(function_name("${AWS::StackName}")),
+            "Runtime": "provided.al2023",
+            "Handler": "bootstrap",
+            "Architectures": [settings.architecture.as_str()],
+            "MemorySize": settings.memory_mb,
+            "Timeout": settings.timeout_seconds,
+            "Code": { "S3Bucket": artifact.bucket, "S3Key": artifact.key },
+            "Role": get_att(FUNCTION_ROLE, "Arn"),
+            "Environment": { "Variables": variables },
+            "LoggingConfig": { "LogFormat": "JSON", "LogGroup": reference(FUNCTION_LOG_GROUP) },
+        }
+    })
+}
+
+fn event_source_mapping(settings: &StackSettings) -> Value {
+    use logical_id::*;
+
+    json!({
+        "Type": "AWS::Lambda::EventSourceMapping",
+        "Properties": {
+            "EventSourceArn": get_att(USERS_TABLE, "StreamArn"),
+            "FunctionName": reference(MIRROR_FUNCTION),
+            // The function is idempotent, so replaying what the stream still holds is safe.
+            "StartingPosition": "TRIM_HORIZON",
+            "BatchSize": settings.batch_size,
+            "MaximumBatchingWindowInSeconds": settings.maximum_batching_window_seconds,
+            "BisectBatchOnFunctionError": settings.bisect_batch_on_function_error,
+            "MaximumRetryAttempts": settings.maximum_retry_attempts,
+            "MaximumRecordAgeInSeconds": settings.maximum_record_age_seconds,
+            "FunctionResponseTypes": ["ReportBatchItemFailures"],
+            "DestinationConfig": { "OnFailure": { "Destination": get_att(FAILURE_QUEUE, "Arn") } },
+            "Enabled": true,
+            // One batch per shard at a time: stream order for every record, not only per key.
+            "ParallelizationFactor": 1,
+        }
+    })
+}

@@ -1,0 +1,769 @@
+//! The synthesised CloudFormation template: resources, references, the role's exact
+//! permissions, the mapping's settings, rendering, and cfn-lint. No network.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use deployer::settings::{Architecture, ArtifactLocation, DeleteScope, StackSettings};
+use deployer::template::{
+    self, logical_id, output, synthesize, to_json_string, to_yaml_string, DESCRIPTION,
+};
+use serde_json::{json, Value};
+
+fn artifact() -> ArtifactLocation {
+    ArtifactLocation {
+        bucket: "usersync-assets-123456789012-eu-west-1".to_owned(),
+        key: "usersync/bootstrap-0123abcd.zip".to_owned(),
+    }
+}
+
+fn default_template() -> Value {
+    synthesize(&StackSettings::default(), &artifact())
+}
+
+/// Settings that differ from every default, to see each one reach the template.
+fn custom_settings() -> StackSettings {
+    StackSettings {
+        stack_name: "users-test".to_owned(),
+        batch_size: 500,
+        maximum_batching_window_seconds: 7,
+        maximum_retry_attempts: 2,
+        maximum_record_age_seconds: 120,
+        bisect_batch_on_function_error: false,
+        memory_mb: 1024,
+        timeout_seconds: 300,
+        delete_scope: DeleteScope::Prefix,
+        key_prefix: "users/".to_owned(),
+        object_name: "profile.json".to_owned(),
+        max_concurrency: Some(16),
+        log_retention_days: 90,
+        retain_data_on_teardown: true,
+        architecture: Architecture::X86_64,
+    }
+}
+
+fn resource<'a>(template: &'a Value, id: &str) -> &'a Value {
+    template["Resources"]
+        .get(id)
+        .unwrap_or_else(|| panic!("the template has no resource {id}"))
+}
+
+fn props<'a>(template: &'a Value, id: &str) -> &'a Value {
+    &resource(template, id)["Properties"]
+}
+
+fn ref_(id: &str) -> Value {
+    json!({ "Ref": id })
+}
+
+fn get_att(id: &str, attribute: &str) -> Value {
+    json!({ "Fn::GetAtt": [id, attribute] })
+}
+
+fn sub(text: &str) -> Value {
+    json!({ "Fn::Sub": text })
+}
+
+#[test]
+fn resources_are_exactly_the_expected_ones() {
+    let template = default_template();
+    let types: BTreeMap<&str, &str> = template["Resources"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(id, r)| (id.as_str(), r["Type"].as_str().unwrap()))
+        .collect();
+    let expected = BTreeMap::from([
+        (logical_id::USERS_TABLE, "AWS::DynamoDB::Table"),
+        (logical_id::DATA_BUCKET, "AWS::S3::Bucket"),
+        (logical_id::DATA_BUCKET_POLICY, "AWS::S3::BucketPolicy"),
+        (logical_id::FAILURE_QUEUE, "AWS::SQS::Queue"),
+        (logical_id::FUNCTION_LOG_GROUP, "AWS::Logs::LogGroup"),
+        (logical_id::FUNCTION_ROLE, "AWS::IAM::Role"),
+        (logical_id::MIRROR_FUNCTION, "AWS::Lambda::Function"),
+        (
+            logical_id::EVENT_SOURCE_MAPPING,
+            "AWS::Lambda::EventSourceMapping",
+        ),
+    ]);
+    assert_eq!(types, expected);
+    let all: BTreeSet<&str> = logical_id::ALL.into_iter().collect();
+    assert_eq!(all, expected.keys().copied().collect());
+
+    assert_eq!(template["AWSTemplateFormatVersion"], "2010-09-09");
+    assert_eq!(template["Description"], DESCRIPTION);
+    assert!(DESCRIPTION.contains("usersync"));
+    assert!(template.get("Parameters").is_none());
+}
+
+#[test]
+fn users_table_is_keyed_by_name_on_demand_streamed_recoverable_and_encrypted() {
+    let template = default_template();
+    let table = resource(&template, logical_id::USERS_TABLE);
+    assert_eq!(table["DeletionPolicy"], "Delete");
+    assert_eq!(table["UpdateReplacePolicy"], "Delete");
+    assert_eq!(
+        table["Properties"],
+        json!({
+            "AttributeDefinitions": [{ "AttributeName": "name", "AttributeType": "S" }],
+            "KeySchema": [{ "AttributeName": "name", "KeyType": "HASH" }],
+            "BillingMode": "PAY_PER_REQUEST",
+            "StreamSpecification": { "StreamViewType": "NEW_AND_OLD_IMAGES" },
+            "PointInTimeRecoverySpecification": { "PointInTimeRecoveryEnabled": true },
+            "SSESpecification": { "SSEEnabled": true },
+        })
+    );
+}
+
+#[test]
+fn users_table_is_retained_only_when_asked() {
+    let settings = StackSettings {
+        retain_data_on_teardown: true,
+        ..StackSettings::default()
+    };
+    let template = synthesize(&settings, &artifact());
+    let table = resource(&template, logical_id::USERS_TABLE);
+    assert_eq!(table["DeletionPolicy"], "Retain");
+    assert_eq!(table["UpdateReplacePolicy"], "Retain");
+    // Nothing else is retained: teardown empties and deletes the bucket.
+    for id in logical_id::ALL {
+        if id != logical_id::USERS_TABLE {
+            let r = resource(&template, id);
+            assert!(r.get("DeletionPolicy").is_none(), "{id}");
+            assert!(r.get("UpdateReplacePolicy").is_none(), "{id}");
+        }
+    }
+}
+
+#[test]
+fn data_bucket_is_encrypted_private_and_owner_enforced() {
+    let template = default_template();
+    assert_eq!(
+        *props(&template, logical_id::DATA_BUCKET),
+        json!({
+            "BucketEncryption": {
+                "ServerSideEncryptionConfiguration": [{
+                    "ServerSideEncryptionByDefault": { "SSEAlgorithm": "AES256" }
+                }]
+            },
+            "PublicAccessBlockConfiguration": {
+                "BlockPublicAcls": true,
+                "BlockPublicPolicy": true,
+                "IgnorePublicAcls": true,
+                "RestrictPublicBuckets": true,
+            },
+            "OwnershipControls": { "Rules": [{ "ObjectOwnership": "BucketOwnerEnforced" }] },
+        })
+    );
+}
+
+#[test]
+fn bucket_policy_denies_every_request_without_tls() {
+    let template = default_template();
+    let policy = props(&template, logical_id::DATA_BUCKET_POLICY);
+    assert_eq!(policy["Bucket"], ref_(logical_id::DATA_BUCKET));
+    assert_eq!(
+        policy["PolicyDocument"]["Statement"],
+        json!([{
+            "Sid": "DenyInsecureTransport",
+            "Effect": "Deny",
+            "Principal": "*",
+            "Action": "s3:*",
+            "Resource": [get_att("DataBucket", "Arn"), sub("${DataBucket.Arn}/*")],
+            "Condition": { "Bool": { "aws:SecureTransport": "false" } },
+        }])
+    );
+}
+
+#[test]
+fn failure_queue_is_encrypted_and_keeps_messages_fourteen_days() {
+    let template = default_template();
+    assert_eq!(
+        *props(&template, logical_id::FAILURE_QUEUE),
+        json!({ "SqsManagedSseEnabled": true, "MessageRetentionPeriod": 1_209_600 })
+    );
+}
+
+#[test]
+fn log_group_has_the_function_log_group_name_and_the_retention() {
+    let template = synthesize(&custom_settings(), &artifact());
+    let group = props(&template, logical_id::FUNCTION_LOG_GROUP);
+    assert_eq!(
+        group["LogGroupName"],
+        sub("/aws/lambda/${AWS::StackName}-mirror")
+    );
+    assert_eq!(group["RetentionInDays"], 90);
+
+    // The same name the function gets, so Lambda's default group and ours coincide.
+    let function_name = props(&template, logical_id::MIRROR_FUNCTION)["FunctionName"]["Fn::Sub"]
+        .as_str()
+        .unwrap();
+    assert_eq!(
+        group["LogGroupName"]["Fn::Sub"].as_str().unwrap(),
+        format!("/aws/lambda/{function_name}")
+    );
+    assert_eq!(template::function_name("users-test"), "users-test-mirror");
+    assert_eq!(
+        template::log_group_name("users-test"),
+        "/aws/lambda/users-test-mirror"
+    );
+}
+
+#[test]
+fn function_follows_the_settings_and_the_artifact() {
+    let template = default_template();
+    let function = resource(&template, logical_id::MIRROR_FUNCTION);
+    // The `Ref` in `LoggingConfig` makes CloudFormation create the log group first, before
+    // Lambda could create one without a retention period.
+    assert!(function.get("DependsOn").is_none());
+    assert_eq!(
+        function["Properties"],
+        json!({
+            "FunctionName": sub("${AWS::StackName}-mirror"),
+            "Runtime": "provided.al2023",
+            "Handler": "bootstrap",
+            "Architectures": ["arm64"],
+            "MemorySize": 256,
+            "Timeout": 60,
+            "Code": {
+                "S3Bucket": "usersync-assets-123456789012-eu-west-1",
+                "S3Key": "usersync/bootstrap-0123abcd.zip",
+            },
+            "Role": get_att("FunctionRole", "Arn"),
+            "Environment": { "Variables": {
+                "BUCKET_NAME": ref_("DataBucket"),
+                "KEY_PREFIX": "",
+                "OBJECT_NAME": "userdata",
+                "DELETE_SCOPE": "object",
+            }},
+            "LoggingConfig": { "LogFormat": "JSON", "LogGroup": ref_("FunctionLogGroup") },
+        })
+    );
+
+    let template = synthesize(&custom_settings(), &artifact());
+    let p = props(&template, logical_id::MIRROR_FUNCTION);
+    assert_eq!(p["Architectures"], json!(["x86_64"]));
+    assert_eq!(p["MemorySize"], 1024);
+    assert_eq!(p["Timeout"], 300);
+    assert_eq!(
+        p["Environment"]["Variables"],
+        json!({
+            "BUCKET_NAME": ref_("DataBucket"),
+            "KEY_PREFIX": "users/",
+            "OBJECT_NAME": "profile.json",
+            "DELETE_SCOPE": "prefix",
+            "MAX_CONCURRENCY": "16",
+        })
+    );
+}
+
+#[test]
+fn every_environment_value_is_a_string_or_a_reference() {
+    let template = synthesize(&custom_settings(), &artifact());
+    let variables = props(&template, logical_id::MIRROR_FUNCTION)["Environment"]["Variables"]
+        .as_object()
+        .unwrap();
+    for (name, value) in variables {
+        assert!(
+            value.is_string() || value.get("Ref").is_some(),
+            "{name} = {value}: Lambda takes strings"
+        );
+    }
+}
+
+#[test]
+fn event_source_mapping_follows_the_settings() {
+    let template = default_template();
+    assert_eq!(
+        *props(&template, logical_id::EVENT_SOURCE_MAPPING),
+        json!({
+            "EventSourceArn": get_att("UsersTable", "StreamArn"),
+            "FunctionName": ref_("MirrorFunction"),
+            "StartingPosition": "TRIM_HORIZON",
+            "BatchSize": 100,
+            "MaximumBatchingWindowInSeconds": 1,
+            "BisectBatchOnFunctionError": true,
+            "MaximumRetryAttempts": 5,
+            "MaximumRecordAgeInSeconds": 3600,
+            "FunctionResponseTypes": ["ReportBatchItemFailures"],
+            "DestinationConfig": { "OnFailure": { "Destination": get_att("FailureQueue", "Arn") } },
+            "Enabled": true,
+            "ParallelizationFactor": 1,
+        })
+    );
+
+    let settings = custom_settings();
+    let template = synthesize(&settings, &artifact());
+    let p = props(&template, logical_id::EVENT_SOURCE_MAPPING);
+    assert_eq!(p["BatchSize"], settings.batch_size);
+    assert_eq!(
+        p["MaximumBatchingWindowInSeconds"],
+        settings.maximum_batching_window_seconds
+    );
+    assert_eq!(
+        p["BisectBatchOnFunctionError"],
+        settings.bisect_batch_on_function_error
+    );
+    assert_eq!(p["MaximumRetryAttempts"], settings.maximum_retry_attempts);
+    assert_eq!(
+        p["MaximumRecordAgeInSeconds"],
+        settings.maximum_record_age_seconds
+    );
+
+    // AWS's "no limit" values pass through unchanged.
+    let unbounded = StackSettings {
+        maximum_retry_attempts: -1,
+        maximum_record_age_seconds: -1,
+        ..StackSettings::default()
+    };
+    let template = synthesize(&unbounded, &artifact());
+    let p = props(&template, logical_id::EVENT_SOURCE_MAPPING);
+    assert_eq!(p["MaximumRetryAttempts"], -1);
+    assert_eq!(p["MaximumRecordAgeInSeconds"], -1);
+}
+
+#[test]
+fn outputs_are_the_expected_ones_with_descriptions() {
+    let template = default_template();
+    let outputs = template["Outputs"].as_object().unwrap();
+    let expected = BTreeMap::from([
+        (output::TABLE_NAME, ref_("UsersTable")),
+        (output::STREAM_ARN, get_att("UsersTable", "StreamArn")),
+        (output::BUCKET_NAME, ref_("DataBucket")),
+        (output::FUNCTION_NAME, ref_("MirrorFunction")),
+        (output::FAILURE_QUEUE_URL, ref_("FailureQueue")),
+        (output::FAILURE_QUEUE_ARN, get_att("FailureQueue", "Arn")),
+        (output::EVENT_SOURCE_MAPPING_ID, ref_("EventSourceMapping")),
+    ]);
+    let actual: BTreeMap<&str, Value> = outputs
+        .iter()
+        .map(|(name, o)| (name.as_str(), o["Value"].clone()))
+        .collect();
+    assert_eq!(actual, expected);
+    let all: BTreeSet<&str> = output::ALL.into_iter().collect();
+    assert_eq!(all, expected.keys().copied().collect());
+    for (name, o) in outputs {
+        let description = o["Description"].as_str().unwrap_or_default();
+        assert!(!description.is_empty(), "output {name} has no description");
+    }
+}
+
+/// The attributes `Fn::GetAtt` may ask of each resource type used here.
+fn attributes_of(resource_type: &str) -> &'static [&'static str] {
+    match resource_type {
+        "AWS::DynamoDB::Table" => &["Arn", "StreamArn"],
+        "AWS::S3::Bucket" => &["Arn", "DomainName", "RegionalDomainName"],
+        "AWS::SQS::Queue" => &["Arn", "QueueName", "QueueUrl"],
+        "AWS::Logs::LogGroup" => &["Arn"],
+        "AWS::IAM::Role" => &["Arn", "RoleId"],
+        "AWS::Lambda::Function" => &["Arn"],
+        _ => &[],
+    }
+}
+
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Reference {
+    Ref(String),
+    GetAtt(String, String),
+}
+
+/// Every `Ref`, `Fn::GetAtt` and `${...}` of `Fn::Sub` in `value`, as (where, what) pairs.
+fn references(value: &Value, path: &str, found: &mut Vec<(String, Reference)>) {
+    match value {
+        Value::Object(map) => {
+            if let (1, Some(Value::String(id))) = (map.len(), map.get("Ref")) {
+                found.push((path.to_owned(), Reference::Ref(id.clone())));
+            }
+            if let Some(att) = map.get("Fn::GetAtt") {
+                let (id, attribute) = match att {
+                    Value::Array(parts) => (
+                        parts[0].as_str().unwrap().to_owned(),
+                        parts[1].as_str().unwrap().to_owned(),
+                    ),
+                    Value::String(dotted) => {
+                        let (id, attribute) = dotted.split_once('.').unwrap();
+                        (id.to_owned(), attribute.to_owned())
+                    }
+                    other => panic!("{path}: malformed Fn::GetAtt {other}"),
+                };
+                found.push((path.to_owned(), Reference::GetAtt(id, attribute)));
+            }
+            if let Some(text) = map.get("Fn::Sub") {
+                let (text, locals) = match text {
+                    Value::String(text) => (text.as_str(), BTreeSet::new()),
+                    Value::Array(parts) => (
+                        parts[0].as_str().unwrap(),
+                        parts[1].as_object().unwrap().keys().cloned().collect(),
+                    ),
+                    other => panic!("{path}: malformed Fn::Sub {other}"),
+                };
+                let mut rest = text;
+                while let Some(start) = rest.find("${") {
+                    let after = &rest[start + 2..];
+                    let end = after
+                        .find('}')
+                        .unwrap_or_else(|| panic!("{path}: unclosed ${{ in {text:?}"));
+                    let name = &after[..end];
+                    rest = &after[end + 1..];
+                    if name.starts_with('!') || locals.contains(name) {
+                        continue; // a literal `${!...}` or a variable of this Sub
+                    }
+                    let reference = match name.split_once('.') {
+                        Some((id, attribute)) => {
+                            Reference::GetAtt(id.to_owned(), attribute.to_owned())
+                        }
+                        None => Reference::Ref(name.to_owned()),
+                    };
+                    found.push((path.to_owned(), reference));
+                }
+            }
+            for (key, child) in map {
+                references(child, &format!("{path}.{key}"), found);
+            }
+        }
+        Value::Array(items) => {
+            for (i, child) in items.iter().enumerate() {
+                references(child, &format!("{path}[{i}]"), found);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[test]
+fn every_reference_points_at_an_existing_resource_and_attribute() {
+    const PSEUDO: [&str; 4] = [
+        "AWS::StackName",
+        "AWS::Partition",
+        "AWS::Region",
+        "AWS::AccountId",
+    ];
+    for settings in [StackSettings::default(), custom_settings()] {
+        let template = synthesize(&settings, &artifact());
+        let resources = template["Resources"].as_object().unwrap();
+        let mut found = Vec::new();
+        references(&template, "", &mut found);
+        assert!(
+            found.len() > 10,
+            "the walk found too few references: {found:?}"
+        );
+        for (path, reference) in &found {
+            match reference {
+                Reference::Ref(id) if PSEUDO.contains(&id.as_str()) => {}
+                Reference::Ref(id) => assert!(
+                    resources.contains_key(id),
+                    "{path}: Ref to missing resource {id}"
+                ),
+                Reference::GetAtt(id, attribute) => {
+                    let r = resources
+                        .get(id)
+                        .unwrap_or_else(|| panic!("{path}: GetAtt of missing resource {id}"));
+                    let kind = r["Type"].as_str().unwrap();
+                    assert!(
+                        attributes_of(kind).contains(&attribute.as_str()),
+                        "{path}: {kind} has no attribute {attribute}"
+                    );
+                }
+            }
+        }
+        for (id, r) in resources {
+            let depends_on = match r.get("DependsOn") {
+                None => vec![],
+                Some(Value::String(one)) => vec![one.clone()],
+                Some(Value::Array(many)) => many
+                    .iter()
+                    .map(|v| v.as_str().unwrap().to_owned())
+                    .collect(),
+                Some(other) => panic!("{id}: malformed DependsOn {other}"),
+            };
+            for target in depends_on {
+                assert!(
+                    resources.contains_key(&target),
+                    "{id} depends on missing {target}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn role_trusts_only_lambda() {
+    let template = default_template();
+    assert_eq!(
+        props(&template, logical_id::FUNCTION_ROLE)["AssumeRolePolicyDocument"],
+        json!({
+            "Version": "2012-10-17",
+            "Statement": [{
+                "Effect": "Allow",
+                "Principal": { "Service": "lambda.amazonaws.com" },
+                "Action": "sts:AssumeRole",
+            }]
+        })
+    );
+}
+
+fn one_or_many(value: &Value) -> Vec<Value> {
+    match value {
+        Value::Array(items) => items.clone(),
+        other => vec![other.clone()],
+    }
+}
+
+/// Every (action, resource) the role allows, with resources in compact JSON.
+fn role_permissions(template: &Value) -> BTreeSet<(String, String)> {
+    let role = props(template, logical_id::FUNCTION_ROLE);
+    let policies = role["Policies"].as_array().unwrap();
+    assert!(role.get("ManagedPolicyArns").is_none());
+    let mut pairs = BTreeSet::new();
+    for policy in policies {
+        for statement in policy["PolicyDocument"]["Statement"].as_array().unwrap() {
+            assert_eq!(statement["Effect"], "Allow", "{statement}");
+            for key in ["NotAction", "NotResource", "Condition"] {
+                assert!(statement.get(key).is_none(), "{key} in {statement}");
+            }
+            for action in one_or_many(&statement["Action"]) {
+                for resource in one_or_many(&statement["Resource"]) {
+                    let action = action.as_str().unwrap().to_owned();
+                    assert!(
+                        pairs.insert((action.clone(), resource.to_string())),
+                        "({action}, {resource}) is granted twice"
+                    );
+                }
+            }
+        }
+    }
+    pairs
+}
+
+fn expected_permissions(scope: DeleteScope) -> BTreeSet<(String, String)> {
+    let objects = sub("${DataBucket.Arn}/*");
+    let stream = get_att("UsersTable", "StreamArn");
+    let group = sub(
+        "arn:${AWS::Partition}:logs:${AWS::Region}:${AWS::AccountId}:log-group:${FunctionLogGroup}",
+    );
+    let streams = sub(
+        "arn:${AWS::Partition}:logs:${AWS::Region}:${AWS::AccountId}:log-group:${FunctionLogGroup}:*",
+    );
+    let mut pairs = vec![
+        ("s3:PutObject", objects.clone()),
+        ("s3:DeleteObject", objects),
+        ("dynamodb:DescribeStream", stream.clone()),
+        ("dynamodb:GetRecords", stream.clone()),
+        ("dynamodb:GetShardIterator", stream),
+        ("dynamodb:ListStreams", json!("*")),
+        ("sqs:SendMessage", get_att("FailureQueue", "Arn")),
+        ("logs:CreateLogStream", group.clone()),
+        ("logs:CreateLogStream", streams.clone()),
+        ("logs:PutLogEvents", group),
+        ("logs:PutLogEvents", streams),
+    ];
+    if scope == DeleteScope::Prefix {
+        pairs.push(("s3:ListBucket", get_att("DataBucket", "Arn")));
+    }
+    pairs
+        .into_iter()
+        .map(|(action, resource)| (action.to_owned(), resource.to_string()))
+        .collect()
+}
+
+#[test]
+fn role_allows_exactly_the_expected_actions_on_their_resources() {
+    for scope in [DeleteScope::Object, DeleteScope::Prefix] {
+        let settings = StackSettings {
+            delete_scope: scope,
+            ..StackSettings::default()
+        };
+        let template = synthesize(&settings, &artifact());
+        assert_eq!(
+            role_permissions(&template),
+            expected_permissions(scope),
+            "delete scope {scope}"
+        );
+    }
+}
+
+#[test]
+fn no_wildcard_action_and_a_wildcard_resource_only_for_list_streams() {
+    for settings in [StackSettings::default(), custom_settings()] {
+        let template = synthesize(&settings, &artifact());
+        for (action, resource) in role_permissions(&template) {
+            assert!(
+                !action.contains('*'),
+                "wildcard action {action} on {resource}"
+            );
+            // Resource is compact JSON, so the bare wildcard is the string `"*"`.
+            if resource == "\"*\"" {
+                assert_eq!(
+                    action, "dynamodb:ListStreams",
+                    "only ListStreams may have the \"*\" resource"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn synthesis_is_deterministic() {
+    for settings in [StackSettings::default(), custom_settings()] {
+        let first = to_json_string(&synthesize(&settings, &artifact()));
+        let second = to_json_string(&synthesize(&settings.clone(), &artifact()));
+        assert_eq!(first, second);
+        let first = to_yaml_string(&synthesize(&settings, &artifact())).unwrap();
+        let second = to_yaml_string(&synthesize(&settings, &artifact())).unwrap();
+        assert_eq!(first, second);
+    }
+}
+
+#[test]
+fn json_output_is_pretty_and_parses_back() {
+    let template = default_template();
+    let text = to_json_string(&template);
+    assert!(text.starts_with("{\n  \""), "{text}");
+    assert!(text.ends_with("}\n"));
+    assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), template);
+}
+
+#[test]
+fn yaml_output_parses_back_to_the_same_template() {
+    for settings in [StackSettings::default(), custom_settings()] {
+        let template = synthesize(&settings, &artifact());
+        let yaml = to_yaml_string(&template).unwrap();
+        let parsed: Value = serde_norway::from_str(&yaml).unwrap();
+        assert_eq!(parsed, template);
+        // Strings that YAML would otherwise read as booleans stay strings.
+        assert!(yaml.contains("aws:SecureTransport: 'false'"), "{yaml}");
+    }
+}
+
+#[test]
+fn yaml_output_refuses_values_that_yaml_1_1_would_retype() {
+    for value in ["yes", "off", "Y", "1:20", "1_000"] {
+        let settings = StackSettings {
+            object_name: value.to_owned(),
+            ..StackSettings::default()
+        };
+        settings.validate().unwrap();
+        let template = synthesize(&settings, &artifact());
+        let message = to_yaml_string(&template).unwrap_err().to_string();
+        assert!(
+            message.contains(&format!("{value:?}")) && message.contains("JSON"),
+            "{message}"
+        );
+        // The JSON form carries the value unchanged.
+        let json: Value = serde_json::from_str(&to_json_string(&template)).unwrap();
+        assert_eq!(
+            json["Resources"]["MirrorFunction"]["Properties"]["Environment"]["Variables"]
+                ["OBJECT_NAME"],
+            value
+        );
+    }
+    for value in [
+        "userdata",
+        "profile.json",
+        "yesterday",
+        "2024",
+        "v1.2_3",
+        "a:b",
+    ] {
+        let settings = StackSettings {
+            object_name: value.to_owned(),
+            ..StackSettings::default()
+        };
+        let yaml = to_yaml_string(&synthesize(&settings, &artifact()))
+            .unwrap_or_else(|err| panic!("{value}: {err}"));
+        let parsed: Value = serde_norway::from_str(&yaml).unwrap();
+        assert_eq!(
+            parsed["Resources"]["MirrorFunction"]["Properties"]["Environment"]["Variables"]
+                ["OBJECT_NAME"],
+            value
+        );
+    }
+}
+
+/// Finds cfn-lint: `CFN_LINT` if set, else `cfn-lint` on `PATH`.
+fn find_cfn_lint() -> Result<PathBuf, String> {
+    const HOW: &str = "install it with `pip install cfn-lint` (or run `cargo xtask test`, which \
+                       installs it), or point CFN_LINT at the executable";
+    if let Some(path) = std::env::var_os("CFN_LINT").filter(|p| !p.is_empty()) {
+        let path = PathBuf::from(path);
+        return if path.is_file() {
+            Ok(path)
+        } else {
+            Err(format!(
+                "CFN_LINT is {} but there is no such file: {HOW}",
+                path.display()
+            ))
+        };
+    }
+    let names: &[&str] = if cfg!(windows) {
+        &["cfn-lint.exe", "cfn-lint.cmd", "cfn-lint"]
+    } else {
+        &["cfn-lint"]
+    };
+    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .flat_map(|dir| names.iter().map(move |name| dir.join(name)))
+        .find(|candidate| candidate.is_file())
+        .ok_or_else(|| format!("cfn-lint was not found on PATH: {HOW}"))
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn cfn_lint_finds_no_errors() {
+    let cfn_lint = find_cfn_lint().unwrap_or_else(|message| panic!("{message}"));
+    let dir = tempfile::tempdir().unwrap();
+    let default = default_template();
+    let custom = synthesize(&custom_settings(), &artifact());
+    let files = [
+        write(dir.path(), "default.json", &to_json_string(&default)),
+        write(dir.path(), "custom.json", &to_json_string(&custom)),
+        write(
+            dir.path(),
+            "default.yaml",
+            &to_yaml_string(&default).unwrap(),
+        ),
+    ];
+
+    let run = Command::new(&cfn_lint)
+        .args([
+            "--format",
+            "parseable",
+            "--non-zero-exit-code",
+            "error",
+            "--",
+        ])
+        .args(&files)
+        .current_dir(dir.path())
+        .output()
+        .unwrap_or_else(|err| panic!("cannot run {}: {err}", cfn_lint.display()));
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    // Parseable lines are `file:line:column:end line:end column:rule:message`.
+    let errors: Vec<&str> = stdout
+        .lines()
+        .filter(|line| {
+            line.split(':')
+                .nth(5)
+                .is_some_and(|rule| rule.starts_with('E'))
+        })
+        .collect();
+    let others: Vec<&str> = stdout
+        .lines()
+        .filter(|line| !errors.contains(line))
+        .collect();
+    if !others.is_empty() {
+        eprintln!("cfn-lint warnings (accepted):\n{}", others.join("\n"));
+    }
+    assert!(
+        errors.is_empty() && run.status.success(),
+        "cfn-lint ({}) reported errors ({}):\n{}\n{stderr}",
+        cfn_lint.display(),
+        run.status,
+        errors.join("\n")
+    );
+}
