@@ -117,7 +117,7 @@ pub fn synthesize(settings: &StackSettings, artifact: &ArtifactLocation) -> Valu
 
     let mut resources = Map::new();
     resources.insert(USERS_TABLE.into(), users_table(settings));
-    resources.insert(DATA_BUCKET.into(), data_bucket());
+    resources.insert(DATA_BUCKET.into(), data_bucket(settings));
     resources.insert(DATA_BUCKET_POLICY.into(), data_bucket_policy());
     resources.insert(FAILURE_QUEUE.into(), failure_queue());
     resources.insert(FUNCTION_LOG_GROUP.into(), function_log_group(settings));
@@ -257,13 +257,17 @@ fn log_group_arn(suffix: &str) -> Value {
     ))
 }
 
-fn users_table(settings: &StackSettings) -> Value {
-    // The table is the data of record; the bucket is derived from it and can be rebuilt.
-    let policy = if settings.retain_data_on_teardown {
+/// What happens to the data (table and bucket) when the stack goes or they are replaced.
+fn data_policy(settings: &StackSettings) -> &'static str {
+    if settings.retain_data_on_teardown {
         "Retain"
     } else {
         "Delete"
-    };
+    }
+}
+
+fn users_table(settings: &StackSettings) -> Value {
+    let policy = data_policy(settings);
     json!({
         "Type": "AWS::DynamoDB::Table",
         "DeletionPolicy": policy,
@@ -279,9 +283,13 @@ fn users_table(settings: &StackSettings) -> Value {
     })
 }
 
-fn data_bucket() -> Value {
+fn data_bucket(settings: &StackSettings) -> Value {
+    // Retained together with the table: teardown then leaves the bucket's objects alone too.
+    let policy = data_policy(settings);
     json!({
         "Type": "AWS::S3::Bucket",
+        "DeletionPolicy": policy,
+        "UpdateReplacePolicy": policy,
         "Properties": {
             "BucketEncryption": {
                 "ServerSideEncryptionConfiguration": [{

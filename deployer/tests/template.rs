@@ -117,19 +117,26 @@ fn users_table_is_keyed_by_name_on_demand_streamed_recoverable_and_encrypted() {
 }
 
 #[test]
-fn users_table_is_retained_only_when_asked() {
-    let settings = StackSettings {
-        retain_data_on_teardown: true,
-        ..StackSettings::default()
-    };
-    let template = synthesize(&settings, &artifact());
-    let table = resource(&template, logical_id::USERS_TABLE);
-    assert_eq!(table["DeletionPolicy"], "Retain");
-    assert_eq!(table["UpdateReplacePolicy"], "Retain");
-    // Nothing else is retained: teardown empties and deletes the bucket.
+fn data_is_retained_only_when_asked() {
+    let retained = synthesize(
+        &StackSettings {
+            retain_data_on_teardown: true,
+            ..StackSettings::default()
+        },
+        &artifact(),
+    );
+    let deleted = synthesize(&StackSettings::default(), &artifact());
     for id in logical_id::ALL {
-        if id != logical_id::USERS_TABLE {
-            let r = resource(&template, id);
+        let data = id == logical_id::USERS_TABLE || id == logical_id::DATA_BUCKET;
+        let r = resource(&retained, id);
+        if data {
+            assert_eq!(r["DeletionPolicy"], "Retain", "{id}");
+            assert_eq!(r["UpdateReplacePolicy"], "Retain", "{id}");
+            let r = resource(&deleted, id);
+            assert_eq!(r["DeletionPolicy"], "Delete", "{id}");
+            assert_eq!(r["UpdateReplacePolicy"], "Delete", "{id}");
+        } else {
+            // Everything else is derived and goes with the stack.
             assert!(r.get("DeletionPolicy").is_none(), "{id}");
             assert!(r.get("UpdateReplacePolicy").is_none(), "{id}");
         }

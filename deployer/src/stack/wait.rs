@@ -52,7 +52,15 @@ async fn new_events(
         };
         // Newest first: stop at the first event already shown.
         for event in page.stack_events() {
-            let id = event.event_id().unwrap_or_default().to_owned();
+            // Emulators may leave out event IDs; what happened to which resource, when, is unique too.
+            let id = event.event_id().map(str::to_owned).unwrap_or_else(|| {
+                format!(
+                    "{}/{:?}/{:?}",
+                    event.logical_resource_id().unwrap_or_default(),
+                    event.resource_status(),
+                    event.timestamp()
+                )
+            });
             if !seen.insert(id) {
                 break 'pages;
             }
@@ -112,6 +120,10 @@ pub(crate) async fn wait_for_stack(
     let started = Instant::now();
     let mut failures = Vec::new();
     loop {
+        // Status first, events second: events read after a final status include every event
+        // up to it, so a failure that finishes between the two reads is still reported.
+        let stack = describe_stack(target, stack_id).await?;
+        let status = stack.as_ref().map(status_of);
         for event in new_events(target, stack_id, &mut seen).await? {
             console.line(&describe_event(&event));
             // The stack's own failure event repeats the first resource failure's reason.
@@ -119,8 +131,6 @@ pub(crate) async fn wait_for_stack(
                 failures.extend(failure_of(&event));
             }
         }
-        let stack = describe_stack(target, stack_id).await?;
-        let status = stack.as_ref().map(status_of);
         match &status {
             None => return Ok(Finished { status, failures }),
             Some(s) if !s.ends_with("_IN_PROGRESS") => return Ok(Finished { status, failures }),

@@ -1,0 +1,732 @@
+//! Stack lifecycle edge cases without a network: `deploy` and `teardown` run unchanged against a
+//! scripted fake of CloudFormation, STS and S3 (see `support`) plugged in as the SDK's HTTP
+//! client. Covered: nothing to change, a failed create, a stack left in `ROLLBACK_COMPLETE`, an
+//! update that rolls back, a stack missing at teardown, and a stack busy with another operation.
+
+mod support;
+
+use deployer::console::RecordingConsole;
+use deployer::settings::{ArtifactLocation, StackSettings};
+use deployer::stack::{
+    deploy, teardown, DeployOutcome, ResourceFailure, StackError, TeardownOutcome,
+};
+use deployer::template::{synthesize, to_json_string};
+use support::{
+    Change, ChangeSetOutcome, Clock, Event, ExistingStack, FakeAws, Scenario, Step, ASSETS_BUCKET,
+};
+
+const STACK: &str = "usersync-test";
+
+const TABLE: &str = "AWS::DynamoDB::Table";
+const BUCKET: &str = "AWS::S3::Bucket";
+const FUNCTION: &str = "AWS::Lambda::Function";
+
+/// AWS's status reason for a change set that changes nothing.
+const NO_CHANGES: &str =
+    "The submitted information didn't contain changes. Submit different information to create a change set.";
+
+/// The template `deploy` is given: the real synthesised one, for an archive at `key`.
+fn template(key: &str) -> String {
+    to_json_string(&synthesize(
+        &StackSettings::default(),
+        &ArtifactLocation {
+            bucket: ASSETS_BUCKET.to_owned(),
+            key: format!("{STACK}/{key}"),
+        },
+    ))
+}
+
+/// The same template as CloudFormation hands it back: the same JSON, laid out differently.
+fn as_stored(template: &str) -> String {
+    let value: serde_json::Value = serde_json::from_str(template).expect("the template is JSON");
+    serde_json::to_string(&value).expect("JSON serialises")
+}
+
+fn outputs() -> Vec<(String, String)> {
+    vec![
+        ("BucketName".to_owned(), "usersync-test-data".to_owned()),
+        ("TableName".to_owned(), "usersync-test-users".to_owned()),
+    ]
+}
+
+fn outputs_map() -> std::collections::BTreeMap<String, String> {
+    outputs().into_iter().collect()
+}
+
+/// The events of the stack's first, successful create: history, never to be shown again.
+fn create_history() -> Vec<Event> {
+    vec![
+        Event::stack(STACK, "REVIEW_IN_PROGRESS").because("User Initiated"),
+        Event::stack(STACK, "CREATE_IN_PROGRESS").because("User Initiated"),
+        Event::resource("UsersTable", TABLE, "CREATE_IN_PROGRESS"),
+        Event::resource("DataBucket", BUCKET, "CREATE_IN_PROGRESS"),
+        Event::resource("UsersTable", TABLE, "CREATE_COMPLETE"),
+        Event::resource("DataBucket", BUCKET, "CREATE_COMPLETE"),
+        Event::resource("MirrorFunction", FUNCTION, "CREATE_COMPLETE"),
+        Event::stack(STACK, "CREATE_COMPLETE"),
+    ]
+}
+
+fn existing(status: &str, template: &str) -> ExistingStack {
+    ExistingStack {
+        status: status.to_owned(),
+        template: as_stored(template),
+        outputs: outputs(),
+        history: create_history(),
+    }
+}
+
+fn add(logical_id: &'static str, resource_type: &'static str) -> Change {
+    Change {
+        action: "Add",
+        logical_id,
+        resource_type,
+        replacement: None,
+    }
+}
+
+/// Asserts that `lines` are exactly one line per event, in order, each naming the event's
+/// resource, status and reason.
+fn assert_shows_events(lines: &[String], events: &[Event]) {
+    assert_eq!(
+        lines.len(),
+        events.len(),
+        "expected one line per event {events:#?}, got {lines:#?}"
+    );
+    for (line, event) in lines.iter().zip(events) {
+        assert!(
+            line.contains(&event.logical_id)
+                && line.contains(&event.status)
+                && line.contains(&event.resource_type)
+                && event.reason.as_deref().is_none_or(|r| line.contains(r)),
+            "line {line:?} does not show {event:?}"
+        );
+    }
+}
+
+/// The scripted steps of a create that fails on the data bucket and rolls back, and the events
+/// they write, in order.
+fn failed_create() -> (Vec<Step>, Vec<Event>) {
+    let steps = vec![
+        Step::new(
+            "CREATE_IN_PROGRESS",
+            vec![
+                Event::stack(STACK, "CREATE_IN_PROGRESS").because("User Initiated"),
+                Event::resource("UsersTable", TABLE, "CREATE_IN_PROGRESS"),
+                Event::resource("DataBucket", BUCKET, "CREATE_IN_PROGRESS"),
+            ],
+        ),
+        Step::new(
+            "ROLLBACK_IN_PROGRESS",
+            vec![
+                Event::resource("DataBucket", BUCKET, "CREATE_FAILED")
+                    .because("usersync-test-data already exists"),
+                Event::resource("UsersTable", TABLE, "CREATE_FAILED")
+                    .because("Resource creation cancelled"),
+                Event::stack(STACK, "ROLLBACK_IN_PROGRESS").because(
+                    "The following resource(s) failed to create: [DataBucket, UsersTable]. Rollback requested by user.",
+                ),
+            ],
+        ),
+        Step::new(
+            "ROLLBACK_IN_PROGRESS",
+            vec![
+                Event::resource("UsersTable", TABLE, "DELETE_COMPLETE"),
+                Event::resource("DataBucket", BUCKET, "DELETE_COMPLETE"),
+            ],
+        ),
+        Step::new(
+            "ROLLBACK_COMPLETE",
+            vec![Event::stack(STACK, "ROLLBACK_COMPLETE")],
+        ),
+    ];
+    let events = steps.iter().flat_map(|s| s.events.clone()).collect();
+    (steps, events)
+}
+
+fn expected_create_failures() -> Vec<ResourceFailure> {
+    vec![
+        ResourceFailure {
+            logical_id: "DataBucket".to_owned(),
+            resource_type: BUCKET.to_owned(),
+            status: "CREATE_FAILED".to_owned(),
+            reason: "usersync-test-data already exists".to_owned(),
+        },
+        ResourceFailure {
+            logical_id: "UsersTable".to_owned(),
+            resource_type: TABLE.to_owned(),
+            status: "CREATE_FAILED".to_owned(),
+            reason: "Resource creation cancelled".to_owned(),
+        },
+    ]
+}
+
+/// A stack whose deployed template is the one being deployed (stored with another layout) is up
+/// to date: `deploy` compares the JSON, returns the stack's outputs, plans no change set and
+/// executes nothing.
+#[tokio::test]
+async fn unchanged_template_is_up_to_date_without_a_change_set() {
+    let body = template("bootstrap-v1.zip");
+    let fake = FakeAws::new(Scenario {
+        existing: Some(existing("UPDATE_COMPLETE", &body)),
+        ..Scenario::new(STACK)
+    });
+    assert_ne!(fake.deployed_template().as_deref(), Some(body.as_str()));
+    let mut console = RecordingConsole::default();
+
+    let outcome = deploy(&fake.target(), STACK, &body, &mut console)
+        .await
+        .expect("deploy succeeds");
+
+    assert_eq!(
+        outcome,
+        DeployOutcome::UpToDate {
+            outputs: outputs_map()
+        }
+    );
+    assert_eq!(fake.actions(), ["DescribeStacks", "GetTemplate"]);
+    let get_template = fake.only_call("GetTemplate");
+    assert_eq!(get_template.param("StackName"), Some(STACK));
+    assert_eq!(get_template.param("TemplateStage"), Some("Original"));
+    assert!(console.lines.is_empty(), "{:?}", console.lines);
+    assert!(console.questions.is_empty());
+    assert!(fake.unexpected().is_empty(), "{:?}", fake.unexpected());
+}
+
+/// When the templates differ but CloudFormation's change set fails because it holds no changes
+/// (both of AWS's wordings), the deploy is up to date: the pending change set is deleted, nothing
+/// is executed and the stack's outputs are returned.
+#[tokio::test]
+async fn change_set_without_changes_is_up_to_date_and_removed() {
+    for reason in [NO_CHANGES, "No updates are to be performed."] {
+        let deployed = template("bootstrap-v1.zip");
+        let fake = FakeAws::new(Scenario {
+            existing: Some(existing("UPDATE_COMPLETE", &deployed)),
+            change_set: ChangeSetOutcome::Failed(reason.to_owned()),
+            ..Scenario::new(STACK)
+        });
+        let body = template("bootstrap-v2.zip");
+        let mut console = RecordingConsole::default();
+
+        let outcome = deploy(&fake.target(), STACK, &body, &mut console)
+            .await
+            .expect("deploy succeeds");
+
+        assert_eq!(
+            outcome,
+            DeployOutcome::UpToDate {
+                outputs: outputs_map()
+            },
+            "{reason}"
+        );
+        assert_eq!(fake.mutations(), ["CreateChangeSet", "DeleteChangeSet"]);
+        let create = fake.only_call("CreateChangeSet");
+        assert_eq!(create.param("StackName"), Some(STACK));
+        assert_eq!(create.param("ChangeSetType"), Some("UPDATE"));
+        assert_eq!(create.param("TemplateBody"), Some(body.as_str()));
+        assert_eq!(
+            create.param("Capabilities.member.1"),
+            Some("CAPABILITY_IAM")
+        );
+        // The change set was polled until computed, then the very one created was deleted.
+        assert_eq!(fake.calls_of("DescribeChangeSet").len(), 2);
+        assert!(
+            fake.change_set_ids().is_empty(),
+            "a change set was left behind"
+        );
+        assert_eq!(fake.stack_status().as_deref(), Some("UPDATE_COMPLETE"));
+        assert!(console.lines.is_empty(), "{:?}", console.lines);
+        assert!(fake.unexpected().is_empty(), "{:?}", fake.unexpected());
+    }
+}
+
+/// A change set that fails for any other reason is an error that carries CloudFormation's reason,
+/// and nothing is executed: the "no changes" detection does not swallow real failures.
+#[tokio::test]
+async fn change_set_failing_for_another_reason_is_reported() {
+    let reason = "Template format error: Unresolved resource dependencies [Missing] in the Resources block of the template";
+    let fake = FakeAws::new(Scenario {
+        existing: Some(existing("UPDATE_COMPLETE", &template("bootstrap-v1.zip"))),
+        change_set: ChangeSetOutcome::Failed(reason.to_owned()),
+        ..Scenario::new(STACK)
+    });
+    let mut console = RecordingConsole::default();
+
+    let err = deploy(
+        &fake.target(),
+        STACK,
+        &template("bootstrap-v2.zip"),
+        &mut console,
+    )
+    .await
+    .expect_err("the change set failed");
+
+    match &err {
+        StackError::ChangeSetFailed { stack, reason: got } => {
+            assert_eq!(stack, STACK);
+            assert_eq!(got, reason);
+        }
+        other => panic!("expected ChangeSetFailed, got {other:?}"),
+    }
+    assert_eq!(
+        err.to_string(),
+        format!("failed to plan the changes to stack {STACK}: {reason}")
+    );
+    assert_eq!(fake.mutations(), ["CreateChangeSet"]);
+    assert!(fake.unexpected().is_empty(), "{:?}", fake.unexpected());
+}
+
+/// A first deploy whose create fails: a CREATE change set is planned and executed, every event of
+/// the execution is shown once and in order (not the change set's `REVIEW_IN_PROGRESS`), and the
+/// stack's `ROLLBACK_COMPLETE` ends in `DeployFailed` listing each failed resource with its
+/// reason, in the error's value and in its message.
+#[tokio::test]
+async fn failed_create_reports_each_failed_resource() {
+    let (steps, events) = failed_create();
+    let fake = FakeAws::new(Scenario {
+        change_set: ChangeSetOutcome::Changes(vec![
+            add("UsersTable", TABLE),
+            add("DataBucket", BUCKET),
+        ]),
+        execution: steps,
+        ..Scenario::new(STACK)
+    });
+    let body = template("bootstrap-v1.zip");
+    let mut console = RecordingConsole::default();
+
+    let err = deploy(&fake.target(), STACK, &body, &mut console)
+        .await
+        .expect_err("the create fails");
+
+    match &err {
+        StackError::DeployFailed {
+            stack,
+            status,
+            failures,
+        } => {
+            assert_eq!(stack, STACK);
+            assert_eq!(status, "ROLLBACK_COMPLETE");
+            assert_eq!(failures, &expected_create_failures());
+        }
+        other => panic!("expected DeployFailed, got {other:?}"),
+    }
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "deploy of stack {STACK} failed, the stack is ROLLBACK_COMPLETE; failed resources:\n  \
+             DataBucket (AWS::S3::Bucket) CREATE_FAILED: usersync-test-data already exists\n  \
+             UsersTable (AWS::DynamoDB::Table) CREATE_FAILED: Resource creation cancelled"
+        )
+    );
+
+    assert_eq!(fake.mutations(), ["CreateChangeSet", "ExecuteChangeSet"]);
+    let create = fake.only_call("CreateChangeSet");
+    assert_eq!(create.param("ChangeSetType"), Some("CREATE"));
+    assert_eq!(create.param("TemplateBody"), Some(body.as_str()));
+    let execute = fake.only_call("ExecuteChangeSet");
+    assert_eq!(execute.param("StackName"), Some(STACK));
+    assert_eq!(
+        execute.param("ChangeSetName"),
+        fake.change_set_ids().first().map(String::as_str),
+        "the change set created is the one executed"
+    );
+    assert!(
+        fake.calls_of("GetTemplate").is_empty(),
+        "nothing to compare on a create"
+    );
+    assert_eq!(fake.stack_status().as_deref(), Some("ROLLBACK_COMPLETE"));
+
+    let header = format!("creating stack {STACK} on endpoint http://fake: 2 change(s)");
+    assert_eq!(console.lines[0], header);
+    assert!(console.lines[1].contains("+ Add") && console.lines[1].contains("UsersTable"));
+    assert!(console.lines[2].contains("+ Add") && console.lines[2].contains("DataBucket"));
+    assert_shows_events(&console.lines[3..], &events);
+    assert!(console.questions.is_empty());
+    assert!(fake.unexpected().is_empty(), "{:?}", fake.unexpected());
+}
+
+/// The deletion, re-creation and outcome of a stack found in `ROLLBACK_COMPLETE` whose deletion
+/// is confirmed.
+fn recreate_scenario() -> Scenario {
+    let (_, failed_events) = failed_create();
+    Scenario {
+        existing: Some(ExistingStack {
+            status: "ROLLBACK_COMPLETE".to_owned(),
+            template: as_stored(&template("bootstrap-v0.zip")),
+            outputs: Vec::new(),
+            history: failed_events,
+        }),
+        change_set: ChangeSetOutcome::Changes(vec![
+            add("UsersTable", TABLE),
+            add("DataBucket", BUCKET),
+        ]),
+        execution: vec![
+            Step::new(
+                "CREATE_IN_PROGRESS",
+                vec![Event::stack(STACK, "CREATE_IN_PROGRESS").because("User Initiated")],
+            ),
+            Step::new(
+                "CREATE_IN_PROGRESS",
+                vec![
+                    Event::resource("UsersTable", TABLE, "CREATE_COMPLETE"),
+                    Event::resource("DataBucket", BUCKET, "CREATE_COMPLETE"),
+                ],
+            ),
+            Step::new(
+                "CREATE_COMPLETE",
+                vec![Event::stack(STACK, "CREATE_COMPLETE")],
+            ),
+        ],
+        outputs_after_execution: outputs(),
+        ..Scenario::new(STACK)
+    }
+}
+
+/// A stack left in `ROLLBACK_COMPLETE` by a failed create, with the deletion confirmed: `deploy`
+/// asks once, deletes the old stack and waits until it is gone, and only then plans a CREATE
+/// change set (the fake refuses a CREATE over an existing stack), executes it and returns the new
+/// stack's changes and outputs.
+#[tokio::test]
+async fn rollback_complete_stack_is_deleted_and_recreated_after_confirmation() {
+    let fake = FakeAws::new(recreate_scenario());
+    let old_id = fake.stack_id().expect("a stack to start with");
+    let mut console = RecordingConsole::agreeing();
+
+    let outcome = deploy(
+        &fake.target(),
+        STACK,
+        &template("bootstrap-v1.zip"),
+        &mut console,
+    )
+    .await
+    .expect("the stack is recreated");
+
+    match &outcome {
+        DeployOutcome::Deployed {
+            created,
+            changes,
+            outputs,
+        } => {
+            assert!(created, "a recreated stack is created");
+            assert_eq!(changes.len(), 2, "{changes:?}");
+            assert!(changes[0].contains("+ Add") && changes[0].contains("UsersTable"));
+            assert!(changes[1].contains("+ Add") && changes[1].contains("DataBucket"));
+            assert_eq!(outputs, &outputs_map());
+        }
+        other => panic!("expected Deployed, got {other:?}"),
+    }
+    assert_eq!(
+        console.questions,
+        [format!(
+            "stack {STACK} is in ROLLBACK_COMPLETE after a failed create and must be deleted before it can be created again; delete it?"
+        )]
+    );
+    assert_eq!(
+        fake.mutations(),
+        ["DeleteStack", "CreateChangeSet", "ExecuteChangeSet"]
+    );
+    assert_eq!(
+        fake.only_call("DeleteStack").param("StackName"),
+        Some(STACK)
+    );
+    assert_eq!(
+        fake.only_call("CreateChangeSet").param("ChangeSetType"),
+        Some("CREATE")
+    );
+    assert_eq!(fake.deleted_stack_ids(), std::slice::from_ref(&old_id));
+    let new_id = fake.stack_id().expect("a new stack");
+    assert_ne!(new_id, old_id);
+    assert_eq!(fake.stack_status().as_deref(), Some("CREATE_COMPLETE"));
+
+    // The deletion's events, then the plan, then the creation's: none of the old history.
+    let deletion = [
+        Event::stack(STACK, "DELETE_IN_PROGRESS").because("User Initiated"),
+        Event::stack(STACK, "DELETE_COMPLETE"),
+    ];
+    assert_shows_events(&console.lines[..2], &deletion);
+    assert_eq!(
+        console.lines[2],
+        format!("creating stack {STACK} on endpoint http://fake: 2 change(s)")
+    );
+    let creation: Vec<Event> = recreate_scenario()
+        .execution
+        .into_iter()
+        .flat_map(|s| s.events)
+        .collect();
+    assert_shows_events(&console.lines[5..], &creation);
+    assert!(fake.unexpected().is_empty(), "{:?}", fake.unexpected());
+}
+
+/// A stack in `ROLLBACK_COMPLETE` whose deletion is declined is left alone: `deploy` asks once,
+/// returns `Declined` and neither deletes the stack nor plans anything.
+#[tokio::test]
+async fn rollback_complete_stack_is_left_alone_when_declined() {
+    let fake = FakeAws::new(recreate_scenario());
+    let mut console = RecordingConsole::default();
+    assert!(!console.answer);
+
+    let err = deploy(
+        &fake.target(),
+        STACK,
+        &template("bootstrap-v1.zip"),
+        &mut console,
+    )
+    .await
+    .expect_err("declined");
+
+    assert!(
+        matches!(&err, StackError::Declined(what) if what == &format!("stack {STACK} is in ROLLBACK_COMPLETE")),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        format!("stack {STACK} is in ROLLBACK_COMPLETE: not confirmed, nothing was changed (pass --yes to confirm in scripts)")
+    );
+    assert_eq!(console.questions.len(), 1);
+    assert!(fake.mutations().is_empty(), "{:?}", fake.mutations());
+    assert_eq!(fake.actions(), ["DescribeStacks"]);
+    assert_eq!(fake.stack_status().as_deref(), Some("ROLLBACK_COMPLETE"));
+    assert!(fake.deleted_stack_ids().is_empty());
+    assert!(console.lines.is_empty(), "{:?}", console.lines);
+}
+
+/// An update of an `UPDATE_COMPLETE` stack to a different template plans an UPDATE change set,
+/// executes it, shows only the update's events (the stack's history spans several event pages and
+/// stays hidden), and the rollback to `UPDATE_ROLLBACK_COMPLETE` ends in `DeployFailed` naming the
+/// resource that failed and why; the deployed template stays the old one.
+#[tokio::test]
+async fn failed_update_rolls_back_and_reports_the_failure() {
+    let old = template("bootstrap-v1.zip");
+    let reason = "Resource handler returned message: \"Memory size 20480 exceeds the account maximum of 10240\" (HandlerErrorCode: InvalidRequest)";
+    let steps = vec![
+        Step::new(
+            "UPDATE_IN_PROGRESS",
+            vec![
+                Event::stack(STACK, "UPDATE_IN_PROGRESS").because("User Initiated"),
+                Event::resource("MirrorFunction", FUNCTION, "UPDATE_IN_PROGRESS"),
+            ],
+        ),
+        Step::new(
+            "UPDATE_ROLLBACK_IN_PROGRESS",
+            vec![
+                Event::resource("MirrorFunction", FUNCTION, "UPDATE_FAILED").because(reason),
+                Event::stack(STACK, "UPDATE_ROLLBACK_IN_PROGRESS")
+                    .because("The following resource(s) failed to update: [MirrorFunction]."),
+            ],
+        ),
+        Step::new(
+            "UPDATE_ROLLBACK_COMPLETE_CLEANUP_IN_PROGRESS",
+            vec![
+                Event::resource("MirrorFunction", FUNCTION, "UPDATE_COMPLETE"),
+                Event::stack(STACK, "UPDATE_ROLLBACK_COMPLETE_CLEANUP_IN_PROGRESS"),
+            ],
+        ),
+        Step::new(
+            "UPDATE_ROLLBACK_COMPLETE",
+            vec![Event::stack(STACK, "UPDATE_ROLLBACK_COMPLETE")],
+        ),
+    ];
+    let events: Vec<Event> = steps.iter().flat_map(|s| s.events.clone()).collect();
+    let fake = FakeAws::new(Scenario {
+        existing: Some(existing("UPDATE_COMPLETE", &old)),
+        change_set: ChangeSetOutcome::Changes(vec![Change {
+            action: "Modify",
+            logical_id: "MirrorFunction",
+            resource_type: FUNCTION,
+            replacement: Some("False"),
+        }]),
+        execution: steps,
+        ..Scenario::new(STACK)
+    });
+    let body = template("bootstrap-v2.zip");
+    let mut console = RecordingConsole::default();
+
+    let err = deploy(&fake.target(), STACK, &body, &mut console)
+        .await
+        .expect_err("the update fails");
+
+    match &err {
+        StackError::DeployFailed {
+            stack,
+            status,
+            failures,
+        } => {
+            assert_eq!(stack, STACK);
+            assert_eq!(status, "UPDATE_ROLLBACK_COMPLETE");
+            assert_eq!(
+                failures,
+                &[ResourceFailure {
+                    logical_id: "MirrorFunction".to_owned(),
+                    resource_type: FUNCTION.to_owned(),
+                    status: "UPDATE_FAILED".to_owned(),
+                    reason: reason.to_owned(),
+                }]
+            );
+        }
+        other => panic!("expected DeployFailed, got {other:?}"),
+    }
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "deploy of stack {STACK} failed, the stack is UPDATE_ROLLBACK_COMPLETE; failed resources:\n  \
+             MirrorFunction (AWS::Lambda::Function) UPDATE_FAILED: {reason}"
+        )
+    );
+    assert_eq!(fake.mutations(), ["CreateChangeSet", "ExecuteChangeSet"]);
+    let create = fake.only_call("CreateChangeSet");
+    assert_eq!(create.param("ChangeSetType"), Some("UPDATE"));
+    assert_eq!(create.param("TemplateBody"), Some(body.as_str()));
+    assert_eq!(
+        fake.stack_status().as_deref(),
+        Some("UPDATE_ROLLBACK_COMPLETE")
+    );
+    assert_eq!(fake.deployed_template(), Some(as_stored(&old)));
+
+    assert_eq!(
+        console.lines[0],
+        format!("updating stack {STACK} on endpoint http://fake: 1 change(s)")
+    );
+    assert!(
+        console.lines[1].contains("~ Modify")
+            && console.lines[1].contains("MirrorFunction")
+            && !console.lines[1].contains("replacement"),
+        "{:?}",
+        console.lines[1]
+    );
+    assert_shows_events(&console.lines[2..], &events);
+    assert!(fake.unexpected().is_empty(), "{:?}", fake.unexpected());
+}
+
+/// Tearing down a stack that does not exist is "nothing to tear down": no DeleteStack. Unless
+/// assets are kept, the account's assets bucket is looked up (STS, then S3 HeadBucket) and, as it
+/// does not exist, nothing is removed; with `keep_assets` not even that is asked.
+#[tokio::test]
+async fn teardown_of_a_missing_stack_has_nothing_to_tear_down() {
+    let fake = FakeAws::new(Scenario::new(STACK));
+    let mut console = RecordingConsole::agreeing();
+
+    let outcome = teardown(&fake.target(), STACK, false, false, &mut console)
+        .await
+        .expect("teardown succeeds");
+
+    assert_eq!(
+        outcome,
+        TeardownOutcome::NothingToTearDown {
+            removed_artifacts: 0
+        }
+    );
+    assert_eq!(
+        fake.actions(),
+        [
+            "DescribeStacks".to_owned(),
+            "GetCallerIdentity".to_owned(),
+            format!("S3 HEAD /{ASSETS_BUCKET}"),
+        ]
+    );
+    assert!(fake.mutations().is_empty(), "{:?}", fake.mutations());
+    assert!(console.lines.is_empty() && console.questions.is_empty());
+    assert!(fake.unexpected().is_empty(), "{:?}", fake.unexpected());
+
+    let fake = FakeAws::new(Scenario::new(STACK));
+    let outcome = teardown(&fake.target(), STACK, false, true, &mut console)
+        .await
+        .expect("teardown succeeds");
+    assert_eq!(
+        outcome,
+        TeardownOutcome::NothingToTearDown {
+            removed_artifacts: 0
+        }
+    );
+    assert_eq!(fake.actions(), ["DescribeStacks"]);
+}
+
+/// A stack busy with another operation is refused with `Busy` naming its status, by `deploy` and
+/// by `teardown` alike, before anything is planned, emptied or deleted.
+#[tokio::test]
+async fn busy_stack_is_refused_by_deploy_and_teardown() {
+    let body = template("bootstrap-v1.zip");
+    for status in [
+        "UPDATE_IN_PROGRESS",
+        "CREATE_IN_PROGRESS",
+        "UPDATE_ROLLBACK_IN_PROGRESS",
+        "UPDATE_COMPLETE_CLEANUP_IN_PROGRESS",
+        "DELETE_IN_PROGRESS",
+    ] {
+        let fake = FakeAws::new(Scenario {
+            existing: Some(existing(status, &body)),
+            ..Scenario::new(STACK)
+        });
+        let target = fake.target();
+        let mut console = RecordingConsole::agreeing();
+        let expected = format!(
+            "stack {STACK} is busy ({status}): wait for the running operation to finish, then run the command again"
+        );
+
+        let err = deploy(&target, STACK, &template("bootstrap-v2.zip"), &mut console)
+            .await
+            .expect_err("deploy refuses a busy stack");
+        assert!(
+            matches!(&err, StackError::Busy { stack, status: s } if stack == STACK && s == status),
+            "{err:?}"
+        );
+        assert_eq!(err.to_string(), expected);
+
+        let err = teardown(&target, STACK, false, false, &mut console)
+            .await
+            .expect_err("teardown refuses a busy stack");
+        assert!(
+            matches!(&err, StackError::Busy { stack, status: s } if stack == STACK && s == status),
+            "{err:?}"
+        );
+        assert_eq!(err.to_string(), expected);
+
+        assert_eq!(
+            fake.actions(),
+            ["DescribeStacks", "DescribeStacks"],
+            "{status}"
+        );
+        assert_eq!(fake.stack_status().as_deref(), Some(status));
+        assert!(console.lines.is_empty() && console.questions.is_empty());
+    }
+}
+
+/// Guards against a race in `wait_for_stack`: an operation that fails and finishes between a
+/// poll's reads (a fast emulator does so in milliseconds) must still have its failure events
+/// read, shown and reported. Here the create fails and rolls back right after the first poll.
+#[tokio::test]
+async fn failure_finishing_between_a_polls_reads_is_still_reported() {
+    let (_, events) = failed_create();
+    let fake = FakeAws::new(Scenario {
+        change_set: ChangeSetOutcome::Changes(vec![
+            add("UsersTable", TABLE),
+            add("DataBucket", BUCKET),
+        ]),
+        execution: vec![
+            Step::new("CREATE_IN_PROGRESS", events[..3].to_vec()),
+            Step::new("ROLLBACK_COMPLETE", events[3..].to_vec()),
+        ],
+        clock: Clock::EachStatusRead,
+        ..Scenario::new(STACK)
+    });
+    let mut console = RecordingConsole::default();
+
+    let err = deploy(
+        &fake.target(),
+        STACK,
+        &template("bootstrap-v1.zip"),
+        &mut console,
+    )
+    .await
+    .expect_err("the create fails");
+
+    match &err {
+        StackError::DeployFailed {
+            status, failures, ..
+        } => {
+            assert_eq!(status, "ROLLBACK_COMPLETE");
+            assert_eq!(failures, &expected_create_failures());
+        }
+        other => panic!("expected DeployFailed, got {other:?}"),
+    }
+    assert_shows_events(&console.lines[3..], &events);
+}
