@@ -18,7 +18,12 @@ pub fn item_to_json(item: &HashMap<String, AttributeValue>) -> Value {
 }
 
 fn map_to_json(item: &HashMap<String, AttributeValue>) -> Map<String, Value> {
-    item.iter()
+    // Sorted explicitly: with serde_json's `preserve_order` (which other crates in a build may
+    // switch on) a `Map` keeps insertion order, and a `HashMap`'s order is random.
+    let mut entries: Vec<_> = item.iter().collect();
+    entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    entries
+        .into_iter()
         .map(|(name, value)| (name.clone(), attribute_to_json(value)))
         .collect()
 }
