@@ -697,22 +697,16 @@ fn check_status(command: &str, status: ExitStatus, fix: &str) -> Result<(), Buil
 
 /// `cargo`, or the one in `CARGO` (set when running under `cargo xtask`), in the workspace.
 fn cargo() -> Command {
-    let program = std::env::var_os("CARGO")
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| "cargo".into());
-    let mut command = Command::new(program);
-    command
-        .current_dir(crate::project::project_root())
-        .stdin(Stdio::null());
-    command
+    workspace_command("CARGO", "cargo")
 }
 
 /// `rustc`, or the one in `RUSTC`, in the workspace (so that its toolchain file applies).
 fn rustc() -> Command {
-    let program = std::env::var_os("RUSTC")
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| "rustc".into());
-    let mut command = Command::new(program);
+    workspace_command("RUSTC", "rustc")
+}
+
+fn workspace_command(variable: &str, default: &str) -> Command {
+    let mut command = Command::new(crate::project::toolchain_program(variable, default));
     command
         .current_dir(crate::project::project_root())
         .stdin(Stdio::null());

@@ -1,5 +1,6 @@
 //! Where things are in the workspace.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 /// The workspace root: the directory holding the top-level `Cargo.toml`.
@@ -28,4 +29,12 @@ pub fn target_dir() -> PathBuf {
 /// Where usersync keeps its own run-time state (emulator state file, logs, benchmark output).
 pub fn state_dir() -> PathBuf {
     target_dir().join("usersync")
+}
+
+/// The toolchain program named by the environment variable `variable` (`CARGO`, `RUSTC`: set
+/// when running under cargo, so the same toolchain is used), else `default` from `PATH`.
+pub fn toolchain_program(variable: &str, default: &str) -> OsString {
+    std::env::var_os(variable)
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| default.into())
 }

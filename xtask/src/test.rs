@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use deployer::local::emulator::ensure_binary;
-use deployer::project::project_root;
+use deployer::project::{project_root, toolchain_program};
 use deployer::tools::ensure_cfn_lint;
 
 #[derive(clap::Args)]
@@ -61,8 +61,7 @@ pub fn run(args: TestArgs) -> Result<()> {
 fn step(root: &Path, name: &str, args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Result<()> {
     eprintln!("[xtask test] {name}: cargo {}", args.join(" "));
     let started = Instant::now();
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(cargo)
+    let status = Command::new(toolchain_program("CARGO", "cargo"))
         .args(args)
         .current_dir(root)
         .envs(env.iter().copied())

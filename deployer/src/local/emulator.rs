@@ -4,7 +4,6 @@
 //! into a cache outside the build tree (once; it takes a while) and started as a child process.
 //! A `fakecloud` named by `FAKECLOUD_BIN`, or found on `PATH`, is used instead when present.
 
-use std::ffi::OsString;
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
@@ -192,7 +191,7 @@ pub fn install(progress: &mut dyn FnMut(&str)) -> Result<(), EmulatorError> {
     }
 
     let build_dir = root.join("build");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));
+    let cargo = crate::project::toolchain_program("CARGO", "cargo");
     progress(&format!(
         "installing fakecloud {FAKECLOUD_VERSION} into {} (once per machine; about 20-30 minutes on 2 cores)",
         root.display()
@@ -357,6 +356,7 @@ impl Emulator {
         let pid = child.id();
 
         let deadline = Instant::now() + READY_TIMEOUT;
+        let http = reqwest::Client::new();
         loop {
             if let Ok(Some(status)) = child.try_wait() {
                 return Err(EmulatorError::ExitedEarly {
@@ -365,7 +365,7 @@ impl Emulator {
                     tail: tail_of(log, 15),
                 });
             }
-            if is_healthy(addr).await {
+            if answers_health(&http, addr).await {
                 break;
             }
             if Instant::now() > deadline {
@@ -441,7 +441,10 @@ fn free_port() -> Result<SocketAddr, EmulatorError> {
 
 /// Whether an emulator answers its health endpoint at `addr`.
 pub async fn is_healthy(addr: SocketAddr) -> bool {
-    let client = reqwest::Client::new();
+    answers_health(&reqwest::Client::new(), addr).await
+}
+
+async fn answers_health(client: &reqwest::Client, addr: SocketAddr) -> bool {
     matches!(
         client
             .get(format!("http://{addr}/_fakecloud/health"))
