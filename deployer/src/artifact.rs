@@ -32,9 +32,11 @@ pub const ZIP_ENTRY_MODE: u32 = 0o755;
 /// Where the function is going to run; it decides which builds are acceptable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Purpose {
-    /// Real AWS Lambda (Amazon Linux 2023): the binary must not need a glibc newer than 2.34.
+    /// Real AWS Lambda, or an emulator running Lambda's `provided.al2023` image (such as
+    /// LocalStack): the binary must not need a glibc newer than Amazon Linux 2023's 2.34.
     Aws,
-    /// An emulator or the local function host on this machine: any host build runs.
+    /// The local function host, or an emulator that runs the function on this machine: any
+    /// host build runs.
     Local,
 }
 

@@ -3,7 +3,9 @@
 
 pub mod artifact;
 pub mod console;
+pub mod dev;
 pub mod local;
+pub mod mirror_check;
 pub mod project;
 pub mod settings;
 pub mod stack;

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::artifact::{self, BuildError, BuildOptions, Purpose};
+use crate::artifact::{self, Artifact, BuildError, BuildOptions, Purpose};
 use crate::console::Console;
 use crate::settings::{ArtifactLocation, SettingsError, StackSettings};
 use crate::stack::{self, DeployOutcome, StackError};
@@ -35,48 +35,84 @@ pub struct DeployReport {
     pub artifact_uploaded: bool,
 }
 
-/// Deploys `settings` to `target`. On real AWS the account and region are shown and confirmed
-/// through `console` before anything changes.
+/// How `deploy` builds the function; the default suits every target the deployer runs the
+/// function for itself.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeployOptions {
+    /// Where the deployed function will run. `None` lets the target decide: real AWS gets an
+    /// AWS build, any other target a host build (the local function host runs it on this
+    /// machine). `Some(Purpose::Aws)` asks for an Amazon Linux 2023 compatible build on an
+    /// endpoint too, for emulators that run the function in Lambda's own `provided.al2023`
+    /// image, such as LocalStack. Real AWS always gets an AWS build.
+    pub purpose: Option<Purpose>,
+}
+
+/// Deploys `settings` to `target`, building the function as `options` say. On real AWS the
+/// account and region are shown and confirmed through `console` before anything changes.
 pub async fn deploy(
     target: &Target,
     settings: &StackSettings,
+    options: &DeployOptions,
     console: &mut dyn Console,
 ) -> Result<DeployReport, DeployError> {
     settings.validate()?;
-    let stack_name = settings.stack_name.as_str();
-    if target.is_aws() {
-        let account = stack::account_id(target).await?;
-        let question = format!(
-            "deploy stack {stack_name} to AWS account {account} in {}?",
-            target.region()
-        );
-        if !console.confirm(&question) {
-            return Err(StackError::Declined(format!("deploy of stack {stack_name}")).into());
-        }
-    }
-
-    // Real AWS needs the requested architecture and an Amazon Linux 2023 compatible binary; the
-    // local host runs whatever this machine builds.
-    let options = if target.is_aws() {
-        BuildOptions {
-            architecture: Some(settings.architecture),
-            purpose: Purpose::Aws,
-        }
-    } else {
-        BuildOptions {
-            architecture: None,
-            purpose: Purpose::Local,
-        }
-    };
-    let built =
-        tokio::task::block_in_place(|| artifact::build(&options, &mut |line| console.line(line)))?;
+    confirm_on_aws(target, settings, console).await?;
+    let build_options = build_options(target.is_aws(), settings, options);
+    let built = tokio::task::block_in_place(|| {
+        artifact::build(&build_options, &mut |line| console.line(line))
+    })?;
     console.line(&format!(
         "built {} ({} bytes, sha256 {})",
         built.zip_path.display(),
         built.size,
         built.sha256
     ));
+    deploy_artifact(target, settings, &built, console).await
+}
 
+/// Deploys `settings` to `target` with an archive built beforehand, for callers that deploy
+/// several stacks from one build (builds running side by side would race on the archive).
+/// Confirms on real AWS, as [`deploy`] does.
+pub async fn deploy_built(
+    target: &Target,
+    settings: &StackSettings,
+    built: &Artifact,
+    console: &mut dyn Console,
+) -> Result<DeployReport, DeployError> {
+    settings.validate()?;
+    confirm_on_aws(target, settings, console).await?;
+    deploy_artifact(target, settings, built, console).await
+}
+
+async fn confirm_on_aws(
+    target: &Target,
+    settings: &StackSettings,
+    console: &mut dyn Console,
+) -> Result<(), DeployError> {
+    if !target.is_aws() {
+        return Ok(());
+    }
+    let stack_name = settings.stack_name.as_str();
+    let account = stack::account_id(target).await?;
+    let question = format!(
+        "deploy stack {stack_name} to AWS account {account} in {}?",
+        target.region()
+    );
+    if console.confirm(&question) {
+        Ok(())
+    } else {
+        Err(StackError::Declined(format!("deploy of stack {stack_name}")).into())
+    }
+}
+
+/// Uploads the archive, synthesises the template for its architecture and deploys the stack.
+async fn deploy_artifact(
+    target: &Target,
+    settings: &StackSettings,
+    built: &Artifact,
+    console: &mut dyn Console,
+) -> Result<DeployReport, DeployError> {
+    let stack_name = settings.stack_name.as_str();
     let uploaded = stack::upload_artifact(
         target,
         stack_name,
@@ -111,7 +147,72 @@ pub async fn deploy(
         outputs: outcome.outputs().clone(),
         artifact_bucket: uploaded.bucket,
         artifact_key: uploaded.key,
-        artifact_sha256: built.sha256,
+        artifact_sha256: built.sha256.clone(),
         artifact_uploaded: uploaded.uploaded,
     })
+}
+
+/// What to build for a deploy. Real AWS needs the requested architecture and an Amazon Linux
+/// 2023 compatible binary. An emulator that runs Lambda's image needs such a binary too, but for
+/// this machine's architecture, which its containers run without emulation. The local host
+/// runs whatever this machine builds.
+fn build_options(to_aws: bool, settings: &StackSettings, options: &DeployOptions) -> BuildOptions {
+    if to_aws {
+        return BuildOptions {
+            architecture: Some(settings.architecture),
+            purpose: Purpose::Aws,
+        };
+    }
+    BuildOptions {
+        architecture: None,
+        purpose: options.purpose.unwrap_or(Purpose::Local),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::settings::Architecture;
+
+    #[test]
+    fn real_aws_always_gets_an_aws_build_of_the_settings_architecture() {
+        let settings = StackSettings {
+            architecture: Architecture::Arm64,
+            ..StackSettings::default()
+        };
+        for purpose in [None, Some(Purpose::Local), Some(Purpose::Aws)] {
+            assert_eq!(
+                build_options(true, &settings, &DeployOptions { purpose }),
+                BuildOptions {
+                    architecture: Some(Architecture::Arm64),
+                    purpose: Purpose::Aws,
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn endpoints_get_a_host_build_unless_an_aws_build_is_asked_for() {
+        let settings = StackSettings::default();
+        assert_eq!(
+            build_options(false, &settings, &DeployOptions::default()),
+            BuildOptions {
+                architecture: None,
+                purpose: Purpose::Local,
+            }
+        );
+        assert_eq!(
+            build_options(
+                false,
+                &settings,
+                &DeployOptions {
+                    purpose: Some(Purpose::Aws)
+                }
+            ),
+            BuildOptions {
+                architecture: None,
+                purpose: Purpose::Aws,
+            }
+        );
+    }
 }

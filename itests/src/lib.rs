@@ -1,4 +1,8 @@
 //! Shared harness of usersync's end-to-end and integration tests.
 
+pub mod backend;
 pub mod emulator;
+pub mod harness;
 pub mod records;
+pub mod scenarios;
+pub mod test_stack;

@@ -21,9 +21,14 @@ async fn deploy_status_noop_deploy_and_teardown() {
 
     // Create.
     let mut console = RecordingConsole::agreeing();
-    let report = workflow::deploy(&target, &settings, &mut console)
-        .await
-        .expect("first deploy");
+    let report = workflow::deploy(
+        &target,
+        &settings,
+        &workflow::DeployOptions::default(),
+        &mut console,
+    )
+    .await
+    .expect("first deploy");
     assert_eq!(report.result, "created");
     assert_eq!(
         report.changes.len(),
@@ -107,9 +112,14 @@ async fn deploy_status_noop_deploy_and_teardown() {
 
     // Nothing changed: up to date, nothing executed, the archive not uploaded again.
     let mut console = RecordingConsole::agreeing();
-    let again = workflow::deploy(&target, &settings, &mut console)
-        .await
-        .expect("second deploy");
+    let again = workflow::deploy(
+        &target,
+        &settings,
+        &workflow::DeployOptions::default(),
+        &mut console,
+    )
+    .await
+    .expect("second deploy");
     assert_eq!(again.result, "up_to_date");
     assert!(!again.artifact_uploaded);
     assert_eq!(again.outputs, report.outputs);

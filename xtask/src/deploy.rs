@@ -54,9 +54,14 @@ pub async fn run(args: DeployArgs, target_args: &TargetArgs) -> Result<()> {
     })
     .await
     .context("failed to reach the target")?;
-    let report = workflow::deploy(&target, &settings, &mut console)
-        .await
-        .with_context(|| format!("failed to deploy stack {}", settings.stack_name))?;
+    let report = workflow::deploy(
+        &target,
+        &settings,
+        &workflow::DeployOptions::default(),
+        &mut console,
+    )
+    .await
+    .with_context(|| format!("failed to deploy stack {}", settings.stack_name))?;
     console.finish();
 
     if target_args.json() {

@@ -6,6 +6,7 @@ mod args;
 mod build;
 mod console;
 mod deploy;
+mod dev;
 mod status;
 mod synth;
 mod teardown;
@@ -36,6 +37,9 @@ enum Command {
     Synth(synth::SynthArgs),
     /// Build, upload and create or update the stack through a change set
     Deploy(deploy::DeployArgs),
+    /// Run the stack here: deploy it (on a private embedded emulator by default) and run the
+    /// real function against its stream until Ctrl-C; --demo runs a scripted check and exits
+    Dev(dev::DevArgs),
     /// Show the stack, its resources, the event source mapping, the failure queue and the bucket
     Status,
     /// Empty the data bucket, delete the stack and remove the uploaded archives
@@ -61,6 +65,7 @@ fn main() -> ExitCode {
         Command::Build(args) => build::run(args, target),
         Command::Synth(args) => synth::run(args, target),
         Command::Deploy(args) => runtime.block_on(deploy::run(args, target)),
+        Command::Dev(args) => runtime.block_on(dev::run(args, target)),
         Command::Status => runtime.block_on(status::run(target)),
         Command::Teardown(args) => runtime.block_on(teardown::run(args, target)),
         Command::Test(args) => test::run(args),

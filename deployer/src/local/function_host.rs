@@ -816,7 +816,7 @@ fn response_value(body: &[u8]) -> Value {
 }
 
 /// A random version 4 UUID, the form of Lambda's request ids.
-fn new_request_id() -> String {
+pub(crate) fn new_request_id() -> String {
     let (high, low) = (random_u64(), random_u64());
     format!(
         "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",

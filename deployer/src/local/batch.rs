@@ -1,0 +1,675 @@
+//! One batch of a shard through the function, with an event source mapping's failure rules:
+//! partial batch responses (`ReportBatchItemFailures`), bisection on function errors, bounded
+//! retries with back-off, a maximum record age, and an on-failure destination for whatever is
+//! given up on.
+//!
+//! The rules, as Lambda documents them for stream sources:
+//! - A response is a complete success when it has no `batchItemFailures` (missing, null or
+//!   empty). With `ReportBatchItemFailures`, each listed `itemIdentifier` must be the sequence
+//!   number of a record in the batch; the batch is checkpointed before the earliest one listed
+//!   and only the records from there on are retried. A blank, missing or unknown identifier
+//!   makes the whole batch a failure.
+//! - A function error, timeout or crash fails the whole batch. With `BisectBatchOnFunctionError`
+//!   a failed batch of two or more records is split in two and the halves are retried in order,
+//!   each keeping the attempt count of the batch it came from.
+//! - A run of records that has failed more than `MaximumRetryAttempts` times, or whose records
+//!   are older than `MaximumRecordAgeInSeconds` when their turn comes, is discarded: its
+//!   coordinates go to the on-failure destination and the shard moves on.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+
+use super::invoke::{InvokeOutcome, Invoker};
+use super::mapping::MappingSettings;
+use super::on_failure::{
+    discard_message, DestinationError, DiscardCondition, DiscardedBatch, LastInvocation,
+    QueueDestination,
+};
+use super::stream_event::{event_payload, StreamEventRecord};
+
+/// Where discarded batches' messages go.
+pub trait Discards: Send + Sync {
+    fn discard(&self, message: Value) -> impl Future<Output = Result<(), DestinationError>> + Send;
+}
+
+impl Discards for QueueDestination {
+    fn discard(&self, message: Value) -> impl Future<Output = Result<(), DestinationError>> + Send {
+        async move { self.send(&message).await }
+    }
+}
+
+/// How one invocation of a run of records ended, as the mapping reads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Every record was applied.
+    Success,
+    /// Records before `first_failed` (an index into the run) were applied; the rest are retried.
+    PartialFailure {
+        first_failed: usize,
+        reported: usize,
+    },
+    /// Nothing counts as applied.
+    Failure { error_type: String, message: String },
+}
+
+/// Reads an invocation's outcome for the run `records`.
+pub fn judge(
+    outcome: &InvokeOutcome,
+    records: &[StreamEventRecord],
+    report_batch_item_failures: bool,
+) -> Verdict {
+    let body = match outcome {
+        InvokeOutcome::Response(body) => body,
+        InvokeOutcome::FunctionError {
+            error_type,
+            message,
+        } => {
+            return Verdict::Failure {
+                error_type: error_type.clone(),
+                message: message.clone(),
+            }
+        }
+        InvokeOutcome::TimedOut { after } => {
+            return Verdict::Failure {
+                error_type: "Sandbox.Timedout".into(),
+                message: format!("Task timed out after {:.2} seconds", after.as_secs_f64()),
+            }
+        }
+        InvokeOutcome::Crashed { message } => {
+            return Verdict::Failure {
+                error_type: "Runtime.ExitError".into(),
+                message: message.clone(),
+            }
+        }
+    };
+    if !report_batch_item_failures {
+        return Verdict::Success;
+    }
+    let invalid = |why: String| Verdict::Failure {
+        error_type: "InvalidBatchItemFailures".into(),
+        message: why,
+    };
+    let failures = match body.get("batchItemFailures") {
+        None | Some(Value::Null) => return Verdict::Success,
+        Some(Value::Array(failures)) if failures.is_empty() => return Verdict::Success,
+        Some(Value::Array(failures)) => failures,
+        Some(other) => return invalid(format!("batchItemFailures is not a list: {other}")),
+    };
+    let mut first_failed = usize::MAX;
+    for failure in failures {
+        let Some(identifier) = failure
+            .get("itemIdentifier")
+            .and_then(Value::as_str)
+            .filter(|id| !id.is_empty())
+        else {
+            return invalid(format!(
+                "a batch item failure has no itemIdentifier: {failure}"
+            ));
+        };
+        let Some(index) = records.iter().position(|r| r.sequence_number == identifier) else {
+            return invalid(format!(
+                "itemIdentifier {identifier:?} is not the sequence number of a record in the batch"
+            ));
+        };
+        first_failed = first_failed.min(index);
+    }
+    Verdict::PartialFailure {
+        first_failed,
+        reported: failures.len(),
+    }
+}
+
+/// Timing of retries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryBackoff {
+    /// Wait before the first retry; doubles with every further one.
+    pub first: Duration,
+    pub max: Duration,
+}
+
+impl RetryBackoff {
+    fn after(&self, failed_attempts: u32) -> Duration {
+        let doublings = failed_attempts.saturating_sub(1).min(16);
+        self.first.saturating_mul(1 << doublings).min(self.max)
+    }
+}
+
+impl Default for RetryBackoff {
+    fn default() -> Self {
+        Self {
+            first: Duration::from_millis(200),
+            max: Duration::from_secs(5),
+        }
+    }
+}
+
+/// One invocation's report.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InvocationReport {
+    pub shard_id: String,
+    pub records: usize,
+    pub first_sequence: String,
+    pub last_sequence: String,
+    /// 1 for the first invocation of these records, 2 for the first retry, …
+    pub attempt: u32,
+    pub verdict: Verdict,
+    pub duration: Duration,
+}
+
+/// A run of records given up on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiscardReport {
+    pub shard_id: String,
+    pub condition: DiscardCondition,
+    pub records: usize,
+    pub first_sequence: String,
+    pub last_sequence: String,
+    /// Whether the on-failure destination received the batch's information.
+    pub sent_to: Option<String>,
+}
+
+/// What a batch's processing tells its observer, as it happens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BatchEvent {
+    Invoked(InvocationReport),
+    Discarded(DiscardReport),
+    /// The destination could not take a discard message; it is tried again.
+    DestinationFailed {
+        shard_id: String,
+        message: String,
+    },
+}
+
+/// Runs batches of one shard through the function under one mapping's rules.
+pub struct BatchRunner<'a, I, D> {
+    pub settings: &'a MappingSettings,
+    pub shard_id: &'a str,
+    pub invoker: &'a I,
+    pub destination: Option<&'a D>,
+    pub backoff: RetryBackoff,
+    pub observe: &'a (dyn Fn(BatchEvent) + Send + Sync),
+}
+
+/// A run of records still to be applied, with how often it has failed.
+struct Pending {
+    records: Vec<StreamEventRecord>,
+    failed_attempts: u32,
+    last_invocation: Option<LastInvocation>,
+}
+
+impl<I: Invoker, D: Discards> BatchRunner<'_, I, D> {
+    /// Applies `batch` (records in shard order) until every record has been applied or
+    /// discarded. Returns early, with the batch unfinished, only when `stopped` resolves.
+    pub async fn run(&self, batch: Vec<StreamEventRecord>, stopped: impl Future<Output = ()>) {
+        tokio::pin!(stopped);
+        tokio::select! {
+            () = self.apply(batch) => {}
+            () = &mut stopped => {}
+        }
+    }
+
+    async fn apply(&self, batch: Vec<StreamEventRecord>) {
+        let mut queue = VecDeque::from([Pending {
+            records: batch,
+            failed_attempts: 0,
+            last_invocation: None,
+        }]);
+        while let Some(mut run) = queue.pop_front() {
+            loop {
+                let expired = self.split_off_expired(&mut run.records);
+                if !expired.is_empty() {
+                    self.discard(
+                        DiscardCondition::RecordAgeExceeded,
+                        &expired,
+                        run.failed_attempts,
+                        run.last_invocation.as_ref(),
+                    )
+                    .await;
+                }
+                if run.records.is_empty() {
+                    break;
+                }
+
+                let request_id = super::function_host::new_request_id();
+                let started = Instant::now();
+                let outcome = self.invoker.invoke(event_payload(&run.records)).await;
+                let verdict = judge(
+                    &outcome,
+                    &run.records,
+                    self.settings.report_batch_item_failures,
+                );
+                (self.observe)(BatchEvent::Invoked(InvocationReport {
+                    shard_id: self.shard_id.to_owned(),
+                    records: run.records.len(),
+                    first_sequence: run.records[0].sequence_number.clone(),
+                    last_sequence: run.records[run.records.len() - 1].sequence_number.clone(),
+                    attempt: run.failed_attempts + 1,
+                    verdict: verdict.clone(),
+                    duration: started.elapsed(),
+                }));
+                match verdict {
+                    Verdict::Success => break,
+                    Verdict::PartialFailure { first_failed, .. } => {
+                        run.records.drain(..first_failed);
+                        run.last_invocation = Some(LastInvocation {
+                            request_id,
+                            function_error: None,
+                        });
+                    }
+                    Verdict::Failure { .. } => {
+                        run.last_invocation = Some(LastInvocation {
+                            request_id,
+                            function_error: Some("Unhandled"),
+                        });
+                    }
+                }
+                run.failed_attempts += 1;
+                if self
+                    .settings
+                    .max_retry_attempts
+                    .is_some_and(|max| run.failed_attempts > max)
+                {
+                    self.discard(
+                        DiscardCondition::RetryAttemptsExhausted,
+                        &run.records,
+                        run.failed_attempts,
+                        run.last_invocation.as_ref(),
+                    )
+                    .await;
+                    break;
+                }
+                let whole_batch_failed = run
+                    .last_invocation
+                    .as_ref()
+                    .is_some_and(|i| i.function_error.is_some());
+                if whole_batch_failed && self.settings.bisect_on_error && run.records.len() > 1 {
+                    let second = run.records.split_off(run.records.len() / 2);
+                    queue.push_front(Pending {
+                        records: second,
+                        failed_attempts: run.failed_attempts,
+                        last_invocation: run.last_invocation.clone(),
+                    });
+                }
+                tokio::time::sleep(self.backoff.after(run.failed_attempts)).await;
+            }
+        }
+    }
+
+    /// Takes the records older than the mapping's maximum record age out of `records`.
+    fn split_off_expired(&self, records: &mut Vec<StreamEventRecord>) -> Vec<StreamEventRecord> {
+        let Some(max_age) = self.settings.max_record_age else {
+            return Vec::new();
+        };
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64();
+        let too_old = |r: &StreamEventRecord| {
+            r.created_at_epoch_s
+                .is_some_and(|at| now - at > max_age.as_secs_f64())
+        };
+        // Records are in shard order, so the old ones are a prefix; stop at the first young one
+        // so that order is kept even if clocks disagree.
+        let expired = records.iter().take_while(|r| too_old(r)).count();
+        records.drain(..expired).collect()
+    }
+
+    async fn discard(
+        &self,
+        condition: DiscardCondition,
+        records: &[StreamEventRecord],
+        invoke_count: u32,
+        last_invocation: Option<&LastInvocation>,
+    ) {
+        let Some(first) = records.first() else {
+            return;
+        };
+        let mut report = DiscardReport {
+            shard_id: self.shard_id.to_owned(),
+            condition,
+            records: records.len(),
+            first_sequence: first.sequence_number.clone(),
+            last_sequence: records[records.len() - 1].sequence_number.clone(),
+            sent_to: None,
+        };
+        if let Some(destination) = self.destination {
+            let message = discard_message(
+                &DiscardedBatch {
+                    condition,
+                    function_arn: &self.settings.function_arn,
+                    stream_arn: &self.settings.stream_arn,
+                    shard_id: self.shard_id,
+                    records,
+                    invoke_count,
+                    last_invocation,
+                },
+                SystemTime::now(),
+            );
+            // The records are about to be passed over: their coordinates must not be lost, so a
+            // destination that is down holds the shard until it takes the message.
+            let mut failures = 0;
+            loop {
+                match destination.discard(message.clone()).await {
+                    Ok(()) => break,
+                    Err(err) => {
+                        failures += 1;
+                        (self.observe)(BatchEvent::DestinationFailed {
+                            shard_id: self.shard_id.to_owned(),
+                            message: err.to_string(),
+                        });
+                        tokio::time::sleep(self.backoff.after(failures)).await;
+                    }
+                }
+            }
+            report.sent_to = self.settings.on_failure_destination.clone();
+        }
+        (self.observe)(BatchEvent::Discarded(report));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use std::sync::Mutex;
+
+    fn records(sequences: std::ops::Range<u32>) -> Vec<StreamEventRecord> {
+        sequences
+            .map(|n| StreamEventRecord {
+                event: json!({"dynamodb": {"SequenceNumber": n.to_string()}}),
+                sequence_number: n.to_string(),
+                created_at_epoch_s: Some(
+                    SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .unwrap()
+                        .as_secs_f64(),
+                ),
+                payload_bytes: 10,
+            })
+            .collect()
+    }
+
+    fn settings() -> MappingSettings {
+        MappingSettings {
+            uuid: "u".into(),
+            function_arn: "arn:aws:lambda:us-east-1:000000000000:function:f".into(),
+            stream_arn: "arn:aws:dynamodb:us-east-1:000000000000:table/t/stream/s".into(),
+            batch_size: 100,
+            batching_window: Duration::ZERO,
+            starting_position: super::super::mapping::StartingPosition::TrimHorizon,
+            max_retry_attempts: Some(2),
+            max_record_age: None,
+            bisect_on_error: false,
+            report_batch_item_failures: true,
+            enabled: true,
+            on_failure_destination: Some("arn:aws:sqs:us-east-1:000000000000:q".into()),
+            has_filter_criteria: false,
+        }
+    }
+
+    /// Answers each invocation with the next scripted outcome, or success when the script
+    /// runs out, and remembers the sequence numbers it was given.
+    struct ScriptedFunction {
+        script: Mutex<VecDeque<Box<dyn Fn(&[String]) -> InvokeOutcome + Send>>>,
+        calls: Mutex<Vec<Vec<String>>>,
+    }
+
+    impl ScriptedFunction {
+        fn new(script: Vec<Box<dyn Fn(&[String]) -> InvokeOutcome + Send>>) -> Self {
+            Self {
+                script: Mutex::new(script.into()),
+                calls: Mutex::new(Vec::new()),
+            }
+        }
+        fn calls(&self) -> Vec<Vec<String>> {
+            self.calls.lock().unwrap().clone()
+        }
+    }
+
+    impl Invoker for ScriptedFunction {
+        fn invoke(&self, payload: Value) -> impl Future<Output = InvokeOutcome> + Send {
+            let sequences: Vec<String> = payload["Records"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["dynamodb"]["SequenceNumber"].as_str().unwrap().to_owned())
+                .collect();
+            self.calls.lock().unwrap().push(sequences.clone());
+            let next = self.script.lock().unwrap().pop_front();
+            let outcome = next.map_or(
+                InvokeOutcome::Response(json!({"batchItemFailures": []})),
+                |f| f(&sequences),
+            );
+            async move { outcome }
+        }
+    }
+
+    #[derive(Default)]
+    struct CollectingQueue(Mutex<Vec<Value>>);
+
+    impl Discards for CollectingQueue {
+        fn discard(
+            &self,
+            message: Value,
+        ) -> impl Future<Output = Result<(), DestinationError>> + Send {
+            self.0.lock().unwrap().push(message);
+            async { Ok(()) }
+        }
+    }
+
+    fn error() -> Box<dyn Fn(&[String]) -> InvokeOutcome + Send> {
+        Box::new(|_| InvokeOutcome::FunctionError {
+            error_type: "Boom".into(),
+            message: "boom".into(),
+        })
+    }
+
+    fn partial(from: &'static str) -> Box<dyn Fn(&[String]) -> InvokeOutcome + Send> {
+        Box::new(move |_| {
+            InvokeOutcome::Response(json!({"batchItemFailures": [{"itemIdentifier": from}]}))
+        })
+    }
+
+    async fn run(
+        settings: &MappingSettings,
+        function: &ScriptedFunction,
+        batch: Vec<StreamEventRecord>,
+    ) -> (Vec<BatchEvent>, Vec<Value>) {
+        let queue = CollectingQueue::default();
+        let events = Mutex::new(Vec::new());
+        let observe = |event: BatchEvent| events.lock().unwrap().push(event);
+        BatchRunner {
+            settings,
+            shard_id: "shard-1",
+            invoker: function,
+            destination: Some(&queue),
+            backoff: RetryBackoff {
+                first: Duration::from_millis(1),
+                max: Duration::from_millis(2),
+            },
+            observe: &observe,
+        }
+        .run(batch, std::future::pending())
+        .await;
+        (events.into_inner().unwrap(), queue.0.into_inner().unwrap())
+    }
+
+    fn seqs(range: std::ops::Range<u32>) -> Vec<String> {
+        range.map(|n| n.to_string()).collect()
+    }
+
+    #[test]
+    fn judges_responses_as_lambda_does() {
+        let batch = records(10..13);
+        let ok = |body: Value| judge(&InvokeOutcome::Response(body), &batch, true);
+        assert_eq!(ok(json!({"batchItemFailures": []})), Verdict::Success);
+        assert_eq!(ok(json!({"batchItemFailures": null})), Verdict::Success);
+        assert_eq!(ok(json!({})), Verdict::Success);
+        assert_eq!(ok(Value::Null), Verdict::Success);
+        assert_eq!(
+            ok(json!({"batchItemFailures": [{"itemIdentifier": "12"}, {"itemIdentifier": "11"}]})),
+            Verdict::PartialFailure {
+                first_failed: 1,
+                reported: 2
+            }
+        );
+        for bad in [
+            json!({"batchItemFailures": [{"itemIdentifier": ""}]}),
+            json!({"batchItemFailures": [{"itemIdentifier": null}]}),
+            json!({"batchItemFailures": [{"itemId": "11"}]}),
+            json!({"batchItemFailures": [{"itemIdentifier": "99"}]}),
+            json!({"batchItemFailures": "11"}),
+        ] {
+            assert!(
+                matches!(ok(bad.clone()), Verdict::Failure { .. }),
+                "{bad} is a whole-batch failure"
+            );
+        }
+        // Without ReportBatchItemFailures the response is not read.
+        assert_eq!(
+            judge(
+                &InvokeOutcome::Response(json!({"batchItemFailures": [{"itemIdentifier": "11"}]})),
+                &batch,
+                false
+            ),
+            Verdict::Success
+        );
+        assert!(matches!(
+            judge(
+                &InvokeOutcome::TimedOut {
+                    after: Duration::from_secs(3)
+                },
+                &batch,
+                true
+            ),
+            Verdict::Failure { error_type, .. } if error_type == "Sandbox.Timedout"
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_partial_failure_retries_from_the_earliest_reported_record() {
+        let function = ScriptedFunction::new(vec![partial("13"), partial("14")]);
+        let (events, discarded) = run(&settings(), &function, records(10..16)).await;
+        assert_eq!(function.calls(), [seqs(10..16), seqs(13..16), seqs(14..16)]);
+        assert!(discarded.is_empty());
+        assert_eq!(events.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn exhausted_retries_go_to_the_destination_and_the_shard_moves_on() {
+        let function = ScriptedFunction::new(vec![error(), error(), error()]);
+        let (events, discarded) = run(&settings(), &function, records(10..14)).await;
+        // One invocation and two retries (MaximumRetryAttempts = 2).
+        assert_eq!(function.calls().len(), 3);
+        assert_eq!(discarded.len(), 1);
+        let info = &discarded[0]["DDBStreamBatchInfo"];
+        assert_eq!(info["startSequenceNumber"], "10");
+        assert_eq!(info["endSequenceNumber"], "13");
+        assert_eq!(info["batchSize"], 4);
+        assert_eq!(
+            discarded[0]["requestContext"]["condition"],
+            "RetryAttemptsExhausted"
+        );
+        assert_eq!(discarded[0]["requestContext"]["approximateInvokeCount"], 3);
+        assert!(matches!(
+            events.last(),
+            Some(BatchEvent::Discarded(DiscardReport { records: 4, .. }))
+        ));
+    }
+
+    #[tokio::test]
+    async fn only_the_records_not_applied_are_discarded_after_partial_failures() {
+        let function = ScriptedFunction::new(vec![partial("12"), partial("13"), partial("13")]);
+        let (_, discarded) = run(&settings(), &function, records(10..15)).await;
+        assert_eq!(discarded.len(), 1);
+        let info = &discarded[0]["DDBStreamBatchInfo"];
+        assert_eq!(info["startSequenceNumber"], "13");
+        assert_eq!(info["batchSize"], 2);
+        assert!(discarded[0]["responseContext"]
+            .get("functionError")
+            .is_none());
+    }
+
+    #[tokio::test]
+    async fn bisection_isolates_a_poison_record_and_keeps_order() {
+        let mut settings = settings();
+        settings.bisect_on_error = true;
+        settings.max_retry_attempts = Some(3);
+        // Record 12 always fails; everything else succeeds.
+        let poison = || -> Box<dyn Fn(&[String]) -> InvokeOutcome + Send> {
+            Box::new(|seqs| {
+                if seqs.iter().any(|s| s == "12") {
+                    InvokeOutcome::FunctionError {
+                        error_type: "Poison".into(),
+                        message: "12".into(),
+                    }
+                } else {
+                    InvokeOutcome::Response(Value::Null)
+                }
+            })
+        };
+        let function = ScriptedFunction::new((0..10).map(|_| poison()).collect());
+        let (_, discarded) = run(&settings, &function, records(10..14)).await;
+        assert_eq!(
+            function.calls(),
+            [
+                seqs(10..14), // fails: split into 10..12 and 12..14
+                seqs(10..12), // succeeds
+                seqs(12..14), // fails (2nd failure): split into 12 and 13
+                seqs(12..13), // fails (3rd)
+                seqs(12..13), // fails (4th > 3): discarded
+                seqs(13..14), // succeeds, after the poison record was dealt with
+            ]
+        );
+        assert_eq!(discarded.len(), 1);
+        assert_eq!(
+            discarded[0]["DDBStreamBatchInfo"]["startSequenceNumber"],
+            "12"
+        );
+        assert_eq!(discarded[0]["DDBStreamBatchInfo"]["batchSize"], 1);
+    }
+
+    #[tokio::test]
+    async fn records_older_than_the_maximum_age_are_discarded_without_an_invocation() {
+        let mut settings = settings();
+        settings.max_record_age = Some(Duration::from_secs(60));
+        let mut batch = records(10..13);
+        batch[0].created_at_epoch_s = Some(1.0);
+        batch[1].created_at_epoch_s = Some(2.0);
+        let function = ScriptedFunction::new(vec![]);
+        let (_, discarded) = run(&settings, &function, batch).await;
+        assert_eq!(function.calls(), [seqs(12..13)]);
+        assert_eq!(discarded.len(), 1);
+        assert_eq!(
+            discarded[0]["requestContext"]["condition"],
+            "RecordAgeExceeded"
+        );
+        assert_eq!(discarded[0]["DDBStreamBatchInfo"]["batchSize"], 2);
+    }
+
+    #[tokio::test]
+    async fn unlimited_retries_keep_going_until_the_function_recovers() {
+        let mut settings = settings();
+        settings.max_retry_attempts = None;
+        let function = ScriptedFunction::new((0..20).map(|_| error()).collect());
+        let (_, discarded) = run(&settings, &function, records(1..3)).await;
+        assert_eq!(function.calls().len(), 21);
+        assert!(discarded.is_empty());
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_its_maximum() {
+        let backoff = RetryBackoff {
+            first: Duration::from_millis(100),
+            max: Duration::from_millis(500),
+        };
+        assert_eq!(backoff.after(1), Duration::from_millis(100));
+        assert_eq!(backoff.after(2), Duration::from_millis(200));
+        assert_eq!(backoff.after(3), Duration::from_millis(400));
+        assert_eq!(backoff.after(4), Duration::from_millis(500));
+        assert_eq!(backoff.after(u32::MAX), Duration::from_millis(500));
+    }
+}

@@ -1,0 +1,237 @@
+//! A deployed stack's function, run here: the function's configuration and its event source
+//! mappings are read from the target's Lambda API, the built `bootstrap` runs in a
+//! [`FunctionHost`] with that configuration, and one [`Poller`] per enabled mapping feeds it.
+//!
+//! Works against any target. On an emulator the function reaches S3 at the emulator's
+//! endpoint; on real AWS it uses the caller's credentials, and reads the stream alongside the
+//! deployed mapping (DynamoDB Streams allows two readers per shard), so both apply the records:
+//! harmless, as every operation is idempotent, but disable the deployed mapping to be the only
+//! consumer.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_credential_types::provider::ProvideCredentials;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::function_host::{FunctionHost, FunctionSpec, HostError, OutputSink};
+use super::mapping::{MappingError, MappingSettings};
+use super::poller::{Poller, PollerError, PollerObserver, PollerOptions};
+use crate::target::Target;
+
+/// Why the local pipeline could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("failed to read the configuration of function {function}: {message}; is the stack deployed (`cargo xtask deploy`)?")]
+    FunctionConfiguration { function: String, message: String },
+    #[error("failed to list the event source mappings of function {function}: {message}")]
+    Mappings { function: String, message: String },
+    #[error(
+        "function {function} has no event source mapping: deploy the stack, which creates one"
+    )]
+    NoMapping { function: String },
+    #[error(transparent)]
+    Mapping(#[from] MappingError),
+    #[error("failed to resolve credentials for the function: {0}; configure AWS credentials or pass --profile")]
+    Credentials(String),
+    #[error("failed to start the function: {0}")]
+    Host(#[from] HostError),
+    #[error("failed to start the poller for mapping {uuid}: {source}")]
+    Poller {
+        uuid: String,
+        #[source]
+        source: PollerError,
+    },
+}
+
+/// What to run and how to report it.
+#[derive(Clone)]
+pub struct PipelineOptions {
+    /// The function binary to run (the built `bootstrap`).
+    pub binary: PathBuf,
+    pub poller: PollerOptions,
+    /// Where the function's own output goes.
+    pub output: OutputSink,
+    pub observer: PollerObserver,
+    /// Extra environment for the function, over its deployed configuration (`RUST_LOG`, …).
+    pub extra_environment: BTreeMap<String, String>,
+}
+
+/// The function host and the pollers, running until [`LocalPipeline::stop`].
+pub struct LocalPipeline {
+    host: Arc<FunctionHost>,
+    mappings: Vec<MappingSettings>,
+    stop: watch::Sender<bool>,
+    pollers: Vec<JoinHandle<Result<(), PollerError>>>,
+}
+
+impl LocalPipeline {
+    /// Starts the pipeline for the deployed function `function_name` on `target`.
+    pub async fn start(
+        target: &Target,
+        function_name: &str,
+        options: PipelineOptions,
+    ) -> Result<Self, PipelineError> {
+        let lambda = target.lambda();
+        let configuration = lambda
+            .get_function_configuration()
+            .function_name(function_name)
+            .send()
+            .await
+            .map_err(|err| PipelineError::FunctionConfiguration {
+                function: function_name.to_owned(),
+                message: aws_sdk_lambda::error::DisplayErrorContext(err).to_string(),
+            })?;
+
+        let mut mappings = Vec::new();
+        let mut marker: Option<String> = None;
+        loop {
+            let page = lambda
+                .list_event_source_mappings()
+                .function_name(function_name)
+                .set_marker(marker.take())
+                .send()
+                .await
+                .map_err(|err| PipelineError::Mappings {
+                    function: function_name.to_owned(),
+                    message: aws_sdk_lambda::error::DisplayErrorContext(err).to_string(),
+                })?;
+            for mapping in page.event_source_mappings() {
+                mappings.push(MappingSettings::from_configuration(mapping)?);
+            }
+            match page.next_marker() {
+                Some(next) if !next.is_empty() => marker = Some(next.to_owned()),
+                _ => break,
+            }
+        }
+        if mappings.is_empty() {
+            return Err(PipelineError::NoMapping {
+                function: function_name.to_owned(),
+            });
+        }
+
+        let mut spec = FunctionSpec::new(&options.binary, function_name);
+        if let Some(arn) = configuration.function_arn() {
+            spec.function_arn = arn.to_owned();
+        }
+        if let Some(version) = configuration.version() {
+            spec.version = version.to_owned();
+        }
+        if let Some(handler) = configuration.handler() {
+            spec.handler = handler.to_owned();
+        }
+        if let Some(memory) = configuration.memory_size() {
+            spec.memory_mb = memory.unsigned_abs();
+        }
+        if let Some(timeout) = configuration.timeout() {
+            spec.timeout = Duration::from_secs(timeout.unsigned_abs().into());
+        }
+        spec.region = target.region();
+        if let Some(group) = configuration.logging_config().and_then(|l| l.log_group()) {
+            spec.log_group = group.to_owned();
+        }
+        spec.environment = function_environment(target, &configuration).await?;
+        spec.environment.extend(options.extra_environment.clone());
+
+        let host = Arc::new(FunctionHost::start_with_output(spec, options.output.clone()).await?);
+        let (stop, stopped) = watch::channel(false);
+        let mut pollers = Vec::new();
+        for settings in &mappings {
+            let poller = Poller::new(
+                settings.clone(),
+                target.dynamodb_streams(),
+                target.sqs(),
+                Arc::clone(&host),
+                options.poller,
+                Arc::clone(&options.observer),
+            )
+            .await
+            .map_err(|source| PipelineError::Poller {
+                uuid: settings.uuid.clone(),
+                source,
+            })?;
+            pollers.push(tokio::spawn(poller.run(stopped.clone())));
+        }
+        Ok(Self {
+            host,
+            mappings,
+            stop,
+            pollers,
+        })
+    }
+
+    /// The mappings being run.
+    pub fn mappings(&self) -> &[MappingSettings] {
+        &self.mappings
+    }
+
+    /// The function host, for its process id and cold-start times.
+    pub fn host(&self) -> &FunctionHost {
+        &self.host
+    }
+
+    /// Whether a poller has stopped on its own (its stream is gone, for one).
+    pub fn poller_stopped(&self) -> bool {
+        self.pollers.iter().any(JoinHandle::is_finished)
+    }
+
+    /// Stops the pollers and the function's process, and waits for both. Returns the first
+    /// error a poller stopped with on its own.
+    pub async fn stop(self) -> Result<(), PollerError> {
+        let _ = self.stop.send(true);
+        let mut first_error = None;
+        for poller in self.pollers {
+            if let Ok(Err(err)) = poller.await {
+                first_error.get_or_insert(err);
+            }
+        }
+        self.host.shutdown().await;
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// The function's deployed `Environment.Variables`, plus what the process needs to reach the
+/// target as Lambda's role would give it: credentials, and the endpoint of an emulator.
+async fn function_environment(
+    target: &Target,
+    configuration: &aws_sdk_lambda::operation::get_function_configuration::GetFunctionConfigurationOutput,
+) -> Result<BTreeMap<String, String>, PipelineError> {
+    let mut environment: BTreeMap<String, String> = configuration
+        .environment()
+        .and_then(|e| e.variables())
+        .map(|variables| {
+            variables
+                .iter()
+                .map(|(name, value)| (name.clone(), value.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Some(provider) = target.sdk.credentials_provider() {
+        let credentials = provider
+            .provide_credentials()
+            .await
+            .map_err(|err| PipelineError::Credentials(err.to_string()))?;
+        environment.insert(
+            "AWS_ACCESS_KEY_ID".into(),
+            credentials.access_key_id().to_owned(),
+        );
+        environment.insert(
+            "AWS_SECRET_ACCESS_KEY".into(),
+            credentials.secret_access_key().to_owned(),
+        );
+        if let Some(token) = credentials.session_token() {
+            environment.insert("AWS_SESSION_TOKEN".into(), token.to_owned());
+        }
+    }
+    if let Some(endpoint) = target.endpoint_url() {
+        environment.insert("AWS_ENDPOINT_URL".into(), endpoint);
+        // Emulators serve buckets by path, not by virtual host.
+        environment
+            .entry("S3_FORCE_PATH_STYLE".into())
+            .or_insert_with(|| "true".into());
+    }
+    Ok(environment)
+}

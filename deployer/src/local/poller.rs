@@ -1,0 +1,571 @@
+//! An event source mapping, run on this machine: reads a DynamoDB stream and invokes the
+//! function with its records, under the mapping's settings, as Lambda's own poller does.
+//!
+//! - Shards are found through `DescribeStream` and re-checked every
+//!   [`PollerOptions::discovery_interval`]; a child shard is read only after its parent has been
+//!   read to its end, so a user's records stay in order across shard splits.
+//! - Each shard has one iterator and at most one batch in flight (parallelization factor 1).
+//!   Shards are read concurrently; their invocations go to the same [`Invoker`].
+//! - A batch holds up to `BatchSize` records and Lambda's 6 MB payload limit; with a batching
+//!   window the poller keeps reading until the batch is full or the window has passed since
+//!   the batch's first record.
+//! - Failures follow [`super::batch`]: partial batch responses, bisection, bounded retries,
+//!   maximum record age, on-failure destination.
+//! - `StartingPosition` applies to the shards open when the poller starts; shards that appear
+//!   later are read from their start, as Lambda does. Checkpoints live in memory: a restarted
+//!   poller starts again from `StartingPosition` (the function's operations are idempotent,
+//!   so replaying is safe).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aws_sdk_dynamodbstreams::error::DisplayErrorContext;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use super::batch::{BatchEvent, BatchRunner, RetryBackoff};
+use super::invoke::Invoker;
+use super::mapping::{MappingSettings, StartingPosition};
+use super::on_failure::{DestinationError, QueueDestination};
+use super::shard_reader::{ReadError, ReadPosition, ShardReader, MAX_RECORDS_PER_READ};
+use super::stream_event::StreamEventRecord;
+
+/// Lambda's limit on a synchronous invocation's payload.
+pub const MAX_PAYLOAD_BYTES: usize = 6 * 1024 * 1024;
+/// `{"Records":[` and `]}` around the records, and a comma between two.
+const PAYLOAD_OVERHEAD_BYTES: usize = 14;
+
+/// How often the poller looks for work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PollerOptions {
+    /// Wait between reads of a shard that had nothing new (Lambda polls about four times a
+    /// second).
+    pub poll_interval: Duration,
+    /// How often the stream's shard list is read again.
+    pub discovery_interval: Duration,
+    /// Waits between retries of a failed batch.
+    pub retry_backoff: RetryBackoff,
+}
+
+impl Default for PollerOptions {
+    fn default() -> Self {
+        Self {
+            poll_interval: Duration::from_millis(250),
+            discovery_interval: Duration::from_secs(5),
+            retry_backoff: RetryBackoff::default(),
+        }
+    }
+}
+
+/// What the poller tells its observer as it works.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PollerEvent {
+    /// The mapping is disabled: the poller reads nothing until it is stopped.
+    MappingDisabled {
+        uuid: String,
+    },
+    /// The mapping declares filter criteria, which the local poller does not apply: every
+    /// record is delivered.
+    FiltersNotApplied {
+        uuid: String,
+    },
+    ShardStarted {
+        shard_id: String,
+        position: ReadPosition,
+    },
+    /// The shard is closed and every record in it was applied or discarded.
+    ShardFinished {
+        shard_id: String,
+    },
+    Batch(BatchEvent),
+    /// A read of the stream failed; it is retried.
+    ReadFailed {
+        message: String,
+    },
+}
+
+/// Receives [`PollerEvent`]s; called from the poller's tasks, so it should be quick.
+pub type PollerObserver = Arc<dyn Fn(PollerEvent) + Send + Sync>;
+
+/// Why the poller stopped on its own.
+#[derive(Debug, thiserror::Error)]
+pub enum PollerError {
+    #[error("the stream {stream_arn} no longer exists (was the stack torn down?): {message}")]
+    StreamGone { stream_arn: String, message: String },
+    #[error(transparent)]
+    Destination(#[from] DestinationError),
+}
+
+/// One mapping's poller.
+pub struct Poller<I> {
+    shared: Arc<Shared<I>>,
+}
+
+struct Shared<I> {
+    settings: MappingSettings,
+    streams: aws_sdk_dynamodbstreams::Client,
+    destination: Option<QueueDestination>,
+    invoker: Arc<I>,
+    options: PollerOptions,
+    observer: PollerObserver,
+}
+
+impl<I: Invoker + 'static> Poller<I> {
+    /// A poller for `settings`, invoking `invoker`. The on-failure destination, if the mapping
+    /// has one, is looked up through `sqs` now, so a missing queue is reported before any
+    /// record is read.
+    pub async fn new(
+        settings: MappingSettings,
+        streams: aws_sdk_dynamodbstreams::Client,
+        sqs: aws_sdk_sqs::Client,
+        invoker: Arc<I>,
+        options: PollerOptions,
+        observer: PollerObserver,
+    ) -> Result<Self, PollerError> {
+        let destination = match &settings.on_failure_destination {
+            Some(arn) => Some(QueueDestination::resolve(sqs, arn).await?),
+            None => None,
+        };
+        Ok(Self {
+            shared: Arc::new(Shared {
+                settings,
+                streams,
+                destination,
+                invoker,
+                options,
+                observer,
+            }),
+        })
+    }
+
+    pub fn settings(&self) -> &MappingSettings {
+        &self.shared.settings
+    }
+
+    /// Runs until `stop` turns true (then returns `Ok`) or the stream disappears. A batch in
+    /// flight when `stop` turns is abandoned; its records were not checkpointed.
+    pub async fn run(self, mut stop: watch::Receiver<bool>) -> Result<(), PollerError> {
+        let shared = self.shared;
+        let observe = |event| (shared.observer)(event);
+        if !shared.settings.enabled {
+            observe(PollerEvent::MappingDisabled {
+                uuid: shared.settings.uuid.clone(),
+            });
+            let _ = stop.wait_for(|stopped| *stopped).await;
+            return Ok(());
+        }
+        if shared.settings.has_filter_criteria {
+            observe(PollerEvent::FiltersNotApplied {
+                uuid: shared.settings.uuid.clone(),
+            });
+        }
+
+        let mut shards = ShardTable::default();
+        let mut tasks: JoinSet<(String, Result<(), PollerError>)> = JoinSet::new();
+        let mut first_discovery = true;
+        loop {
+            match describe_shards(&shared.streams, &shared.settings.stream_arn).await {
+                Ok(found) => {
+                    for (shard_id, position) in shards.merge(
+                        found,
+                        first_discovery.then_some(shared.settings.starting_position),
+                    ) {
+                        observe(PollerEvent::ShardStarted {
+                            shard_id: shard_id.clone(),
+                            position: position.clone(),
+                        });
+                        let shared = Arc::clone(&shared);
+                        let stop = stop.clone();
+                        tasks.spawn(async move {
+                            let result = read_shard(&shared, &shard_id, position, stop).await;
+                            (shard_id, result)
+                        });
+                    }
+                    first_discovery = false;
+                }
+                Err(ReadError::StreamGone {
+                    stream_arn,
+                    message,
+                }) => {
+                    return Err(PollerError::StreamGone {
+                        stream_arn,
+                        message,
+                    })
+                }
+                Err(err) => observe(PollerEvent::ReadFailed {
+                    message: err.to_string(),
+                }),
+            }
+
+            let next_discovery = tokio::time::sleep(shared.options.discovery_interval);
+            tokio::pin!(next_discovery);
+            let finished = tokio::select! {
+                // The guard `wait_for` returns must not be held across the shutdown's await.
+                _ = stop.wait_for(|stopped| *stopped) => Err(()),
+                () = &mut next_discovery => Ok(None),
+                Some(joined) = tasks.join_next() => Ok(joined.ok()),
+            };
+            let Ok(finished) = finished else {
+                tasks.shutdown().await;
+                return Ok(());
+            };
+            if let Some((shard_id, result)) = finished {
+                result?;
+                if *stop.borrow() {
+                    return Ok(());
+                }
+                observe(PollerEvent::ShardFinished {
+                    shard_id: shard_id.clone(),
+                });
+                // A parent just finished: its children may start at the next listing, now.
+                shards.finish(&shard_id);
+            }
+        }
+    }
+}
+
+/// A shard as `DescribeStream` lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShardListing {
+    pub shard_id: String,
+    pub parent_shard_id: Option<String>,
+    /// The shard has an ending sequence number: it takes no new records.
+    pub closed: bool,
+}
+
+/// Every shard of the stream ever listed, and whether it is being read or done.
+#[derive(Default)]
+struct ShardTable {
+    listed: BTreeMap<String, ShardListing>,
+    state: BTreeMap<String, ShardState>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ShardState {
+    Reading,
+    Done,
+}
+
+impl ShardTable {
+    /// Adds a fresh listing and returns the shards to start reading now, with where to start.
+    /// `starting_position` is the mapping's, given on the first listing only.
+    fn merge(
+        &mut self,
+        listing: Vec<ShardListing>,
+        starting_position: Option<StartingPosition>,
+    ) -> Vec<(String, ReadPosition)> {
+        for shard in listing {
+            if starting_position == Some(StartingPosition::Latest) && shard.closed {
+                // LATEST starts at the tip of the stream: closed shards hold only older records.
+                self.state.insert(shard.shard_id.clone(), ShardState::Done);
+            }
+            self.listed.insert(shard.shard_id.clone(), shard);
+        }
+        let mut ready = Vec::new();
+        for (shard_id, shard) in &self.listed {
+            if self.state.contains_key(shard_id) {
+                continue;
+            }
+            // A parent that aged out of the listing has nothing left to read.
+            let parent_done = shard.parent_shard_id.as_ref().is_none_or(|parent| {
+                !self.listed.contains_key(parent)
+                    || self.state.get(parent) == Some(&ShardState::Done)
+            });
+            if parent_done {
+                let position = match starting_position {
+                    Some(StartingPosition::Latest) => ReadPosition::Latest,
+                    _ => ReadPosition::TrimHorizon,
+                };
+                ready.push((shard_id.clone(), position));
+            }
+        }
+        for (shard_id, _) in &ready {
+            self.state.insert(shard_id.clone(), ShardState::Reading);
+        }
+        ready
+    }
+
+    fn finish(&mut self, shard_id: &str) {
+        self.state.insert(shard_id.to_owned(), ShardState::Done);
+    }
+}
+
+/// Lists every shard of the stream (`DescribeStream`, page by page).
+pub async fn describe_shards(
+    client: &aws_sdk_dynamodbstreams::Client,
+    stream_arn: &str,
+) -> Result<Vec<ShardListing>, ReadError> {
+    let mut shards = Vec::new();
+    let mut start: Option<String> = None;
+    loop {
+        let output = client
+            .describe_stream()
+            .stream_arn(stream_arn)
+            .set_exclusive_start_shard_id(start.take())
+            .send()
+            .await
+            .map_err(|err| {
+                let message = DisplayErrorContext(&err).to_string();
+                if err
+                    .as_service_error()
+                    .is_some_and(|e| e.is_resource_not_found_exception())
+                {
+                    ReadError::StreamGone {
+                        stream_arn: stream_arn.to_owned(),
+                        message,
+                    }
+                } else {
+                    ReadError::Transient {
+                        shard_id: "(listing)".into(),
+                        message: format!("failed to describe the stream {stream_arn}: {message}"),
+                    }
+                }
+            })?;
+        let Some(description) = output.stream_description() else {
+            break;
+        };
+        for shard in description.shards() {
+            let Some(shard_id) = shard.shard_id() else {
+                continue;
+            };
+            shards.push(ShardListing {
+                shard_id: shard_id.to_owned(),
+                parent_shard_id: shard.parent_shard_id().map(str::to_owned),
+                closed: shard
+                    .sequence_number_range()
+                    .and_then(|r| r.ending_sequence_number())
+                    .is_some(),
+            });
+        }
+        match description.last_evaluated_shard_id() {
+            Some(last) => start = Some(last.to_owned()),
+            None => break,
+        }
+    }
+    Ok(shards)
+}
+
+/// Reads one shard to its end (or until stopped), invoking the function batch by batch.
+async fn read_shard<I: Invoker>(
+    shared: &Shared<I>,
+    shard_id: &str,
+    position: ReadPosition,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), PollerError> {
+    let settings = &shared.settings;
+    let mut reader = ShardReader::new(
+        shared.streams.clone(),
+        &settings.stream_arn,
+        shard_id,
+        position,
+    );
+    let observer = Arc::clone(&shared.observer);
+    let observe_batch = move |event: BatchEvent| observer(PollerEvent::Batch(event));
+    let runner = BatchRunner {
+        settings,
+        shard_id,
+        invoker: shared.invoker.as_ref(),
+        destination: shared.destination.as_ref(),
+        backoff: shared.options.retry_backoff,
+        observe: &observe_batch,
+    };
+    let mut pending: VecDeque<StreamEventRecord> = VecDeque::new();
+    let mut read_failures = 0u32;
+    loop {
+        if *stop.borrow() {
+            return Ok(());
+        }
+        // Gather a batch: until it is full, the shard has ended, or the batching window (from
+        // the first record gathered) has passed.
+        let mut first_record_at: Option<Instant> = None;
+        loop {
+            if pending.len() >= settings.batch_size || reader.is_finished() {
+                break;
+            }
+            if first_record_at.is_none() && !pending.is_empty() {
+                first_record_at = Some(Instant::now());
+            }
+            // With no window, whatever one read brought is a batch.
+            if first_record_at.is_some_and(|at| at.elapsed() >= settings.batching_window) {
+                break;
+            }
+            let wanted = (settings.batch_size - pending.len()).min(MAX_RECORDS_PER_READ);
+            let read = tokio::select! {
+                read = reader.read(wanted) => read,
+                _ = stop.wait_for(|stopped| *stopped) => return Ok(()),
+            };
+            let got = match read {
+                Ok(records) => {
+                    read_failures = 0;
+                    let got = records.len();
+                    pending.extend(records);
+                    got
+                }
+                Err(ReadError::StreamGone {
+                    stream_arn,
+                    message,
+                }) => {
+                    return Err(PollerError::StreamGone {
+                        stream_arn,
+                        message,
+                    })
+                }
+                Err(err) => {
+                    read_failures += 1;
+                    (shared.observer)(PollerEvent::ReadFailed {
+                        message: err.to_string(),
+                    });
+                    let wait = shared.options.retry_backoff.max.min(
+                        shared
+                            .options
+                            .poll_interval
+                            .saturating_mul(read_failures.min(20)),
+                    );
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        _ = stop.wait_for(|stopped| *stopped) => return Ok(()),
+                    }
+                    continue;
+                }
+            };
+            if got == 0 && !reader.is_finished() {
+                let wait = match first_record_at {
+                    Some(at) => shared
+                        .options
+                        .poll_interval
+                        .min(settings.batching_window.saturating_sub(at.elapsed())),
+                    None => shared.options.poll_interval,
+                };
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    _ = stop.wait_for(|stopped| *stopped) => return Ok(()),
+                }
+            }
+        }
+        if pending.is_empty() {
+            if reader.is_finished() {
+                return Ok(());
+            }
+            continue;
+        }
+
+        let batch = take_batch(&mut pending, settings.batch_size);
+        let mut stop_for_batch = stop.clone();
+        runner
+            .run(batch, async move {
+                let _ = stop_for_batch.wait_for(|stopped| *stopped).await;
+            })
+            .await;
+    }
+}
+
+/// Takes the next batch off the front of `pending`: at most `batch_size` records whose event
+/// fits in Lambda's payload limit (at least one record, which the function will then refuse
+/// if it alone is too large, as Lambda would).
+fn take_batch(
+    pending: &mut VecDeque<StreamEventRecord>,
+    batch_size: usize,
+) -> Vec<StreamEventRecord> {
+    let mut bytes = PAYLOAD_OVERHEAD_BYTES;
+    let mut count = 0;
+    for record in pending.iter().take(batch_size) {
+        bytes += record.payload_bytes + 1;
+        if count > 0 && bytes > MAX_PAYLOAD_BYTES {
+            break;
+        }
+        count += 1;
+    }
+    pending.drain(..count).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn listing(id: &str, parent: Option<&str>, closed: bool) -> ShardListing {
+        ShardListing {
+            shard_id: id.into(),
+            parent_shard_id: parent.map(Into::into),
+            closed,
+        }
+    }
+
+    fn ids(ready: &[(String, ReadPosition)]) -> Vec<&str> {
+        ready.iter().map(|(id, _)| id.as_str()).collect()
+    }
+
+    #[test]
+    fn children_wait_for_their_parents() {
+        let mut table = ShardTable::default();
+        let ready = table.merge(
+            vec![
+                listing("a", None, true),
+                listing("b", Some("a"), true),
+                listing("c", Some("b"), false),
+                listing("d", Some("gone"), false),
+            ],
+            Some(StartingPosition::TrimHorizon),
+        );
+        assert_eq!(ids(&ready), ["a", "d"]);
+        assert!(ready.iter().all(|(_, p)| *p == ReadPosition::TrimHorizon));
+        assert!(
+            table.merge(vec![], None).is_empty(),
+            "nothing new until a finishes"
+        );
+        table.finish("a");
+        assert_eq!(ids(&table.merge(vec![], None)), ["b"]);
+        table.finish("b");
+        assert_eq!(ids(&table.merge(vec![], None)), ["c"]);
+        table.finish("c");
+        // A split after the start: the new children are read from their beginning.
+        let ready = table.merge(
+            vec![
+                listing("c", Some("b"), true),
+                listing("e", Some("c"), false),
+            ],
+            None,
+        );
+        assert_eq!(ready, [("e".to_owned(), ReadPosition::TrimHorizon)]);
+    }
+
+    #[test]
+    fn latest_skips_closed_shards_and_starts_open_ones_at_the_tip() {
+        let mut table = ShardTable::default();
+        let ready = table.merge(
+            vec![
+                listing("old", None, true),
+                listing("open", Some("old"), false),
+            ],
+            Some(StartingPosition::Latest),
+        );
+        assert_eq!(ready, [("open".to_owned(), ReadPosition::Latest)]);
+    }
+
+    fn record(seq: usize, bytes: usize) -> StreamEventRecord {
+        StreamEventRecord {
+            event: json!({}),
+            sequence_number: seq.to_string(),
+            created_at_epoch_s: None,
+            payload_bytes: bytes,
+        }
+    }
+
+    #[test]
+    fn batches_respect_the_batch_size_and_the_payload_limit() {
+        let mut pending: VecDeque<_> = (0..10).map(|n| record(n, 100)).collect();
+        assert_eq!(take_batch(&mut pending, 4).len(), 4);
+        assert_eq!(pending.len(), 6);
+        assert_eq!(pending[0].sequence_number, "4");
+
+        let mut big: VecDeque<_> = (0..5).map(|n| record(n, 2 * 1024 * 1024)).collect();
+        assert_eq!(take_batch(&mut big, 100).len(), 2, "three would pass 6 MB");
+        let mut huge: VecDeque<_> = [record(0, 7 * 1024 * 1024)].into();
+        assert_eq!(
+            take_batch(&mut huge, 100).len(),
+            1,
+            "a lone record always goes"
+        );
+    }
+}

@@ -1,0 +1,327 @@
+//! A deployed stack that one end-to-end scenario owns: the users table to write to, the bucket
+//! to assert on, and a teardown that runs even when the scenario fails.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use aws_sdk_dynamodb::types::{AttributeValue, DeleteRequest, PutRequest, WriteRequest};
+use deployer::console::RecordingConsole;
+use deployer::local::pipeline::LocalPipeline;
+use deployer::mirror_check::{self, KeyLayout, MirrorDiff, KEY_ATTRIBUTE};
+use deployer::settings::StackSettings;
+use deployer::stack::{self, TeardownOutcome};
+use deployer::target::Target;
+use deployer::template::output;
+use serde_json::Value;
+
+/// How long a scenario waits for the pipeline to catch up before it fails.
+pub const CONVERGE_TIMEOUT: Duration = Duration::from_secs(120);
+/// How often it looks.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
+
+/// A stack name no other scenario in any process uses: `e2e-<label>-<pid>-<n>`.
+pub fn unique_stack_name(label: &str) -> String {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let label: String = label
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(24)
+        .collect();
+    format!(
+        "e2e-{label}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// One scenario's stack.
+pub struct TestStack {
+    pub target: Target,
+    pub settings: StackSettings,
+    pub outputs: BTreeMap<String, String>,
+    /// The local backend's function host and poller; `None` where the backend runs the
+    /// function itself.
+    pipeline: Option<LocalPipeline>,
+    torn_down: bool,
+}
+
+impl TestStack {
+    pub fn new(
+        target: Target,
+        settings: StackSettings,
+        outputs: BTreeMap<String, String>,
+        pipeline: Option<LocalPipeline>,
+    ) -> Self {
+        Self {
+            target,
+            settings,
+            outputs,
+            pipeline,
+            torn_down: false,
+        }
+    }
+
+    fn output(&self, name: &str) -> &str {
+        self.outputs.get(name).map_or("", String::as_str)
+    }
+
+    pub fn table(&self) -> &str {
+        self.output(output::TABLE_NAME)
+    }
+
+    pub fn bucket(&self) -> &str {
+        self.output(output::BUCKET_NAME)
+    }
+
+    pub fn layout(&self) -> KeyLayout {
+        KeyLayout {
+            key_prefix: self.settings.key_prefix.clone(),
+            object_name: self.settings.object_name.clone(),
+        }
+    }
+
+    /// Writes user `name` with `attributes` (PutItem: an INSERT, or a MODIFY if it exists).
+    pub async fn put_user(&self, name: &str, attributes: &[(&str, AttributeValue)]) -> Result<()> {
+        self.target
+            .dynamodb()
+            .put_item()
+            .table_name(self.table())
+            .set_item(Some(user_item(name, attributes)))
+            .send()
+            .await
+            .with_context(|| format!("failed to put user {name:?}"))?;
+        Ok(())
+    }
+
+    pub async fn delete_user(&self, name: &str) -> Result<()> {
+        self.target
+            .dynamodb()
+            .delete_item()
+            .table_name(self.table())
+            .key(KEY_ATTRIBUTE, AttributeValue::S(name.to_owned()))
+            .send()
+            .await
+            .with_context(|| format!("failed to delete user {name:?}"))?;
+        Ok(())
+    }
+
+    /// Writes `items` with BatchWriteItem, 25 at a time, resending what DynamoDB left
+    /// unprocessed.
+    pub async fn batch_put(&self, items: Vec<HashMap<String, AttributeValue>>) -> Result<()> {
+        let requests = items
+            .into_iter()
+            .map(|item| {
+                let put = PutRequest::builder().set_item(Some(item)).build()?;
+                Ok(WriteRequest::builder().put_request(put).build())
+            })
+            .collect::<Result<Vec<_>, aws_sdk_dynamodb::error::BuildError>>()?;
+        self.batch_write(requests).await
+    }
+
+    pub async fn batch_delete(&self, names: &[String]) -> Result<()> {
+        let requests = names
+            .iter()
+            .map(|name| {
+                let delete = DeleteRequest::builder()
+                    .key(KEY_ATTRIBUTE, AttributeValue::S(name.clone()))
+                    .build()?;
+                Ok(WriteRequest::builder().delete_request(delete).build())
+            })
+            .collect::<Result<Vec<_>, aws_sdk_dynamodb::error::BuildError>>()?;
+        self.batch_write(requests).await
+    }
+
+    async fn batch_write(&self, requests: Vec<WriteRequest>) -> Result<()> {
+        let client = self.target.dynamodb();
+        for chunk in requests.chunks(25) {
+            let mut pending = chunk.to_vec();
+            for attempt in 0.. {
+                let output = client
+                    .batch_write_item()
+                    .request_items(self.table(), pending)
+                    .send()
+                    .await
+                    .context("failed to write a batch of users")?;
+                pending = output
+                    .unprocessed_items()
+                    .and_then(|left| left.get(self.table()))
+                    .cloned()
+                    .unwrap_or_default();
+                if pending.is_empty() {
+                    break;
+                }
+                if attempt == 20 {
+                    bail!(
+                        "DynamoDB left {} writes unprocessed 20 times",
+                        pending.len()
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(50 << attempt.min(5))).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until the bucket mirrors the table; fails with the difference after
+    /// [`CONVERGE_TIMEOUT`].
+    pub async fn wait_in_step(&self, after: &str) -> Result<MirrorDiff> {
+        let (diff, in_step) = mirror_check::wait_until_in_step(
+            &self.target,
+            self.table(),
+            self.bucket(),
+            &self.layout(),
+            CONVERGE_TIMEOUT,
+            POLL_INTERVAL,
+        )
+        .await
+        .context("failed to compare the bucket with the table")?;
+        if !in_step {
+            bail!(
+                "the bucket did not follow the table within {}s after {after}: {diff}",
+                CONVERGE_TIMEOUT.as_secs()
+            );
+        }
+        Ok(diff)
+    }
+
+    /// Every user object in the bucket with its JSON body.
+    pub async fn objects(&self) -> Result<BTreeMap<String, Value>> {
+        mirror_check::user_objects(&self.target, self.bucket(), &self.layout())
+            .await
+            .context("failed to read the bucket")
+    }
+
+    /// Every key in the bucket, user objects or not.
+    pub async fn all_keys(&self) -> Result<Vec<String>> {
+        let mut keys = Vec::new();
+        let mut pages = self
+            .target
+            .s3()
+            .list_objects_v2()
+            .bucket(self.bucket())
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.context("failed to list the bucket")?;
+            keys.extend(
+                page.contents()
+                    .iter()
+                    .filter_map(|o| o.key().map(str::to_owned)),
+            );
+        }
+        Ok(keys)
+    }
+
+    pub async fn put_object(&self, key: &str, body: &str) -> Result<()> {
+        self.target
+            .s3()
+            .put_object()
+            .bucket(self.bucket())
+            .key(key)
+            .body(body.as_bytes().to_vec().into())
+            .send()
+            .await
+            .with_context(|| format!("failed to put object {key}"))?;
+        Ok(())
+    }
+
+    /// Polls `check` until it holds or [`CONVERGE_TIMEOUT`] passes; returns how long it took.
+    pub async fn wait_for<F, Fut>(&self, what: &str, mut check: F) -> Result<Duration>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<bool>>,
+    {
+        let started = Instant::now();
+        loop {
+            if check().await? {
+                return Ok(started.elapsed());
+            }
+            if started.elapsed() > CONVERGE_TIMEOUT {
+                bail!(
+                    "{what} did not happen within {}s",
+                    CONVERGE_TIMEOUT.as_secs()
+                );
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    /// Stops the local pipeline and deletes the stack.
+    pub async fn teardown(mut self) -> Result<TeardownOutcome> {
+        self.torn_down = true;
+        if let Some(pipeline) = self.pipeline.take() {
+            pipeline
+                .stop()
+                .await
+                .context("the local poller stopped with an error")?;
+        }
+        let mut console = RecordingConsole::agreeing();
+        stack::teardown(
+            &self.target,
+            &self.settings.stack_name,
+            false,
+            false,
+            &mut console,
+        )
+        .await
+        .with_context(|| format!("failed to tear down stack {}", self.settings.stack_name))
+    }
+}
+
+impl Drop for TestStack {
+    /// A scenario that failed (or panicked) still removes its stack: on a thread of its own,
+    /// since a runtime cannot be blocked on from inside itself.
+    fn drop(&mut self) {
+        if self.torn_down {
+            return;
+        }
+        let pipeline = self.pipeline.take();
+        let target = self.target.clone();
+        let stack_name = self.settings.stack_name.clone();
+        let cleanup = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async move {
+                if let Some(pipeline) = pipeline {
+                    let _ = pipeline.stop().await;
+                }
+                let mut console = RecordingConsole::agreeing();
+                if let Err(err) =
+                    stack::teardown(&target, &stack_name, false, false, &mut console).await
+                {
+                    eprintln!("cleanup: failed to tear down stack {stack_name}: {err}");
+                }
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
+
+/// A user item: the key attribute plus `attributes`.
+pub fn user_item(
+    name: &str,
+    attributes: &[(&str, AttributeValue)],
+) -> HashMap<String, AttributeValue> {
+    let mut item: HashMap<String, AttributeValue> = attributes
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), v.clone()))
+        .collect();
+    item.insert(KEY_ATTRIBUTE.to_owned(), AttributeValue::S(name.to_owned()));
+    item
+}
+
+/// Shorthand for a string attribute.
+pub fn s(value: &str) -> AttributeValue {
+    AttributeValue::S(value.to_owned())
+}
+
+/// Shorthand for a number attribute.
+pub fn n(value: impl ToString) -> AttributeValue {
+    AttributeValue::N(value.to_string())
+}

@@ -1,0 +1,205 @@
+//! `cargo xtask dev`: the whole pipeline on this machine, with a live line per batch, until
+//! Ctrl-C; `--demo` runs a scripted session instead and exits.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use deployer::dev::{self, DevSession, DevTarget};
+use deployer::local::batch::{BatchEvent, Verdict};
+use deployer::local::function_host::{OutputSink, OutputStream};
+use deployer::local::poller::{PollerEvent, PollerObserver};
+use deployer::mirror_check;
+use deployer::target::Target;
+
+use crate::args::{print_json, TargetArgs};
+use crate::console::TerminalConsole;
+
+#[derive(clap::Args)]
+pub struct DevArgs {
+    /// Insert users, modify one, delete one, check the bucket follows, tear down and exit
+    #[arg(long)]
+    demo: bool,
+    /// Seconds each demo step may take to show up in the bucket
+    #[arg(long, default_value_t = 60, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=3600))]
+    demo_timeout: u64,
+    /// Print every line the function logs (default: only warnings, errors and non-JSON lines)
+    #[arg(long)]
+    function_logs: bool,
+}
+
+pub async fn run(args: DevArgs, target_args: &TargetArgs) -> Result<()> {
+    let settings = target_args.settings()?;
+    // `dev` runs on a private embedded emulator unless told otherwise; `--profile` or
+    // `--region` alone mean AWS, as for every other command.
+    let where_to = if target_args.endpoint_url.is_some()
+        || (!target_args.local && (target_args.profile.is_some() || target_args.region.is_some()))
+    {
+        let target = Target::connect(&target_args.target_options(), &mut |line| {
+            eprintln!("{line}")
+        })
+        .await
+        .context("failed to reach the target")?;
+        DevTarget::Connected(target)
+    } else {
+        DevTarget::PrivateEmulator
+    };
+
+    let mut console = TerminalConsole::new(target_args.yes);
+    let session = DevSession::start(
+        where_to,
+        &settings,
+        &mut console,
+        function_output(args.function_logs),
+        batch_lines(),
+    )
+    .await
+    .context("failed to start the dev session")?;
+    console.finish();
+
+    if args.demo {
+        return run_demo(session, Duration::from_secs(args.demo_timeout), target_args).await;
+    }
+
+    eprintln!("watching the stream; write to the table, or press Ctrl-C to stop");
+    eprintln!("(a rebuilt bootstrap, e.g. `cargo build --release -p usersync-function`, is picked up on the next batch)");
+    loop {
+        tokio::select! {
+            signal = tokio::signal::ctrl_c() => {
+                signal.context("failed to listen for Ctrl-C")?;
+                break;
+            }
+            () = tokio::time::sleep(Duration::from_millis(500)) => {
+                if session.pipeline_stopped() {
+                    eprintln!("the poller stopped on its own");
+                    break;
+                }
+            }
+        }
+    }
+    let mut console = TerminalConsole::new(true);
+    session
+        .stop(false, &mut console)
+        .await
+        .context("failed to stop the dev session")?;
+    eprintln!("stopped");
+    Ok(())
+}
+
+async fn run_demo(session: DevSession, timeout: Duration, target_args: &TargetArgs) -> Result<()> {
+    let mut console = TerminalConsole::new(true);
+    let result = dev::demo(&session, timeout, &mut console).await;
+    // Whatever happened, leave nothing behind.
+    let target = session.target.clone();
+    let (table, bucket) = session.table_and_bucket()?;
+    let layout = session.key_layout();
+    let side = match &result {
+        Ok(_) => {
+            let items = mirror_check::scan_users(&target, &table).await?;
+            let objects = mirror_check::user_objects(&target, &bucket, &layout).await?;
+            Some(dev::side_by_side(&items, &objects, &layout))
+        }
+        Err(_) => None,
+    };
+    let teardown = session
+        .stop(true, &mut console)
+        .await
+        .context("failed to tear the demo stack down");
+    console.finish();
+    let steps = result.context("the demo failed")?;
+    teardown?;
+
+    if target_args.json() {
+        return print_json(&serde_json::json!({ "steps": steps, "in_step": true }));
+    }
+    if let Some(rows) = side {
+        let width = rows
+            .iter()
+            .map(|(t, _)| t.chars().count())
+            .max()
+            .unwrap_or(5)
+            .max(5);
+        println!("{:<width$}  bucket", "table");
+        for (table, bucket) in rows {
+            println!("{table:<width$}  {bucket}");
+        }
+    }
+    for step in &steps {
+        if !step.diff.in_step() {
+            bail!("step {} ended out of step: {}", step.step, step.diff);
+        }
+        println!("in step after {} ({} ms)", step.step, step.millis);
+    }
+    println!("demo passed: the bucket followed the table through every step");
+    Ok(())
+}
+
+/// The function's own output: everything, or only what needs attention.
+fn function_output(all: bool) -> OutputSink {
+    OutputSink::new(move |line| {
+        let routine = line.stream != OutputStream::Platform
+            && (line.text.contains(r#""level":"INFO""#)
+                || line.text.contains(r#""level":"DEBUG""#)
+                || line.text.contains(r#""level":"TRACE""#));
+        if all || !routine {
+            eprintln!("  {line}");
+        }
+    })
+}
+
+/// One line per invocation and per discarded run of records.
+fn batch_lines() -> PollerObserver {
+    Arc::new(|event| match event {
+        PollerEvent::Batch(BatchEvent::Invoked(report)) => {
+            let outcome = match &report.verdict {
+                Verdict::Success => "ok".to_owned(),
+                Verdict::PartialFailure {
+                    first_failed,
+                    reported,
+                } => format!(
+                    "{reported} user(s) failed; retrying from record {}",
+                    first_failed + 1
+                ),
+                Verdict::Failure {
+                    error_type,
+                    message,
+                } => format!("failed: {error_type}: {message}"),
+            };
+            let retry = if report.attempt > 1 {
+                format!(" (attempt {})", report.attempt)
+            } else {
+                String::new()
+            };
+            eprintln!(
+                "batch  {:>5} records  {:>6} ms  {outcome}{retry}",
+                report.records,
+                report.duration.as_millis()
+            );
+        }
+        PollerEvent::Batch(BatchEvent::Discarded(report)) => eprintln!(
+            "discarded {} record(s) {}..{} ({}){}",
+            report.records,
+            report.first_sequence,
+            report.last_sequence,
+            report.condition.as_str(),
+            report.sent_to.map_or_else(
+                || ": no on-failure destination".to_owned(),
+                |to| format!(" -> {to}")
+            )
+        ),
+        PollerEvent::Batch(BatchEvent::DestinationFailed { message, .. }) => {
+            eprintln!("on-failure destination: {message}; trying again")
+        }
+        PollerEvent::MappingDisabled { uuid } => {
+            eprintln!("mapping {uuid} is disabled: nothing is read")
+        }
+        PollerEvent::FiltersNotApplied { uuid } => eprintln!(
+            "mapping {uuid} declares filter criteria; the local poller delivers every record"
+        ),
+        PollerEvent::ShardStarted { shard_id, position } => {
+            eprintln!("reading shard {shard_id} from {position:?}")
+        }
+        PollerEvent::ShardFinished { shard_id } => eprintln!("shard {shard_id} is done"),
+        PollerEvent::ReadFailed { message } => eprintln!("stream read failed: {message}; retrying"),
+    })
+}
