@@ -54,7 +54,7 @@ pub enum DevTarget {
     /// A private embedded emulator, started now and stopped with the session.
     PrivateEmulator,
     /// A target reached by the usual flags (an endpoint, or AWS).
-    Connected(Target),
+    Connected(Box<Target>),
 }
 
 /// A running dev session: the target, the deployed stack's outputs and the local pipeline.
@@ -92,7 +92,7 @@ impl DevSession {
                 let target = Target::for_endpoint(&emulator.endpoint_url(), DEFAULT_LOCAL_REGION);
                 (target, Some(emulator))
             }
-            DevTarget::Connected(target) => (target, None),
+            DevTarget::Connected(target) => (*target, None),
         };
 
         let deploy = workflow::deploy(

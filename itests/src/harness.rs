@@ -38,7 +38,7 @@ enum Running {
     /// The embedded emulator; each stack gets its own function host and poller.
     Local(Emulator),
     /// The backend runs the function itself.
-    LocalStack(LocalStackBackend),
+    LocalStack(Box<LocalStackBackend>),
     Endpoint(EndpointBackend),
 }
 
@@ -50,7 +50,7 @@ impl Backend {
             BackendKind::Local => Running::Local(crate::emulator::start().await),
             BackendKind::LocalStack => {
                 let spec = LocalStackSpec::from_env()?;
-                Running::LocalStack(localstack::start(&spec).await?)
+                Running::LocalStack(Box::new(localstack::start(&spec).await?))
             }
             BackendKind::Endpoint => Running::Endpoint(EndpointBackend::from_env()?),
         };
@@ -138,7 +138,7 @@ impl Backend {
     pub async fn stop(self) -> Result<()> {
         match self.running {
             Running::Local(emulator) => emulator.stop(),
-            Running::LocalStack(localstack) => localstack.stop().await?,
+            Running::LocalStack(localstack) => (*localstack).stop().await?,
             Running::Endpoint(_) => {}
         }
         Ok(())

@@ -15,10 +15,13 @@ use serde_json::{json, Value};
 use crate::harness::Backend;
 use crate::test_stack::{n, s, user_item, TestStack};
 
+/// A scenario's body, running against a backend.
+pub type ScenarioFuture<'a> = Pin<Box<dyn Future<Output = Result<()>> + Send + 'a>>;
+
 /// A scenario: a name and its body.
 pub struct Scenario {
     pub name: &'static str,
-    pub run: for<'a> fn(&'a Backend) -> Pin<Box<dyn Future<Output = Result<()>> + Send + 'a>>,
+    pub run: for<'a> fn(&'a Backend) -> ScenarioFuture<'a>,
 }
 
 /// Every scenario, in the order of the suite's specification.

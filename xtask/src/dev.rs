@@ -40,7 +40,7 @@ pub async fn run(args: DevArgs, target_args: &TargetArgs) -> Result<()> {
         })
         .await
         .context("failed to reach the target")?;
-        DevTarget::Connected(target)
+        DevTarget::Connected(Box::new(target))
     } else {
         DevTarget::PrivateEmulator
     };

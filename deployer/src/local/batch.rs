@@ -36,8 +36,8 @@ pub trait Discards: Send + Sync {
 }
 
 impl Discards for QueueDestination {
-    fn discard(&self, message: Value) -> impl Future<Output = Result<(), DestinationError>> + Send {
-        async move { self.send(&message).await }
+    async fn discard(&self, message: Value) -> Result<(), DestinationError> {
+        self.send(&message).await
     }
 }
 
@@ -410,15 +410,18 @@ mod tests {
         }
     }
 
+    /// One scripted answer to an invocation, given the sequence numbers it carries.
+    type Answer = Box<dyn Fn(&[String]) -> InvokeOutcome + Send>;
+
     /// Answers each invocation with the next scripted outcome, or success when the script
     /// runs out, and remembers the sequence numbers it was given.
     struct ScriptedFunction {
-        script: Mutex<VecDeque<Box<dyn Fn(&[String]) -> InvokeOutcome + Send>>>,
+        script: Mutex<VecDeque<Answer>>,
         calls: Mutex<Vec<Vec<String>>>,
     }
 
     impl ScriptedFunction {
-        fn new(script: Vec<Box<dyn Fn(&[String]) -> InvokeOutcome + Send>>) -> Self {
+        fn new(script: Vec<Answer>) -> Self {
             Self {
                 script: Mutex::new(script.into()),
                 calls: Mutex::new(Vec::new()),
@@ -460,14 +463,14 @@ mod tests {
         }
     }
 
-    fn error() -> Box<dyn Fn(&[String]) -> InvokeOutcome + Send> {
+    fn error() -> Answer {
         Box::new(|_| InvokeOutcome::FunctionError {
             error_type: "Boom".into(),
             message: "boom".into(),
         })
     }
 
-    fn partial(from: &'static str) -> Box<dyn Fn(&[String]) -> InvokeOutcome + Send> {
+    fn partial(from: &'static str) -> Answer {
         Box::new(move |_| {
             InvokeOutcome::Response(json!({"batchItemFailures": [{"itemIdentifier": from}]}))
         })
@@ -599,7 +602,7 @@ mod tests {
         settings.bisect_on_error = true;
         settings.max_retry_attempts = Some(3);
         // Record 12 always fails; everything else succeeds.
-        let poison = || -> Box<dyn Fn(&[String]) -> InvokeOutcome + Send> {
+        let poison = || -> Answer {
             Box::new(|seqs| {
                 if seqs.iter().any(|s| s == "12") {
                     InvokeOutcome::FunctionError {

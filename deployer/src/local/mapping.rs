@@ -84,9 +84,10 @@ impl MappingSettings {
             .event_source_arn()
             .ok_or(MappingError::Missing("EventSourceArn"))?
             .to_owned();
-        if !(stream_arn.starts_with("arn:") && stream_arn.contains(":dynamodb:"))
-            || !stream_arn.contains("/stream/")
-        {
+        let is_stream = stream_arn.starts_with("arn:")
+            && stream_arn.contains(":dynamodb:")
+            && stream_arn.contains("/stream/");
+        if !is_stream {
             return Err(MappingError::NotADynamoDbStream {
                 uuid,
                 arn: stream_arn,

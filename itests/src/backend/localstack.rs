@@ -257,14 +257,14 @@ pub async fn start(spec: &LocalStackSpec) -> Result<LocalStackBackend, BackendEr
             .await
             .map_err(|source| BackendError::LocalStackStart {
                 image: image.clone(),
-                source,
+                source: Box::new(source),
             })?;
     let failed = |action| {
         let image = image.clone();
         move |source| BackendError::LocalStackContainer {
             image,
             action,
-            source,
+            source: Box::new(source),
         }
     };
     let host = container
@@ -308,7 +308,7 @@ impl LocalStackBackend {
             move |source| BackendError::LocalStackContainer {
                 image,
                 action,
-                source,
+                source: Box::new(source),
             }
         };
         let stdout = self
@@ -334,7 +334,7 @@ impl LocalStackBackend {
             move |source| BackendError::LocalStackContainer {
                 image,
                 action,
-                source,
+                source: Box::new(source),
             }
         };
         self.container

@@ -115,7 +115,7 @@ pub enum BackendError {
     LocalStackStart {
         image: String,
         #[source]
-        source: testcontainers::TestcontainersError,
+        source: Box<testcontainers::TestcontainersError>,
     },
 
     #[error("the LocalStack container {image} started, but {action} failed: {source}")]
@@ -123,7 +123,7 @@ pub enum BackendError {
         image: String,
         action: &'static str,
         #[source]
-        source: testcontainers::TestcontainersError,
+        source: Box<testcontainers::TestcontainersError>,
     },
 }
 
@@ -169,7 +169,7 @@ pub fn select(
 /// choice depends on it.
 pub async fn select_from_env() -> Result<Selection, BackendError> {
     let lookup = |name: &str| std::env::var(name).ok();
-    let docker_available = match requested(&lookup)? {
+    let docker_available = match requested(lookup)? {
         None | Some(BackendKind::LocalStack) => {
             docker::daemon_answers_at(&docker::docker_host(lookup), docker::PING_TIMEOUT).await
         }
