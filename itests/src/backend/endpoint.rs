@@ -97,7 +97,7 @@ mod tests {
     #[test]
     fn urls_that_are_not_http_endpoints_are_refused_with_the_reason() {
         for (value, reason) in [
-            ("localhost:4566", "only http(s) URLs are supported"),
+            ("localhost:4566", "it has no http:// or https:// in front"),
             ("/just/a/path", "it has no http:// or https:// in front"),
             ("ftp://localhost:21", "only http(s) URLs are supported"),
             ("http://localhost:4566/?x=1", "an endpoint URL has no query"),
