@@ -4,6 +4,7 @@
 pub mod artifact;
 pub mod console;
 pub mod dev;
+pub mod fuzz;
 pub mod local;
 pub mod mirror_check;
 pub mod project;

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::types::AttributeValue;
+use futures::StreamExt;
 use serde_json::Value;
 use usersync_function::image::item_to_json;
 use usersync_function::key::user_keys;
@@ -15,6 +16,9 @@ use crate::target::Target;
 
 /// The table's hash key, which names the user (the template's `UsersTable`).
 pub const KEY_ATTRIBUTE: &str = "name";
+
+/// Objects read at once when comparing.
+const READ_CONCURRENCY: usize = 32;
 
 /// Where the function puts each user's object.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -156,37 +160,52 @@ pub async fn user_objects(
                 .map(str::to_owned),
         );
     }
-    let bodies = futures::future::join_all(keys.iter().map(|key| {
-        let client = client.clone();
-        async move {
-            let object = client
-                .get_object()
-                .bucket(bucket)
-                .key(key)
-                .send()
-                .await
-                .map_err(|err| crate::stack::aws_error(format!("read object {key}"), err))?;
-            let bytes = object
-                .body
-                .collect()
-                .await
-                .map_err(|err| StackError::Aws {
-                    action: format!("read object {key}"),
-                    message: err.to_string(),
-                })?
-                .into_bytes();
-            Ok::<_, StackError>(serde_json::from_slice(&bytes).unwrap_or(Value::Null))
-        }
-    }))
-    .await;
+    // Read with bounded concurrency: a bucket may hold thousands of users.
+    let bodies: Vec<(String, Result<Option<Value>, StackError>)> =
+        futures::stream::iter(keys.into_iter().map(|key| {
+            let client = client.clone();
+            async move {
+                let body = read_object(&client, bucket, &key).await;
+                (key, body)
+            }
+        }))
+        .buffer_unordered(READ_CONCURRENCY)
+        .collect()
+        .await;
     let mut objects = BTreeMap::new();
-    for (key, body) in keys.into_iter().zip(bodies) {
-        objects.insert(key, body?);
+    for (key, body) in bodies {
+        // `None`: deleted between the listing and the read, so it is not there any more.
+        if let Some(body) = body? {
+            objects.insert(key, body);
+        }
     }
     Ok(objects)
 }
 
 /// Compares what the bucket holds with what it should hold.
+/// Reads one object's body as JSON (`Null` when it is not JSON); `None` when it does not exist.
+async fn read_object(
+    client: &aws_sdk_s3::Client,
+    bucket: &str,
+    key: &str,
+) -> Result<Option<Value>, StackError> {
+    let object = match client.get_object().bucket(bucket).key(key).send().await {
+        Ok(object) => object,
+        Err(err) if err.as_service_error().is_some_and(|e| e.is_no_such_key()) => return Ok(None),
+        Err(err) => return Err(crate::stack::aws_error(format!("read object {key}"), err)),
+    };
+    let bytes = object
+        .body
+        .collect()
+        .await
+        .map_err(|err| StackError::Aws {
+            action: format!("read object {key}"),
+            message: err.to_string(),
+        })?
+        .into_bytes();
+    Ok(Some(serde_json::from_slice(&bytes).unwrap_or(Value::Null)))
+}
+
 pub fn diff(expected: &ExpectedObjects, actual: &BTreeMap<String, Value>) -> MirrorDiff {
     let mut report = MirrorDiff {
         users: expected.0.len(),

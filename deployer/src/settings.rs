@@ -381,7 +381,11 @@ fn invalid(
     }
 }
 
-fn check_stack_name(name: &str) -> Result<(), SettingsError> {
+/// Checks a stack name: 1 to 57 characters of letters, digits and `-`, starting with a letter.
+///
+/// [`StackSettings::validate`] applies it too; it is public so that a command line can refuse
+/// a bad `--stack` while parsing its arguments.
+pub fn check_stack_name(name: &str) -> Result<(), SettingsError> {
     let problem = if name.is_empty() {
         Some("empty")
     } else if !name.starts_with(|c: char| c.is_ascii_alphabetic()) {

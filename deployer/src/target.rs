@@ -1,5 +1,7 @@
 //! Where a command acts: real AWS, any AWS-compatible endpoint, or the embedded emulator.
 
+use std::time::Duration;
+
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_s3::config::Credentials;
 
@@ -7,6 +9,9 @@ use crate::local::emulator::{self, EmulatorError, EmulatorState};
 
 /// The region used for emulators when none is given.
 pub const DEFAULT_LOCAL_REGION: &str = "us-east-1";
+
+/// How long `--endpoint-url` may take to accept a connection before it counts as unreachable.
+pub const ENDPOINT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The target flags every command takes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -37,6 +42,11 @@ pub enum TargetError {
     #[error("--endpoint-url {0:?} is not an http(s) URL: pass one such as http://localhost:4566")]
     BadEndpoint(String),
     #[error(
+        "the endpoint {url} is not reachable ({reason}): start the service there, or pass the \
+         right --endpoint-url"
+    )]
+    Unreachable { url: String, reason: String },
+    #[error(
         "no AWS region is configured: pass --region, or set AWS_REGION or a region in the profile"
     )]
     NoRegion,
@@ -61,10 +71,14 @@ impl Target {
         let kind = match (&options.endpoint_url, options.local) {
             (Some(_), true) => return Err(TargetError::Conflict),
             (Some(url), false) => {
-                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                let Some((host, port)) = host_and_port(url) else {
                     return Err(TargetError::BadEndpoint(url.clone()));
-                }
-                TargetKind::Endpoint(url.trim_end_matches('/').to_owned())
+                };
+                let url = url.trim_end_matches('/').to_owned();
+                // Checked here, once and quickly, rather than through the SDK's retries on
+                // every request, which end in a message naming no endpoint.
+                check_reachable(&url, &host, port).await?;
+                TargetKind::Endpoint(url)
             }
             (None, true) => {
                 let (state, started) =
@@ -160,6 +174,67 @@ impl Target {
     }
 }
 
+/// The host and port of an `http://` or `https://` URL (the scheme's port when none is given).
+fn host_and_port(url: &str) -> Option<(String, u16)> {
+    let (scheme, rest) = url.split_once("://")?;
+    let default_port = match scheme {
+        "http" => 80,
+        "https" => 443,
+        _ => return None,
+    };
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let authority = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    let (host, port) = match authority.strip_prefix('[') {
+        // An IPv6 literal: [::1]:4566
+        Some(bracketed) => {
+            let (host, after) = bracketed.split_once(']')?;
+            (host, after.strip_prefix(':'))
+        }
+        None => match authority.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        },
+    };
+    if host.is_empty() {
+        return None;
+    }
+    let port = match port {
+        Some(port) => port.parse().ok()?,
+        None => default_port,
+    };
+    Some((host.to_owned(), port))
+}
+
+async fn check_reachable(url: &str, host: &str, port: u16) -> Result<(), TargetError> {
+    let unreachable = |reason: String| TargetError::Unreachable {
+        url: url.to_owned(),
+        reason,
+    };
+    match tokio::time::timeout(
+        ENDPOINT_CONNECT_TIMEOUT,
+        tokio::net::TcpStream::connect((host, port)),
+    )
+    .await
+    {
+        Ok(Ok(_connection)) => Ok(()),
+        Ok(Err(err)) => Err(unreachable(lowercase_first(&err.to_string()))),
+        Err(_) => Err(unreachable(format!(
+            "no connection within {} s",
+            ENDPOINT_CONNECT_TIMEOUT.as_secs()
+        ))),
+    }
+}
+
+/// "Connection refused (os error 111)" reads as "connection refused (os error 111)" mid-sentence.
+fn lowercase_first(text: &str) -> String {
+    let mut chars = text.chars();
+    chars.next().map_or_else(String::new, |first| {
+        first.to_lowercase().chain(chars).collect()
+    })
+}
+
 fn test_credentials() -> Credentials {
     Credentials::new("test", "test", None, None, "usersync-local")
 }
@@ -198,4 +273,53 @@ async fn sdk_config(kind: &TargetKind, options: &TargetOptions) -> Result<SdkCon
             .build();
     }
     Ok(sdk)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_urls_give_their_host_and_port() {
+        let cases = [
+            ("http://localhost:4566", Some(("localhost", 4566))),
+            ("http://127.0.0.1:4566/", Some(("127.0.0.1", 4566))),
+            ("https://s3.example.com", Some(("s3.example.com", 443))),
+            ("http://example.com/path?x=1", Some(("example.com", 80))),
+            ("http://user:secret@host:81", Some(("host", 81))),
+            ("http://[::1]:4566", Some(("::1", 4566))),
+            ("http://[::1]", Some(("::1", 80))),
+            ("localhost:4566", None),
+            ("ftp://host", None),
+            ("http://", None),
+            ("http://host:port", None),
+            ("http://host:70000", None),
+        ];
+        for (url, expected) in cases {
+            let expected = expected.map(|(host, port)| (host.to_owned(), port));
+            assert_eq!(host_and_port(url), expected, "{url}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_closed_port_is_unreachable_at_once_with_the_url_and_the_fix() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        let options = TargetOptions {
+            endpoint_url: Some(format!("http://127.0.0.1:{port}")),
+            ..TargetOptions::default()
+        };
+        let started = std::time::Instant::now();
+        let err = Target::connect(&options, &mut |_| {}).await.unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(2));
+        let message = err.to_string();
+        assert!(matches!(err, TargetError::Unreachable { .. }), "{err:?}");
+        assert!(
+            message.contains(&format!("http://127.0.0.1:{port} is not reachable")),
+            "{message}"
+        );
+        assert!(message.contains("connection refused"), "{message}");
+        assert!(message.contains("--endpoint-url"), "{message}");
+    }
 }

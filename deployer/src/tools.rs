@@ -8,14 +8,23 @@ use crate::local::emulator::cache_dir;
 /// The cfn-lint release the template is checked with.
 pub const CFN_LINT_VERSION: &str = "1.51.0";
 
+/// The checkov release the template's security is checked with.
+pub const CHECKOV_VERSION: &str = "3.3.30";
+
+/// What to do when Python cannot be run.
+const PYTHON_FIX: &str =
+    "install Python 3 with the venv module (Debian: apt-get install python3-venv)";
+
 /// Failures of providing a tool.
 #[derive(Debug, thiserror::Error)]
 pub enum ToolError {
-    #[error("failed to run {program}: {source}; install Python 3 with the venv module (Debian: apt-get install python3-venv)")]
+    #[error("failed to run {program}: {source}; {fix}")]
     Spawn {
         program: String,
         #[source]
         source: std::io::Error,
+        /// How to make the program available.
+        fix: &'static str,
     },
     #[error("`{command}` failed ({status}):\n{output}")]
     Failed {
@@ -28,27 +37,53 @@ pub enum ToolError {
 /// Finds cfn-lint: `CFN_LINT` when set, else the pinned version in the cache's virtual
 /// environment, installed there from PyPI on first use.
 pub fn ensure_cfn_lint(progress: &mut dyn FnMut(&str)) -> Result<PathBuf, ToolError> {
-    if let Some(path) = std::env::var_os("CFN_LINT").filter(|v| !v.is_empty()) {
+    ensure_python_tool("CFN_LINT", "cfn-lint", CFN_LINT_VERSION, progress)
+}
+
+/// Finds checkov: `CHECKOV` when set, else the pinned version in the cache's virtual
+/// environment (`<cache>/checkov-<version>`), installed there from PyPI on first use (about
+/// 300 MB and a minute or two).
+pub fn ensure_checkov(progress: &mut dyn FnMut(&str)) -> Result<PathBuf, ToolError> {
+    ensure_python_tool("CHECKOV", "checkov", CHECKOV_VERSION, progress)
+}
+
+/// `variable` when set, else `<cache>/<package>-<version>/bin/<package>`, installed with pip
+/// into that virtual environment when missing.
+fn ensure_python_tool(
+    variable: &str,
+    package: &str,
+    version: &str,
+    progress: &mut dyn FnMut(&str),
+) -> Result<PathBuf, ToolError> {
+    if let Some(path) = std::env::var_os(variable).filter(|v| !v.is_empty()) {
         return Ok(PathBuf::from(path));
     }
-    let venv = cache_dir().join(format!("cfn-lint-{CFN_LINT_VERSION}"));
-    let binary = venv.join("bin").join("cfn-lint");
+    let venv = cache_dir().join(format!("{package}-{version}"));
+    let binary = venv.join("bin").join(package);
     if binary.is_file() {
         return Ok(binary);
     }
     progress(&format!(
-        "installing cfn-lint {CFN_LINT_VERSION} into {}",
+        "installing {package} {version} into {}",
         venv.display()
     ));
     let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_owned());
-    run(Command::new(&python).args(["-m", "venv"]).arg(&venv))?;
-    run(Command::new(venv.join("bin").join("pip"))
-        .args(["install", "--quiet", "--disable-pip-version-check"])
-        .arg(format!("cfn-lint=={CFN_LINT_VERSION}")))?;
+    run(
+        Command::new(&python).args(["-m", "venv"]).arg(&venv),
+        PYTHON_FIX,
+    )?;
+    run(
+        Command::new(venv.join("bin").join("pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .arg(format!("{package}=={version}")),
+        PYTHON_FIX,
+    )?;
     Ok(binary)
 }
 
-fn run(command: &mut Command) -> Result<(), ToolError> {
+/// Runs `command` to completion, its output captured; `fix` says how to make the program
+/// available when it cannot be started.
+pub(crate) fn run(command: &mut Command, fix: &'static str) -> Result<(), ToolError> {
     let shown = describe(command);
     let output = command
         .stdin(Stdio::null())
@@ -56,6 +91,7 @@ fn run(command: &mut Command) -> Result<(), ToolError> {
         .map_err(|source| ToolError::Spawn {
             program: command.get_program().to_string_lossy().into_owned(),
             source,
+            fix,
         })?;
     if output.status.success() {
         return Ok(());
@@ -67,7 +103,7 @@ fn run(command: &mut Command) -> Result<(), ToolError> {
     })
 }
 
-fn describe(command: &Command) -> String {
+pub(crate) fn describe(command: &Command) -> String {
     std::iter::once(command.get_program())
         .chain(command.get_args())
         .map(|part| Path::new(part).display().to_string())

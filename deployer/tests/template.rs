@@ -7,7 +7,8 @@ use std::process::Command;
 
 use deployer::settings::{Architecture, ArtifactLocation, DeleteScope, StackSettings};
 use deployer::template::{
-    self, logical_id, output, synthesize, to_json_string, to_yaml_string, DESCRIPTION,
+    self, logical_id, output, synthesize, to_json_string, to_yaml_string, CHECKOV_SKIPS,
+    DESCRIPTION,
 };
 use serde_json::{json, Value};
 
@@ -688,30 +689,56 @@ fn yaml_output_refuses_values_that_yaml_1_1_would_retype() {
     }
 }
 
-/// Finds cfn-lint: `CFN_LINT` if set, else `cfn-lint` on `PATH`.
-fn find_cfn_lint() -> Result<PathBuf, String> {
-    const HOW: &str = "install it with `pip install cfn-lint` (or run `cargo xtask test`, which \
-                       installs it), or point CFN_LINT at the executable";
-    if let Some(path) = std::env::var_os("CFN_LINT").filter(|p| !p.is_empty()) {
+/// Finds a tool: the executable named by `variable` if set, else `name` on `PATH`; the error
+/// says how to install it (`how`).
+fn find_tool(variable: &str, name: &str, how: &str) -> Result<PathBuf, String> {
+    if let Some(path) = std::env::var_os(variable).filter(|p| !p.is_empty()) {
         let path = PathBuf::from(path);
         return if path.is_file() {
             Ok(path)
         } else {
             Err(format!(
-                "CFN_LINT is {} but there is no such file: {HOW}",
+                "{variable} is {} but there is no such file: {how}",
                 path.display()
             ))
         };
     }
-    let names: &[&str] = if cfg!(windows) {
-        &["cfn-lint.exe", "cfn-lint.cmd", "cfn-lint"]
+    let names: Vec<String> = if cfg!(windows) {
+        vec![
+            format!("{name}.exe"),
+            format!("{name}.cmd"),
+            name.to_owned(),
+        ]
     } else {
-        &["cfn-lint"]
+        vec![name.to_owned()]
     };
     std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
         .flat_map(|dir| names.iter().map(move |name| dir.join(name)))
         .find(|candidate| candidate.is_file())
-        .ok_or_else(|| format!("cfn-lint was not found on PATH: {HOW}"))
+        .ok_or_else(|| format!("{name} was not found on PATH: {how}"))
+}
+
+/// Finds cfn-lint: `CFN_LINT` if set, else `cfn-lint` on `PATH`.
+fn find_cfn_lint() -> Result<PathBuf, String> {
+    find_tool(
+        "CFN_LINT",
+        "cfn-lint",
+        "install it with `pip install cfn-lint` (or run `cargo xtask test`, which installs it), \
+         or point CFN_LINT at the executable",
+    )
+}
+
+/// Finds checkov: `CHECKOV` if set, else `checkov` on `PATH`.
+fn find_checkov() -> Result<PathBuf, String> {
+    find_tool(
+        "CHECKOV",
+        "checkov",
+        &format!(
+            "install it with `pip install checkov=={}` (or call deployer::tools::ensure_checkov, \
+             which installs it into usersync's cache), or point CHECKOV at the executable",
+            deployer::tools::CHECKOV_VERSION
+        ),
+    )
 }
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
@@ -773,4 +800,289 @@ fn cfn_lint_finds_no_errors() {
         run.status,
         errors.join("\n")
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// Security: checkov, suppressions with reasons, no credentials
+// ---------------------------------------------------------------------------------------
+
+/// The settings whose templates are scanned: the default, each variant that changes the
+/// resources' security-relevant parts, and every setting changed at once.
+fn security_variants() -> Vec<(&'static str, StackSettings)> {
+    vec![
+        ("default", StackSettings::default()),
+        (
+            "prefix-delete",
+            StackSettings {
+                delete_scope: DeleteScope::Prefix,
+                ..StackSettings::default()
+            },
+        ),
+        (
+            "retain-data",
+            StackSettings {
+                retain_data_on_teardown: true,
+                ..StackSettings::default()
+            },
+        ),
+        ("custom", custom_settings()),
+    ]
+}
+
+/// Every `Metadata.checkov.skip` entry of the template, as (logical ID, check ID, comment).
+fn checkov_skips(template: &Value) -> BTreeSet<(String, String, String)> {
+    let mut skips = BTreeSet::new();
+    for (id, resource) in template["Resources"].as_object().unwrap() {
+        let Some(checkov) = resource.get("Metadata").and_then(|m| m.get("checkov")) else {
+            continue;
+        };
+        for skip in checkov["skip"].as_array().expect("checkov.skip is a list") {
+            let check = skip["id"].as_str().expect("a skip has an id").to_owned();
+            let comment = skip["comment"].as_str().unwrap_or_default().to_owned();
+            assert!(
+                skips.insert((id.clone(), check.clone(), comment)),
+                "{id} skips {check} twice"
+            );
+        }
+    }
+    skips
+}
+
+#[test]
+fn every_checkov_suppression_names_a_check_and_gives_its_reason() {
+    for (variant, settings) in security_variants() {
+        let template = synthesize(&settings, &artifact());
+        let skips = checkov_skips(&template);
+        assert_eq!(skips.len(), CHECKOV_SKIPS.len(), "{variant}");
+        for (id, check, comment) in &skips {
+            let number = check
+                .strip_prefix("CKV_AWS_")
+                .or_else(|| check.strip_prefix("CKV2_AWS_"));
+            assert!(
+                number.is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())),
+                "{variant}: {id} skips {check:?}, not a checkov AWS check id"
+            );
+            assert!(
+                comment.split_whitespace().count() >= 8,
+                "{variant}: {id} skips {check} without a reason: {comment:?}"
+            );
+        }
+        // Nothing but the suppressions is resource metadata.
+        for (id, resource) in template["Resources"].as_object().unwrap() {
+            if let Some(metadata) = resource.get("Metadata") {
+                let keys: Vec<&String> = metadata.as_object().unwrap().keys().collect();
+                assert_eq!(keys, ["checkov"], "{variant}: {id}");
+            }
+        }
+    }
+}
+
+/// checkov's JSON report for one framework: `{check_type, results, summary}` (a list of those
+/// when several frameworks ran).
+fn cloudformation_report(report: Value) -> Value {
+    match report {
+        Value::Array(reports) => reports
+            .into_iter()
+            .find(|r| r["check_type"] == "cloudformation")
+            .expect("a cloudformation report"),
+        report => report,
+    }
+}
+
+#[test]
+fn checkov_finds_no_failed_check_and_every_suppression_is_used() {
+    let checkov = find_checkov().unwrap_or_else(|message| panic!("{message}"));
+    let dir = tempfile::tempdir().unwrap();
+    let mut expected_skips = BTreeSet::new();
+    let mut files = 0;
+    for (variant, settings) in security_variants() {
+        let template = synthesize(&settings, &artifact());
+        let mut renderings = vec![(format!("{variant}.json"), to_json_string(&template))];
+        if variant == "default" {
+            renderings.push((
+                format!("{variant}.yaml"),
+                to_yaml_string(&template).unwrap(),
+            ));
+        }
+        for (file, text) in renderings {
+            write(dir.path(), &file, &text);
+            files += 1;
+            for (id, check, _) in checkov_skips(&template) {
+                expected_skips.insert((format!("/{file}"), id, check));
+            }
+        }
+    }
+
+    let run = Command::new(&checkov)
+        .args(["--directory", "."])
+        .args(["--framework", "cloudformation", "--output", "json"])
+        // Offline: no guidelines or policies from Prisma Cloud.
+        .arg("--skip-download")
+        .current_dir(dir.path())
+        .output()
+        .unwrap_or_else(|err| panic!("cannot run {}: {err}", checkov.display()));
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    let report: Value = serde_json::from_str(&stdout).unwrap_or_else(|err| {
+        panic!("checkov printed no JSON report ({err}):\n{stdout}\n{stderr}")
+    });
+    let report = cloudformation_report(report);
+    let summary = &report["summary"];
+    let results = &report["results"];
+
+    let failed: Vec<String> = results["failed_checks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            format!(
+                "{} {} on {} in {}",
+                c["check_id"].as_str().unwrap_or("?"),
+                c["check_name"].as_str().unwrap_or("?"),
+                c["resource"].as_str().unwrap_or("?"),
+                c["file_path"].as_str().unwrap_or("?"),
+            )
+        })
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "checkov {} failed checks (fix the template, or suppress in CHECKOV_SKIPS with the \
+         reason):\n{}",
+        failed.len(),
+        failed.join("\n")
+    );
+    assert_eq!(summary["parsing_errors"], 0, "{summary}");
+    assert_eq!(
+        summary["resource_count"],
+        json!(files * logical_id::ALL.len()),
+        "checkov scanned every resource of every file: {summary}"
+    );
+    assert!(summary["passed"].as_u64().unwrap_or(0) > 0, "{summary}");
+    assert!(
+        run.status.success(),
+        "checkov exited {}:\n{stderr}",
+        run.status
+    );
+
+    // Every suppression was needed (the check still fires without it) and carried its reason.
+    let mut skipped = BTreeSet::new();
+    for check in results["skipped_checks"].as_array().into_iter().flatten() {
+        let resource = check["resource"].as_str().unwrap_or_default();
+        let id = resource.rsplit('.').next().unwrap_or_default().to_owned();
+        let comment = check["check_result"]["suppress_comment"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(
+            !comment.trim().is_empty(),
+            "{check}: skipped without a reason"
+        );
+        skipped.insert((
+            check["file_path"].as_str().unwrap_or_default().to_owned(),
+            id,
+            check["check_id"].as_str().unwrap_or_default().to_owned(),
+        ));
+    }
+    assert_eq!(
+        skipped, expected_skips,
+        "the suppressions checkov applied differ from the template's"
+    );
+}
+
+/// Whether `text` holds an AWS access key id: a known prefix and 16 more of `[A-Z0-9]`.
+fn holds_access_key_id(text: &str) -> Option<&str> {
+    const PREFIXES: [&str; 9] = [
+        "AKIA", "ASIA", "AGPA", "AIDA", "AROA", "AIPA", "ANPA", "ANVA", "APKA",
+    ];
+    let bytes = text.as_bytes();
+    (0..bytes.len().saturating_sub(19)).find_map(|start| {
+        let candidate = &text.get(start..start + 20)?;
+        let prefixed = PREFIXES.iter().any(|p| candidate.starts_with(p));
+        let rest_ok = candidate[4..]
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
+        (prefixed && rest_ok).then_some(*candidate)
+    })
+}
+
+/// A run of exactly 40 characters of `[A-Za-z0-9/+]`, the shape of a secret access key.
+fn holds_secret_key_shape(text: &str) -> Option<&str> {
+    let secret_char = |c: char| c.is_ascii_alphanumeric() || c == '/' || c == '+';
+    text.split(|c: char| !secret_char(c))
+        .find(|run| run.len() == 40 && run.bytes().any(|b| b.is_ascii_digit()))
+}
+
+#[test]
+fn the_scanners_recognise_credentials() {
+    assert_eq!(
+        holds_access_key_id("id: AKIAIOSFODNN7EXAMPLE,"),
+        Some("AKIAIOSFODNN7EXAMPLE")
+    );
+    assert_eq!(
+        holds_access_key_id("ASIAY34FZKBOKMUTVV7A"),
+        Some("ASIAY34FZKBOKMUTVV7A")
+    );
+    assert_eq!(holds_access_key_id("AKIA-not-a-key"), None);
+    assert_eq!(
+        holds_secret_key_shape("\"wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY\""),
+        Some("wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY")
+    );
+    assert_eq!(
+        holds_secret_key_shape("usersync/bootstrap-0123abcd.zip"),
+        None
+    );
+}
+
+#[test]
+fn the_template_holds_no_credentials_or_tokens() {
+    const NAMES: [&str; 11] = [
+        "aws_secret",
+        "secretaccesskey",
+        "secret_access_key",
+        "sessiontoken",
+        "session_token",
+        "securitytoken",
+        "security-token",
+        "accesskeyid",
+        "access_key_id",
+        "password",
+        "private key",
+    ];
+    for (variant, settings) in security_variants() {
+        let template = synthesize(&settings, &artifact());
+        for text in [
+            to_json_string(&template),
+            to_yaml_string(&template).unwrap(),
+        ] {
+            if let Some(key) = holds_access_key_id(&text) {
+                panic!("{variant}: the template holds an access key id {key}");
+            }
+            if let Some(secret) = holds_secret_key_shape(&text) {
+                panic!("{variant}: the template holds a secret-key-shaped {secret}");
+            }
+            let lower = text.to_lowercase();
+            for name in NAMES {
+                assert!(
+                    !lower.contains(name),
+                    "{variant}: the template mentions {name}"
+                );
+            }
+        }
+        // The function gets no credentials through its environment: its role provides them.
+        let variables = props(&template, logical_id::MIRROR_FUNCTION)["Environment"]["Variables"]
+            .as_object()
+            .unwrap();
+        for name in variables.keys() {
+            let upper = name.to_uppercase();
+            for word in ["SECRET", "TOKEN", "PASSWORD", "ACCESS_KEY", "CREDENTIAL"] {
+                assert!(
+                    !upper.contains(word),
+                    "{variant}: environment variable {name}"
+                );
+            }
+        }
+        assert!(
+            template.get("Parameters").is_none(),
+            "{variant}: no parameters to leak into"
+        );
+    }
 }

@@ -2,8 +2,11 @@
 
 use std::future::Future;
 
+#[cfg(feature = "s3")]
 use aws_sdk_s3::error::DisplayErrorContext;
+#[cfg(feature = "s3")]
 use aws_sdk_s3::primitives::ByteStream;
+#[cfg(feature = "s3")]
 use aws_sdk_s3::types::{Delete, ObjectIdentifier};
 
 /// An S3 operation that failed after the SDK's own retries.
@@ -28,15 +31,18 @@ pub trait ObjectStore: Sync {
 }
 
 /// The most keys one DeleteObjects request may name.
+#[cfg(feature = "s3")]
 const DELETE_OBJECTS_LIMIT: usize = 1000;
 
-/// A bucket reached through the AWS SDK.
+/// A bucket reached through the AWS SDK (the `s3` feature).
+#[cfg(feature = "s3")]
 #[derive(Clone, Debug)]
 pub struct S3Store {
     client: aws_sdk_s3::Client,
     bucket: String,
 }
 
+#[cfg(feature = "s3")]
 impl S3Store {
     pub fn new(client: aws_sdk_s3::Client, bucket: impl Into<String>) -> Self {
         Self {
@@ -46,6 +52,7 @@ impl S3Store {
     }
 }
 
+#[cfg(feature = "s3")]
 fn store_error(operation: &'static str, key: &str, err: impl std::error::Error) -> StoreError {
     StoreError {
         operation,
@@ -54,6 +61,7 @@ fn store_error(operation: &'static str, key: &str, err: impl std::error::Error) 
     }
 }
 
+#[cfg(feature = "s3")]
 impl ObjectStore for S3Store {
     async fn put(&self, key: &str, body: Vec<u8>) -> Result<(), StoreError> {
         self.client
@@ -103,6 +111,7 @@ impl ObjectStore for S3Store {
     }
 }
 
+#[cfg(feature = "s3")]
 impl S3Store {
     async fn delete_keys(&self, prefix: &str, keys: &[String]) -> Result<usize, StoreError> {
         let objects = keys

@@ -13,7 +13,7 @@ use deployer::console::RecordingConsole;
 use deployer::local::emulator::Emulator;
 use deployer::local::function_host::OutputSink;
 use deployer::local::pipeline::{LocalPipeline, PipelineOptions};
-use deployer::local::poller::PollerOptions;
+use deployer::local::poller::{PollerObserver, PollerOptions};
 use deployer::settings::StackSettings;
 use deployer::target::Target;
 use deployer::template::output;
@@ -99,7 +99,7 @@ impl Backend {
                     .outputs
                     .get(output::FUNCTION_NAME)
                     .context("the stack has no FunctionName output")?;
-                let log = function_log(&settings.stack_name)?;
+                let (log, poller_log) = function_log(&settings.stack_name)?;
                 let pipeline = LocalPipeline::start(
                     &target,
                     function,
@@ -111,7 +111,7 @@ impl Backend {
                             ..PollerOptions::default()
                         },
                         output: log,
-                        observer: Arc::new(|_| {}),
+                        observer: poller_log,
                         extra_environment: BTreeMap::new(),
                     },
                 )
@@ -145,8 +145,9 @@ impl Backend {
     }
 }
 
-/// The function's output for one stack, written to `target/usersync/itests/<stack>.log`.
-fn function_log(stack_name: &str) -> Result<OutputSink> {
+/// The function's output and the poller's events for one stack, written to
+/// `target/usersync/itests/<stack>.function.log`: what to read when a scenario fails.
+fn function_log(stack_name: &str) -> Result<(OutputSink, PollerObserver)> {
     let path = deployer::project::state_dir()
         .join("itests")
         .join(format!("{stack_name}.function.log"));
@@ -156,10 +157,17 @@ fn function_log(stack_name: &str) -> Result<OutputSink> {
     }
     let file =
         File::create(&path).with_context(|| format!("failed to create {}", path.display()))?;
-    let file = Mutex::new(file);
-    Ok(OutputSink::new(move |line| {
-        if let Ok(mut file) = file.lock() {
+    let file = Arc::new(Mutex::new(file));
+    let output_file = Arc::clone(&file);
+    let output = OutputSink::new(move |line| {
+        if let Ok(mut file) = output_file.lock() {
             let _ = writeln!(file, "{line}");
         }
-    }))
+    });
+    let observer: PollerObserver = Arc::new(move |event| {
+        if let Ok(mut file) = file.lock() {
+            let _ = writeln!(file, "[poller] {event:?}");
+        }
+    });
+    Ok((output, observer))
 }

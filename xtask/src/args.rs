@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use deployer::project::project_root;
-use deployer::settings::StackSettings;
+use deployer::settings::{check_stack_name, SettingsError, StackSettings};
 use deployer::target::TargetOptions;
 
 /// The settings file read when `--config` is not given and it exists.
@@ -22,7 +22,7 @@ pub enum OutputFormat {
 #[derive(Args, Clone, Debug)]
 pub struct TargetArgs {
     /// Stack name [default: from the config file, else "usersync"]
-    #[arg(long, global = true, value_name = "NAME")]
+    #[arg(long, global = true, value_name = "NAME", value_parser = stack_name)]
     pub stack: Option<String>,
     /// AWS region [default: from the environment or profile; us-east-1 on emulators]
     #[arg(long, global = true, value_name = "REGION")]
@@ -82,6 +82,39 @@ impl TargetArgs {
 
     pub fn json(&self) -> bool {
         self.output == OutputFormat::Json
+    }
+}
+
+/// `--stack`: refused while parsing (exit code 2) when it breaks the stack name rule.
+fn stack_name(text: &str) -> Result<String, String> {
+    match check_stack_name(text) {
+        Ok(()) => Ok(text.to_owned()),
+        Err(SettingsError::Invalid {
+            reason, expected, ..
+        }) => Err(format!(
+            "{text:?} is not a valid stack name: {reason}; expected {expected}"
+        )),
+        Err(other) => Err(other.to_string()),
+    }
+}
+
+/// A value parser for a whole number from `min` to `max`; the message names the range.
+pub fn number_in<T>(
+    min: T,
+    max: T,
+) -> impl Fn(&str) -> Result<T, String> + Clone + Send + Sync + 'static
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy + Send + Sync + 'static,
+{
+    move |text| {
+        let value: T = text
+            .trim()
+            .parse()
+            .map_err(|_| format!("not a whole number: expected {min} to {max}"))?;
+        if value < min || value > max {
+            return Err(format!("{value} is out of range: expected {min} to {max}"));
+        }
+        Ok(value)
     }
 }
 

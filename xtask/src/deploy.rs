@@ -5,19 +5,19 @@ use deployer::settings::DeleteScope;
 use deployer::target::Target;
 use deployer::workflow;
 
-use crate::args::{print_json, TargetArgs};
+use crate::args::{number_in, print_json, TargetArgs};
 use crate::console::TerminalConsole;
 
 #[derive(clap::Args)]
 pub struct DeployArgs {
     /// Most stream records per invocation (1-10000) [default: from settings, else 100]
-    #[arg(long)]
+    #[arg(long, value_name = "N", value_parser = number_in(1u32, 10_000))]
     batch_size: Option<u32>,
     /// Retries of a failing batch before it goes to the failure queue (-1 = until it expires)
-    #[arg(long, allow_hyphen_values = true)]
+    #[arg(long, value_name = "N", allow_hyphen_values = true, value_parser = number_in(-1i32, 10_000))]
     max_retries: Option<i32>,
     /// Function memory in MB (128-10240)
-    #[arg(long)]
+    #[arg(long, value_name = "MB", value_parser = number_in(128u32, 10_240))]
     memory: Option<u32>,
     /// What a removed user deletes
     #[arg(long, value_parser = ["object", "prefix"])]

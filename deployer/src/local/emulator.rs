@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use super::emulator_front::EmulatorFront;
+
 /// The fakecloud release usersync is tested against.
 pub const FAKECLOUD_VERSION: &str = "0.51.0";
 
@@ -264,12 +266,26 @@ pub fn install(progress: &mut dyn FnMut(&str)) -> Result<(), EmulatorError> {
 /// leaves no process behind. One started with [`Emulator::start_detached`] outlives this
 /// process, for `cargo xtask deploy --local` and friends, and is found again through its state
 /// file.
-#[derive(Debug)]
 pub struct Emulator {
     addr: SocketAddr,
     pid: u32,
     child: Option<Child>,
     log: PathBuf,
+    /// In front of an emulator this process owns: makes `BatchWriteItem` stream (see
+    /// [`super::emulator_front`]). A detached emulator, used by `--local` commands that deploy
+    /// and inspect but run no function, has none.
+    front: Option<EmulatorFront>,
+}
+
+impl std::fmt::Debug for Emulator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Emulator")
+            .field("addr", &self.addr)
+            .field("pid", &self.pid)
+            .field("front", &self.front.as_ref().map(EmulatorFront::addr))
+            .field("log", &self.log)
+            .finish()
+    }
 }
 
 /// What later commands need to find a detached emulator again.
@@ -378,21 +394,44 @@ impl Emulator {
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
+        let front = if detached {
+            None
+        } else {
+            match EmulatorFront::start(addr).await {
+                Ok(front) => Some(front),
+                Err(source) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(EmulatorError::NoPort(source));
+                }
+            }
+        };
         Ok(Self {
             addr,
             pid,
             child: (!detached).then_some(child),
             log: log.to_path_buf(),
+            front,
         })
     }
 
-    /// The address the emulator listens on.
+    /// The address the emulator itself listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
 
-    /// The endpoint URL to give AWS clients: every service is served on it.
+    /// The endpoint URL to give AWS clients: every service is served on it (through the front,
+    /// when there is one).
     pub fn endpoint_url(&self) -> String {
+        match &self.front {
+            Some(front) => front.endpoint_url(),
+            None => self.direct_url(),
+        }
+    }
+
+    /// The emulator's own URL, bypassing the front: for traffic that has no `BatchWriteItem`
+    /// in it and should not pay for the extra hop (benchmarks of S3).
+    pub fn direct_url(&self) -> String {
         format!("http://{}", self.addr)
     }
 

@@ -209,6 +209,15 @@ async fn function_environment(
                 .collect()
         })
         .unwrap_or_default();
+    // Lambda tells the runtime the configured log format and level through these.
+    if let Some(logging) = configuration.logging_config() {
+        if let Some(format) = logging.log_format() {
+            environment.insert("AWS_LAMBDA_LOG_FORMAT".into(), format.as_str().to_owned());
+        }
+        if let Some(level) = logging.application_log_level() {
+            environment.insert("AWS_LAMBDA_LOG_LEVEL".into(), level.as_str().to_owned());
+        }
+    }
     if let Some(provider) = target.sdk.credentials_provider() {
         let credentials = provider
             .provide_credentials()

@@ -54,6 +54,26 @@ fn list(failures: &[ResourceFailure]) -> String {
 pub enum StackError {
     #[error("failed to {action}: {message}")]
     Aws { action: String, message: String },
+    #[error(
+        "failed to {action}: AWS refused the credentials as expired or invalid ({code}: {message}); \
+         refresh them (`aws sso login` for an SSO profile, else new AWS_ACCESS_KEY_ID, \
+         AWS_SECRET_ACCESS_KEY and AWS_SESSION_TOKEN) or choose others with --profile, then run again"
+    )]
+    Credentials {
+        action: String,
+        code: String,
+        message: String,
+    },
+    #[error(
+        "failed to {action}: no usable AWS credentials ({reason}); set AWS_ACCESS_KEY_ID and \
+         AWS_SECRET_ACCESS_KEY, or pass --profile (after `aws sso login` for an SSO profile)"
+    )]
+    NoCredentials { action: String, reason: String },
+    #[error(
+        "failed to {action}: the service is not reachable ({reason}); check the network and any \
+         proxy, or that --endpoint-url names a running service, then run again"
+    )]
+    Unreachable { action: String, reason: String },
     #[error("stack {stack} is busy ({status}): wait for the running operation to finish, then run the command again")]
     Busy { stack: String, status: String },
     #[error("failed to plan the changes to stack {stack}: {reason}")]
@@ -86,19 +106,80 @@ pub enum StackError {
     },
 }
 
-/// Wraps an SDK error with what was being done, keeping the service's code and message.
+/// Error codes with which AWS refuses the credentials themselves, rather than a permission.
+const CREDENTIAL_ERROR_CODES: [&str; 10] = [
+    "ExpiredToken",
+    "ExpiredTokenException",
+    "InvalidClientTokenId",
+    "UnrecognizedClientException",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "InvalidSignatureException",
+    "AuthFailure",
+    "InvalidToken",
+    "TokenRefreshRequired",
+];
+
+/// Wraps an SDK error with what was being done, as one line: the service's code and message;
+/// refused credentials, missing credentials and an unreachable service each with their fix.
 pub(crate) fn aws_error<E>(action: impl Into<String>, err: E) -> StackError
 where
     E: std::error::Error + ProvideErrorMetadata,
 {
-    let message = match (err.code(), err.message()) {
-        (Some(code), Some(message)) => format!("{code}: {message}"),
-        _ => aws_sdk_cloudformation::error::DisplayErrorContext(&err).to_string(),
-    };
-    StackError::Aws {
-        action: action.into(),
-        message,
+    let action = action.into();
+    if let Some(code) = err.code() {
+        let message = err.message().unwrap_or("no message").to_owned();
+        return if CREDENTIAL_ERROR_CODES.contains(&code) {
+            StackError::Credentials {
+                action,
+                code: code.to_owned(),
+                message,
+            }
+        } else {
+            StackError::Aws {
+                action,
+                message: format!("{code}: {message}"),
+            }
+        };
     }
+    // No service error: the request never got an answer. The SDK's own rendering ends in a
+    // multi-line Debug dump, so the causes are read one by one instead.
+    let causes = causes(&err);
+    let deepest = causes.last().cloned().unwrap_or_default();
+    if let Some(credentials) = causes.iter().rev().find(|c| c.contains("credential")) {
+        return StackError::NoCredentials {
+            action,
+            reason: credentials.trim_end_matches(['.', ' ']).to_owned(),
+        };
+    }
+    let top = causes.first().map(String::as_str).unwrap_or_default();
+    if top.starts_with("dispatch failure") || top.starts_with("timeout") {
+        return StackError::Unreachable {
+            action,
+            reason: deepest,
+        };
+    }
+    StackError::Aws {
+        action,
+        message: causes.join(": "),
+    }
+}
+
+/// The first line of `err` and of each of its sources, without repeats.
+fn causes(err: &dyn std::error::Error) -> Vec<String> {
+    let mut causes: Vec<String> = Vec::new();
+    let mut next = Some(err);
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        let line = text.lines().next().unwrap_or_default().trim();
+        // "no credentials found in chain. Attempted:" lists the attempts on the lines below.
+        let line = line.strip_suffix(" Attempted:").unwrap_or(line).to_owned();
+        if !line.is_empty() && !causes.iter().any(|seen| seen.contains(&line)) {
+            causes.push(line);
+        }
+        next = cause.source();
+    }
+    causes
 }
 
 /// Wraps a request that could not be built (a missing required field: a bug, reported plainly).
@@ -156,4 +237,86 @@ pub(crate) fn status_of(stack: &Stack) -> String {
     stack
         .stack_status()
         .map_or_else(|| "UNKNOWN".to_owned(), |s| s.as_str().to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Error as IoError, ErrorKind};
+
+    use aws_credential_types::provider::error::CredentialsError;
+    use aws_sdk_cloudformation::error::ErrorMetadata;
+    use aws_sdk_cloudformation::operation::describe_stacks::DescribeStacksError;
+    use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+    use aws_smithy_runtime_api::client::result::{ConnectorError, SdkError};
+    use aws_smithy_types::body::SdkBody;
+
+    use super::*;
+
+    type DescribeError = SdkError<DescribeStacksError, HttpResponse>;
+
+    fn service_error(code: &str, message: &str) -> DescribeError {
+        let metadata = ErrorMetadata::builder().code(code).message(message).build();
+        let response = HttpResponse::new(403.try_into().unwrap(), SdkBody::empty());
+        SdkError::service_error(DescribeStacksError::generic(metadata), response)
+    }
+
+    fn message(err: DescribeError) -> String {
+        let message = aws_error("describe stack s", err).to_string();
+        assert_eq!(message.lines().count(), 1, "one line: {message}");
+        message
+    }
+
+    #[test]
+    fn a_service_error_keeps_its_code_and_message() {
+        assert_eq!(
+            message(service_error("ValidationError", "Stack s is broken")),
+            "failed to describe stack s: ValidationError: Stack s is broken"
+        );
+    }
+
+    #[test]
+    fn refused_credentials_are_named_with_the_fix() {
+        for code in CREDENTIAL_ERROR_CODES {
+            let text = message(service_error(code, "The security token is expired"));
+            assert!(
+                text.starts_with(&format!(
+                    "failed to describe stack s: AWS refused the credentials as expired or \
+                     invalid ({code}: The security token is expired); refresh them"
+                )),
+                "{text}"
+            );
+            assert!(text.contains("aws sso login") && text.contains("--profile"));
+        }
+    }
+
+    #[test]
+    fn missing_credentials_are_named_with_the_fix() {
+        let chain = CredentialsError::not_loaded(
+            "no credentials found in chain. Attempted:\n  Environment: not set\n  Profile: none",
+        );
+        let err = SdkError::dispatch_failure(ConnectorError::other(Box::new(chain), None));
+        let text = message(err);
+        assert!(
+            text.starts_with(
+                "failed to describe stack s: no usable AWS credentials (no credentials found in \
+                 chain); set AWS_ACCESS_KEY_ID"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn an_unreachable_service_is_named_with_the_cause_and_the_fix() {
+        let refused = IoError::new(
+            ErrorKind::ConnectionRefused,
+            "Connection refused (os error 111)",
+        );
+        let err = SdkError::dispatch_failure(ConnectorError::io(Box::new(refused)));
+        assert_eq!(
+            message(err),
+            "failed to describe stack s: the service is not reachable (Connection refused (os \
+             error 111)); check the network and any proxy, or that --endpoint-url names a \
+             running service, then run again"
+        );
+    }
 }
