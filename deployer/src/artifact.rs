@@ -699,7 +699,11 @@ fn check_status(command: &str, status: ExitStatus, fix: &str) -> Result<(), Buil
 
 /// `cargo`, or the one in `CARGO` (set when running under `cargo xtask`), in the workspace.
 fn cargo() -> Command {
-    workspace_command("CARGO", "cargo")
+    let mut command = crate::project::cargo_command();
+    command
+        .current_dir(crate::project::project_root())
+        .stdin(Stdio::null());
+    command
 }
 
 /// `rustc`, or the one in `RUSTC`, in the workspace (so that its toolchain file applies).

@@ -2,6 +2,7 @@
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 /// The workspace root: the directory holding the top-level `Cargo.toml`.
 pub fn project_root() -> PathBuf {
@@ -37,4 +38,38 @@ pub fn toolchain_program(variable: &str, default: &str) -> OsString {
     std::env::var_os(variable)
         .filter(|v| !v.is_empty())
         .unwrap_or_else(|| default.into())
+}
+
+/// Variables cargo sets for the crate it runs (`cargo run`, `cargo test`), which a nested cargo
+/// would inherit. Some build scripts watch them (ring's watches `CARGO_MANIFEST_DIR`), so a
+/// nested build started from another crate's tests would recompile those dependencies and
+/// everything above them each time it is started from a different crate.
+const PER_CRATE_VARIABLES: &[&str] = &[
+    "CARGO_MANIFEST_DIR",
+    "CARGO_MANIFEST_PATH",
+    "CARGO_CRATE_NAME",
+    "CARGO_BIN_NAME",
+    "CARGO_PRIMARY_PACKAGE",
+    "CARGO_TARGET_TMPDIR",
+    "CARGO_RUSTC_CURRENT_DIR",
+    "OUT_DIR",
+];
+
+/// A `cargo` command (the toolchain's, see [`toolchain_program`]) with what the calling crate's
+/// cargo set for it removed from its environment, so builds it starts are the same builds,
+/// and find the same compiled dependencies, wherever they are started from.
+pub fn cargo_command() -> Command {
+    let mut command = Command::new(toolchain_program("CARGO", "cargo"));
+    for variable in PER_CRATE_VARIABLES {
+        command.env_remove(variable);
+    }
+    for (name, _) in std::env::vars_os() {
+        if name
+            .to_str()
+            .is_some_and(|name| name.starts_with("CARGO_PKG_"))
+        {
+            command.env_remove(name);
+        }
+    }
+    command
 }

@@ -121,6 +121,61 @@ fn packaging_replaces_an_existing_zip_and_leaves_no_temporary_file() {
 }
 
 #[test]
+fn packaging_takes_only_the_binary_whatever_lies_beside_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let binary = dir.path().join("bootstrap");
+    fs::write(&binary, b"\x7fELF the function").unwrap();
+    // What a careless build directory might hold next to the binary.
+    let secret = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
+    fs::write(
+        dir.path().join(".env"),
+        format!("AWS_SECRET_ACCESS_KEY={secret}\n"),
+    )
+    .unwrap();
+    fs::create_dir(dir.path().join(".aws")).unwrap();
+    fs::write(
+        dir.path().join(".aws").join("credentials"),
+        format!("[default]\naws_secret_access_key = {secret}\n"),
+    )
+    .unwrap();
+    fs::write(dir.path().join("bootstrap.d"), "deps").unwrap();
+    let zip_path = dir.path().join("bootstrap.zip");
+
+    artifact::package(&binary, &zip_path).unwrap();
+
+    let entry = only_entry(&zip_path);
+    assert_eq!(entry.name, "bootstrap");
+    assert_eq!(entry.bytes, b"\x7fELF the function");
+    let archive = zip::ZipArchive::new(fs::File::open(&zip_path).unwrap()).unwrap();
+    assert!(archive.comment().is_empty(), "no archive comment");
+    // Names are stored as they are, so a neighbour that slipped in would show.
+    let zip_bytes = fs::read(&zip_path).unwrap();
+    for needle in [
+        &b".env"[..],
+        b"credentials",
+        b"bootstrap.d",
+        secret.as_bytes(),
+    ] {
+        assert!(
+            !zip_bytes.windows(needle.len()).any(|w| w == needle),
+            "the zip holds {}",
+            String::from_utf8_lossy(needle)
+        );
+    }
+}
+
+/// Whether `bytes` hold an AWS access key id: `AKIA`/`ASIA` and 16 more of `[A-Z0-9]`.
+fn access_key_id_in(bytes: &[u8]) -> Option<String> {
+    bytes.windows(20).find_map(|w| {
+        let prefixed = w.starts_with(b"AKIA") || w.starts_with(b"ASIA");
+        let rest = w[4..]
+            .iter()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
+        (prefixed && rest).then(|| String::from_utf8_lossy(w).into_owned())
+    })
+}
+
+#[test]
 fn packaging_a_missing_binary_names_it() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("no-such-binary");
@@ -353,6 +408,29 @@ fn build_for_local_use_packages_the_built_binary() {
     assert_eq!(entry.name, "bootstrap");
     assert_eq!(entry.mode, Some(0o100_755));
     assert!(entry.bytes == binary, "the zip holds the built binary");
+    let archive = zip::ZipArchive::new(fs::File::open(&built.zip_path).unwrap()).unwrap();
+    assert!(archive.comment().is_empty(), "no archive comment");
+
+    // No credentials reach the artifact: none of the shape of an access key id, and none of
+    // this environment's (a build that captured them with env!/option_env! would show here).
+    assert_eq!(
+        access_key_id_in(&binary),
+        None,
+        "an access key id in bootstrap"
+    );
+    for variable in [
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+    ] {
+        let Some(value) = std::env::var(variable).ok().filter(|v| v.len() >= 16) else {
+            continue;
+        };
+        assert!(
+            !binary.windows(value.len()).any(|w| w == value.as_bytes()),
+            "bootstrap holds the value of {variable}"
+        );
+    }
 
     // This machine's build is for its own architecture.
     let host_arch = if cfg!(target_arch = "aarch64") {

@@ -9,7 +9,7 @@
 mod support;
 
 use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use aws_lambda_events::streams::DynamoDbEventResponse;
 use proptest::prelude::*;
@@ -18,6 +18,7 @@ use support::{config, fixture, record, MemoryStore};
 use usersync_function::{handle_event, process_batch, DeleteScope, Mirror, NotAStreamsEvent};
 
 fn mirror() -> Mirror<MemoryStore> {
+    capture_logs();
     Mirror {
         store: MemoryStore::with_objects(&[("carol/userdata", r#"{"name":"carol"}"#)]),
         config: config(DeleteScope::Prefix),
@@ -32,10 +33,13 @@ fn block_on<F: std::future::Future>(future: F) -> F::Output {
 }
 
 /// What `main.rs` does with an invocation body: lambda_runtime deserialises it as
-/// `LambdaEvent<serde_json::Value>`, so a body that is not JSON never reaches the handler; the
-/// runtime reports the deserialisation error for that invocation and asks for the next.
+/// `LambdaEvent<serde_json::Value>` (the first JSON document of the body; what follows it is
+/// not read), so a body that is not JSON never reaches the handler: the runtime reports the
+/// deserialisation error for that invocation and asks for the next.
 fn invoke_body(mirror: &Mirror<MemoryStore>, body: &[u8]) -> Result<DynamoDbEventResponse, String> {
-    let payload: Value = serde_json::from_slice(body).map_err(|err| {
+    use serde::Deserialize as _;
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let payload = Value::deserialize(&mut deserializer).map_err(|err| {
         format!("failed to deserialize the incoming data into the function's payload type: {err}")
     })?;
     block_on(handle_event(mirror, payload)).map_err(|err| err.to_string())
@@ -76,7 +80,6 @@ fn bodies_that_are_not_json_never_reach_the_handler() {
         b"not json",
         b"Records=[]",
         b"{\"Records\": [",
-        b"{\"Records\": []} {\"Records\": []}",
         b"\xff\xfe{\x00}",
         b"{'Records': []}",
     ] {
@@ -87,8 +90,10 @@ fn bodies_that_are_not_json_never_reach_the_handler() {
         );
     }
     assert!(mirror.store.calls.lock().unwrap().is_empty());
-    // The same runtime path with a JSON body does reach it.
+    // The same runtime path with a JSON body does reach it; like lambda_runtime, it reads the
+    // first document only (Lambda itself only ever sends one).
     assert!(invoke_body(&mirror, br#"{"Records": []}"#).is_ok());
+    assert!(invoke_body(&mirror, br#"{"Records": []} trailing"#).is_ok());
     assert_eq!(
         invoke_body(&mirror, b"[]").unwrap_err(),
         "the payload is not a DynamoDB Streams event: expected a JSON object, got an array"
@@ -140,28 +145,55 @@ fn payloads_without_a_records_array_say_what_they_are() {
     }
 }
 
-/// Log lines written while `run` runs, as plain text without colours.
-fn with_logs<T>(run: impl FnOnce() -> T) -> (T, Vec<String>) {
-    #[derive(Clone, Default)]
-    struct Buffer(Arc<Mutex<Vec<u8>>>);
-    impl Write for Buffer {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(bytes);
-            Ok(bytes.len())
+/// Every log line of this test binary, as plain text without colours, each with the name of
+/// the thread that wrote it (a test's thread is named after the test).
+///
+/// One global subscriber rather than a scoped one per test: tracing caches whether a call site
+/// is enabled, and a test running without a subscriber at the same moment can leave a scoped
+/// subscriber's call sites disabled.
+static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+
+fn capture_logs() {
+    LOGS.get_or_init(|| {
+        #[derive(Clone)]
+        struct Buffer(Arc<Mutex<Vec<u8>>>);
+        impl Write for Buffer {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
         }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let buffer = Buffer::default();
-    let writer = buffer.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let result = tracing::subscriber::with_default(subscriber, run);
-    let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
-    (result, text.lines().map(str::to_owned).collect())
+        let buffer = Arc::new(Mutex::new(Vec::new()));
+        let writer = Buffer(buffer.clone());
+        tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_thread_names(true)
+            .with_writer(move || writer.clone())
+            .init();
+        buffer
+    });
+}
+
+/// The log lines written so far on this thread.
+fn logs_of_this_thread() -> Vec<String> {
+    let name = std::thread::current()
+        .name()
+        .expect("a test thread has a name")
+        .to_owned();
+    let bytes = LOGS
+        .get()
+        .expect("capture_logs was called")
+        .lock()
+        .unwrap()
+        .clone();
+    String::from_utf8_lossy(&bytes)
+        .lines()
+        .filter(|line| line.contains(&format!(" {name}:")) || line.contains(&format!(" {name} ")))
+        .map(str::to_owned)
+        .collect()
 }
 
 /// `record` with `change` applied to its JSON.
@@ -327,7 +359,8 @@ fn records_of_the_wrong_shape_are_logged_skipped_and_the_rest_applied() {
     ));
 
     let mirror = mirror();
-    let ((response, summary), logs) = with_logs(|| block_on(process_batch(&mirror, records)));
+    let (response, summary) = block_on(process_batch(&mirror, records));
+    let logs = logs_of_this_thread();
 
     assert!(
         response.batch_item_failures.is_empty(),

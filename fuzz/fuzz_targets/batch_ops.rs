@@ -27,7 +27,16 @@ enum Name {
 }
 
 const KNOWN: [&str; 10] = [
-    "alice", "alice/", "alice%2F", "a/b", "..", ".", "users", "bob", "%", FAIL_MARKER,
+    "alice",
+    "alice/",
+    "alice%2F",
+    "a/b",
+    "..",
+    ".",
+    "users",
+    "bob",
+    "%",
+    FAIL_MARKER,
 ];
 
 #[derive(Arbitrary, Debug)]
@@ -57,7 +66,9 @@ fn attribute(value: &Attribute) -> Value {
         Attribute::N(n) => json!({ "N": n }),
         Attribute::Bool(b) => json!({ "BOOL": b }),
         Attribute::Null => json!({ "NULL": true }),
-        Attribute::L(items) => json!({ "L": items.iter().map(|s| json!({ "S": s })).collect::<Vec<_>>() }),
+        Attribute::L(items) => {
+            json!({ "L": items.iter().map(|s| json!({ "S": s })).collect::<Vec<_>>() })
+        }
         Attribute::Ss(items) => json!({ "SS": items }),
         Attribute::B(bytes) => {
             // Base64 of the bytes, written out by hand to keep the target's dependencies few.
@@ -65,7 +76,10 @@ fn attribute(value: &Attribute) -> Value {
                 b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
             let mut text = String::new();
             for chunk in bytes.chunks(3) {
-                let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+                let n = chunk
+                    .iter()
+                    .enumerate()
+                    .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
                 for i in 0..4 {
                     if i <= chunk.len() {
                         text.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
@@ -117,7 +131,11 @@ fn record(index: usize, op: &Op) -> Value {
         dynamodb["SequenceNumber"] = json!(format!("{sequence:05}{index:05}"));
     }
     if op.image.is_some() {
-        let side = if event == "REMOVE" { "OldImage" } else { "NewImage" };
+        let side = if event == "REMOVE" {
+            "OldImage"
+        } else {
+            "NewImage"
+        };
         dynamodb[side] = Value::Object(image);
     } else if !op.in_keys {
         dynamodb["OldImage"] = Value::Object(image);
@@ -136,6 +154,10 @@ fuzz_target!(|ops: Vec<Op>| {
     if ops.len() > 64 {
         return;
     }
-    let records: Vec<Value> = ops.iter().enumerate().map(|(i, op)| record(i, op)).collect();
+    let records: Vec<Value> = ops
+        .iter()
+        .enumerate()
+        .map(|(i, op)| record(i, op))
+        .collect();
     check_batch(&records);
 });

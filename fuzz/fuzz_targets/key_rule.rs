@@ -23,18 +23,29 @@ fuzz_target!(|input: Input<'_>| {
     } = input;
 
     let encoded = encode_name(name);
-    assert!(!encoded.contains('/'), "{name:?} -> {encoded:?} holds a '/'");
+    assert!(
+        !encoded.contains('/'),
+        "{name:?} -> {encoded:?} holds a '/'"
+    );
     assert!(encoded != "." && encoded != "..", "{name:?} -> {encoded:?}");
     assert!(
         !encoded.chars().any(char::is_control),
         "{name:?} -> {encoded:?} holds a control character"
     );
     assert_eq!(encoded.is_empty(), name.is_empty());
-    assert_eq!(decode_name(&encoded).as_deref(), Some(name), "not reversible");
+    assert_eq!(
+        decode_name(&encoded).as_deref(),
+        Some(name),
+        "not reversible"
+    );
 
     // Injective: distinct names, distinct segments.
     if name != other {
-        assert_ne!(encoded, encode_name(other), "{name:?} and {other:?} collide");
+        assert_ne!(
+            encoded,
+            encode_name(other),
+            "{name:?} and {other:?} collide"
+        );
     }
 
     // `decode_name` accepts exactly what the rule produces.

@@ -137,7 +137,10 @@ pub fn check_object_key(config: &Config, key: &str) -> String {
         .strip_suffix(config.object_name.as_str())
         .and_then(|rest| rest.strip_suffix('/'))
         .unwrap_or_else(|| panic!("{key:?} does not end in /{}", config.object_name));
-    assert!(!segment.contains('/'), "{key:?}: a name became several segments");
+    assert!(
+        !segment.contains('/'),
+        "{key:?}: a name became several segments"
+    );
     assert!(
         segment != "." && segment != "..",
         "{key:?}: a relative path segment"
@@ -158,7 +161,11 @@ pub fn check_plan(plan: &Plan, records: usize, config: &Config) {
     let mut names = BTreeSet::new();
     for user in &plan.users {
         assert!(!user.name.is_empty(), "an empty name was planned");
-        assert!(names.insert(&user.name), "user {:?} planned twice", user.name);
+        assert!(
+            names.insert(&user.name),
+            "user {:?} planned twice",
+            user.name
+        );
         assert!(user.records >= 1);
         assert_eq!(check_object_key(config, &user.keys.object), user.name);
         assert_eq!(
@@ -198,7 +205,11 @@ pub fn check_plan(plan: &Plan, records: usize, config: &Config) {
 pub fn check_planning(records: &[Value], config: &Config) -> Plan {
     let plan = plan_batch(records.to_vec(), config);
     check_plan(&plan, records.len(), config);
-    assert_eq!(plan_batch(records.to_vec(), config), plan, "planning is deterministic");
+    assert_eq!(
+        plan_batch(records.to_vec(), config),
+        plan,
+        "planning is deterministic"
+    );
     plan
 }
 

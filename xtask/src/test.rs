@@ -1,26 +1,47 @@
-//! `cargo xtask test`: everything CI checks, in the order that fails fastest.
+//! `cargo xtask test`: everything CI checks, in the order that fails fastest: format, clippy,
+//! the workspace's tests (unit, template with cfn-lint, integration against the emulator),
+//! then the end-to-end suite on the available backend.
 
+use std::ffi::OsString;
 use std::path::Path;
-use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use deployer::local::emulator::ensure_binary;
-use deployer::project::{project_root, toolchain_program};
+use deployer::project::{cargo_command, project_root, state_dir};
 use deployer::tools::ensure_cfn_lint;
+use serde::Deserialize;
 
 #[derive(clap::Args)]
 pub struct TestArgs {
-    /// Extra arguments for `cargo test` (a test name filter, for example), after `--`.
+    /// Extra arguments for the workspace's `cargo test` (a test name filter, for example),
+    /// after `--`; the end-to-end suite then runs only the scenarios matching it
     #[arg(last = true)]
     cargo_test_args: Vec<String>,
+}
+
+/// What the end-to-end suite writes about its run (`itests/tests/e2e.rs`).
+#[derive(Deserialize)]
+struct EndToEndReport {
+    backend: String,
+    reason: String,
+    scenarios_run: u64,
+    passed: u64,
+    failed: u64,
 }
 
 pub fn run(args: TestArgs) -> Result<()> {
     let root = project_root();
     let started = Instant::now();
+    let mut done: Vec<(String, u64)> = Vec::new();
 
-    step(&root, "format", &["fmt", "--all", "--", "--check"], &[])?;
+    step(
+        &root,
+        "format",
+        &["fmt", "--all", "--", "--check"],
+        &[],
+        &mut done,
+    )?;
     step(
         &root,
         "clippy",
@@ -33,46 +54,94 @@ pub fn run(args: TestArgs) -> Result<()> {
             "warnings",
         ],
         &[],
+        &mut done,
     )?;
 
     let emulator = ensure_binary(&mut |line| eprintln!("[fakecloud] {line}"))
         .context("failed to provide the embedded emulator (fakecloud)")?;
     let cfn_lint = ensure_cfn_lint(&mut |line| eprintln!("[cfn-lint] {line}"))
         .context("failed to provide cfn-lint")?;
-    let env = [
-        ("FAKECLOUD_BIN", emulator.path.as_os_str()),
-        ("CFN_LINT", cfn_lint.as_os_str()),
+    let env: Vec<(&str, OsString)> = vec![
+        ("FAKECLOUD_BIN", emulator.path.into_os_string()),
+        ("CFN_LINT", cfn_lint.into_os_string()),
     ];
 
-    let mut test_args = vec!["test", "--workspace"];
-    if !args.cargo_test_args.is_empty() {
-        test_args.push("--");
-        test_args.extend(args.cargo_test_args.iter().map(String::as_str));
-    }
-    step(&root, "tests", &test_args, &env)?;
+    let filter: Vec<&str> = args.cargo_test_args.iter().map(String::as_str).collect();
+    let with_filter = |base: &[&'static str]| {
+        let mut all: Vec<&str> = base.to_vec();
+        if !filter.is_empty() {
+            all.push("--");
+            all.extend(filter.iter().copied());
+        }
+        all
+    };
+    step(
+        &root,
+        "tests",
+        &with_filter(&["test", "--workspace"]),
+        &env,
+        &mut done,
+    )?;
 
+    let report_path = state_dir().join("e2e-report.json");
+    let _ = std::fs::remove_file(&report_path);
+    let e2e = step(
+        &root,
+        "end-to-end",
+        &with_filter(&["test", "--package", "itests", "--test", "e2e"]),
+        &env,
+        &mut done,
+    );
+    match read_report(&report_path) {
+        Some(report) => eprintln!(
+            "[xtask test] end-to-end: {} scenario(s) on the {} backend ({}): {} passed, {} failed",
+            report.scenarios_run, report.backend, report.reason, report.passed, report.failed
+        ),
+        None if e2e.is_ok() => bail!(
+            "the end-to-end suite wrote no report at {}; it did not run",
+            report_path.display()
+        ),
+        None => {}
+    }
+    e2e?;
+
+    let summary: Vec<String> = done
+        .iter()
+        .map(|(name, seconds)| format!("{name} {seconds}s"))
+        .collect();
     eprintln!(
-        "[xtask test] all checks passed in {}s",
-        started.elapsed().as_secs()
+        "[xtask test] all checks passed in {}s ({})",
+        started.elapsed().as_secs(),
+        summary.join(", ")
     );
     Ok(())
 }
 
-fn step(root: &Path, name: &str, args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Result<()> {
+fn read_report(path: &Path) -> Option<EndToEndReport> {
+    let text = std::fs::read_to_string(path).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+fn step(
+    root: &Path,
+    name: &str,
+    args: &[&str],
+    env: &[(&str, OsString)],
+    done: &mut Vec<(String, u64)>,
+) -> Result<()> {
     eprintln!("[xtask test] {name}: cargo {}", args.join(" "));
     let started = Instant::now();
-    let status = Command::new(toolchain_program("CARGO", "cargo"))
+    let status = cargo_command()
         .args(args)
         .current_dir(root)
-        .envs(env.iter().copied())
+        .envs(env.iter().map(|(name, value)| (name, value)))
         .status()
         .with_context(|| format!("failed to run cargo for the {name} step"))?;
     if !status.success() {
         bail!("the {name} step failed ({status}); its output is above");
     }
-    eprintln!(
-        "[xtask test] {name}: ok in {}s",
-        started.elapsed().as_secs()
-    );
+    let seconds = started.elapsed().as_secs();
+    eprintln!("[xtask test] {name}: ok in {seconds}s");
+    done.push((name.to_owned(), seconds));
     Ok(())
 }

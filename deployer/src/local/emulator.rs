@@ -193,12 +193,11 @@ pub fn install(progress: &mut dyn FnMut(&str)) -> Result<(), EmulatorError> {
     }
 
     let build_dir = root.join("build");
-    let cargo = crate::project::toolchain_program("CARGO", "cargo");
     progress(&format!(
         "installing fakecloud {FAKECLOUD_VERSION} into {} (once per machine; about 20-30 minutes on 2 cores)",
         root.display()
     ));
-    let mut command = Command::new(cargo);
+    let mut command = crate::project::cargo_command();
     command
         .args([
             "install",
