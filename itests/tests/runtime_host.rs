@@ -463,6 +463,78 @@ async fn bootstrap_rejects_a_payload_that_is_not_a_stream_event() {
     host.shutdown().await;
 }
 
+/// Lambda only delivers JSON, but a body that is not JSON (or not even UTF-8) must cost the
+/// real `bootstrap` one failed invocation, not the process: lambda_runtime reports the
+/// deserialisation error and asks for the next event. Driven through the Runtime API directly,
+/// since the host sends JSON only.
+#[tokio::test]
+async fn bootstrap_survives_malformed_payloads() {
+    let api = RuntimeApi::bind().await.expect("bind");
+    let mut process = tokio::process::Command::new(bootstrap())
+        .env_clear()
+        .envs(offline_aws_environment())
+        .env("BUCKET_NAME", "usersync-test-bucket")
+        .env("AWS_LAMBDA_RUNTIME_API", api.address().to_string())
+        .env("AWS_LAMBDA_FUNCTION_NAME", "malformed")
+        .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
+        .env("AWS_REGION", "us-east-1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("bootstrap starts");
+    assert!(matches!(
+        tokio::time::timeout(Duration::from_secs(10), api.initialised()).await,
+        Ok(InitState::Ready { .. })
+    ));
+
+    let bodies: [(&str, &'static [u8]); 4] = [
+        ("not-json", b"not json"),
+        ("empty", b""),
+        ("truncated", b"{\"Records\": ["),
+        ("not-utf8", b"\xff\xfe{\"Records\": []}"),
+    ];
+    for (request_id, body) in bodies {
+        let pending = api.submit(invocation(request_id, body)).expect("submit");
+        let completion = tokio::time::timeout(Duration::from_secs(10), pending.completion())
+            .await
+            .unwrap_or_else(|_| panic!("{request_id}: no answer"));
+        let Some(Completion::Error(report)) = completion else {
+            panic!("{request_id}: expected an error, got {completion:?}");
+        };
+        assert!(
+            report.error_type.contains("DeserializeError"),
+            "{request_id}: {report:?}"
+        );
+        assert!(
+            report
+                .error_message
+                .contains("failed to deserialize the incoming data"),
+            "{request_id}: {report:?}"
+        );
+        assert!(
+            process.try_wait().expect("status").is_none(),
+            "{request_id}: bootstrap exited"
+        );
+    }
+
+    // The same process still serves a real event.
+    let pending = api
+        .submit(invocation("valid", br#"{"Records": []}"#))
+        .expect("submit");
+    let completion = tokio::time::timeout(Duration::from_secs(10), pending.completion())
+        .await
+        .expect("an answer");
+    let Some(Completion::Response(body)) = completion else {
+        panic!("expected a response, got {completion:?}");
+    };
+    let answer: Value = serde_json::from_slice(&body).expect("a JSON response");
+    assert_eq!(answer, json!({"batchItemFailures": []}));
+    assert!(process.try_wait().expect("status").is_none());
+    process.kill().await.expect("kill");
+}
+
 // ---------------------------------------------------------------------------------------
 // The Runtime API on its own, driven like a runtime would
 // ---------------------------------------------------------------------------------------
