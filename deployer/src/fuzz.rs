@@ -35,6 +35,10 @@ const INPUT_TIMEOUT_SECONDS: u64 = 10;
 /// Lines of a failed run's output kept in the error.
 const TAIL_LINES: usize = 40;
 
+/// A scratch corpus with more inputs than this is started afresh (libFuzzer only adds to it;
+/// the committed seeds stay), so that loading it never eats much of a short pass.
+const MAX_SCRATCH_INPUTS: usize = 20_000;
+
 /// Failures of a fuzz pass.
 #[derive(Debug, thiserror::Error)]
 pub enum FuzzError {
@@ -161,7 +165,7 @@ pub fn run_short_pass(
     let mut report = FuzzReport::default();
     for target in TARGETS {
         let scratch = state_dir().join("fuzz-corpus").join(target);
-        std::fs::create_dir_all(&scratch).map_err(|source| FuzzError::Corpus {
+        prepare_scratch(&scratch).map_err(|source| FuzzError::Corpus {
             path: scratch.clone(),
             source,
         })?;
@@ -213,6 +217,17 @@ pub fn run_short_pass(
         });
     }
     Ok(report)
+}
+
+/// Creates the scratch corpus directory, emptied first when it has grown past
+/// [`MAX_SCRATCH_INPUTS`].
+fn prepare_scratch(scratch: &Path) -> std::io::Result<()> {
+    if let Ok(entries) = std::fs::read_dir(scratch) {
+        if entries.count() > MAX_SCRATCH_INPUTS {
+            std::fs::remove_dir_all(scratch)?;
+        }
+    }
+    std::fs::create_dir_all(scratch)
 }
 
 fn cargo_fuzz_command(cargo_fuzz: &Path, root: &Path) -> Command {
