@@ -105,9 +105,10 @@ pub const CHECKOV_SKIPS: [(&str, &str, &str); 9] = [
     (
         logical_id::FUNCTION_LOG_GROUP,
         "CKV_AWS_158",
-        "CloudWatch Logs encrypts every log group at rest; the logs hold record ids, sequence \
-         numbers and user names, not items, and a customer managed KMS key per stack would add \
-         cost and a key policy for no access control beyond IAM on the log group",
+        "CloudWatch Logs encrypts every log group at rest; the function logs record ids, \
+         sequence numbers, user names and error messages, never whole items, and a customer \
+         managed KMS key per stack would add cost and a key policy for no access control beyond \
+         IAM on the log group",
     ),
     (
         logical_id::MIRROR_FUNCTION,
