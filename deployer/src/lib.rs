@@ -8,6 +8,7 @@ pub mod fuzz;
 pub mod local;
 pub mod mirror_check;
 pub mod project;
+pub mod replay;
 pub mod settings;
 pub mod stack;
 pub mod target;

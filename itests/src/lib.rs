@@ -2,6 +2,7 @@
 
 pub mod backend;
 pub mod emulator;
+pub mod faults;
 pub mod harness;
 pub mod records;
 pub mod scenarios;

@@ -7,6 +7,7 @@ mod build;
 mod console;
 mod deploy;
 mod dev;
+mod replay;
 mod status;
 mod synth;
 mod teardown;
@@ -44,6 +45,9 @@ enum Command {
     Status,
     /// Empty the data bucket, delete the stack and remove the uploaded archives
     Teardown(teardown::TeardownArgs),
+    /// Replay the batches in the stack's failure queue: read their records back from the
+    /// stream, apply them as the function would, delete the messages replayed
+    ReplayFailures(replay::ReplayArgs),
     /// Run every check CI runs: format, clippy, unit tests, template lint and the end-to-end suite
     Test(test::TestArgs),
 }
@@ -68,6 +72,7 @@ fn main() -> ExitCode {
         Command::Dev(args) => runtime.block_on(dev::run(args, target)),
         Command::Status => runtime.block_on(status::run(target)),
         Command::Teardown(args) => runtime.block_on(teardown::run(args, target)),
+        Command::ReplayFailures(args) => runtime.block_on(replay::run(args, target)),
         Command::Test(args) => test::run(args),
     };
     match result {

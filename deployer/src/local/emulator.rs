@@ -269,6 +269,8 @@ pub struct Emulator {
     addr: SocketAddr,
     pid: u32,
     child: Option<Child>,
+    /// The executable, for [`Emulator::restart`].
+    binary: PathBuf,
     log: PathBuf,
     /// In front of an emulator this process owns: makes `BatchWriteItem` stream (see
     /// [`super::emulator_front`]). A detached emulator, used by `--local` commands that deploy
@@ -334,71 +336,15 @@ impl Emulator {
         detached: bool,
     ) -> Result<Self, EmulatorError> {
         let addr = free_port()?;
-        if let Some(dir) = log.parent() {
-            fs::create_dir_all(dir).map_err(|source| EmulatorError::Cache {
-                path: dir.to_path_buf(),
-                source,
-            })?;
-        }
-        let log_file = File::create(log).map_err(|source| EmulatorError::Cache {
-            path: log.to_path_buf(),
-            source,
-        })?;
-        let log_err = log_file
-            .try_clone()
-            .map_err(|source| EmulatorError::Cache {
-                path: log.to_path_buf(),
-                source,
-            })?;
-        let mut command = Command::new(&binary.path);
-        command
-            .arg("--addr")
-            .arg(addr.to_string())
-            // Per-request logging at `info` competes with the code under test on 2 cores.
-            .args(["--log-level", "warn"])
-            .stdin(Stdio::null())
-            .stdout(log_file)
-            .stderr(log_err);
-        if detached {
-            // Its own process group: a Ctrl-C in the terminal that started it does not stop it.
-            use std::os::unix::process::CommandExt;
-            command.process_group(0);
-        }
-        let mut child = command.spawn().map_err(|source| EmulatorError::Spawn {
-            binary: binary.path.clone(),
-            source,
-        })?;
+        let child = launch(&binary.path, addr, log, detached, false).await?;
         let pid = child.id();
-
-        let deadline = Instant::now() + READY_TIMEOUT;
-        let http = reqwest::Client::new();
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                return Err(EmulatorError::ExitedEarly {
-                    status: status.to_string(),
-                    log: log.to_path_buf(),
-                    tail: tail_of(log, 15),
-                });
-            }
-            if answers_health(&http, addr).await {
-                break;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(EmulatorError::NotReady {
-                    addr,
-                    log: log.to_path_buf(),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
         let front = if detached {
             None
         } else {
             match EmulatorFront::start(addr).await {
                 Ok(front) => Some(front),
                 Err(source) => {
+                    let mut child = child;
                     let _ = child.kill();
                     let _ = child.wait();
                     return Err(EmulatorError::NoPort(source));
@@ -409,9 +355,46 @@ impl Emulator {
             addr,
             pid,
             child: (!detached).then_some(child),
+            binary: binary.path.clone(),
             log: log.to_path_buf(),
             front,
         })
+    }
+
+    /// Kills the emulator and starts it again on the same address (its front, if any, stays),
+    /// appending to the same log. fakecloud keeps its state in memory, so everything it held is
+    /// gone afterwards: this is how tests make an emulator restart under a running command.
+    pub async fn restart(&mut self) -> Result<(), EmulatorError> {
+        let detached = self.child.is_none();
+        match self.child.take() {
+            Some(mut child) => {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            None => {
+                terminate(self.pid);
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while process_alive(self.pid) && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+        // The old listener may take a moment to be released; a start that loses the race exits
+        // early and is tried again.
+        let mut attempts = 0;
+        let child = loop {
+            attempts += 1;
+            match launch(&self.binary, self.addr, &self.log, detached, true).await {
+                Ok(child) => break child,
+                Err(EmulatorError::ExitedEarly { .. }) if attempts < 20 => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(err) => return Err(err),
+            }
+        };
+        self.pid = child.id();
+        self.child = (!detached).then_some(child);
+        Ok(())
     }
 
     /// The address the emulator itself listens on.
@@ -469,6 +452,81 @@ impl Emulator {
 impl Drop for Emulator {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// Starts fakecloud on `addr`, logging to `log` (appended to with `append`), and waits until it
+/// answers its health check.
+async fn launch(
+    binary: &Path,
+    addr: SocketAddr,
+    log: &Path,
+    detached: bool,
+    append: bool,
+) -> Result<Child, EmulatorError> {
+    if let Some(dir) = log.parent() {
+        fs::create_dir_all(dir).map_err(|source| EmulatorError::Cache {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+    }
+    let log_file = fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .append(append)
+        .truncate(!append)
+        .open(log)
+        .map_err(|source| EmulatorError::Cache {
+            path: log.to_path_buf(),
+            source,
+        })?;
+    let log_err = log_file
+        .try_clone()
+        .map_err(|source| EmulatorError::Cache {
+            path: log.to_path_buf(),
+            source,
+        })?;
+    let mut command = Command::new(binary);
+    command
+        .arg("--addr")
+        .arg(addr.to_string())
+        // Per-request logging at `info` competes with the code under test on 2 cores.
+        .args(["--log-level", "warn"])
+        .stdin(Stdio::null())
+        .stdout(log_file)
+        .stderr(log_err);
+    if detached {
+        // Its own process group: a Ctrl-C in the terminal that started it does not stop it.
+        use std::os::unix::process::CommandExt;
+        command.process_group(0);
+    }
+    let mut child = command.spawn().map_err(|source| EmulatorError::Spawn {
+        binary: binary.to_path_buf(),
+        source,
+    })?;
+
+    let deadline = Instant::now() + READY_TIMEOUT;
+    let http = reqwest::Client::new();
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(EmulatorError::ExitedEarly {
+                status: status.to_string(),
+                log: log.to_path_buf(),
+                tail: tail_of(log, 15),
+            });
+        }
+        if answers_health(&http, addr).await {
+            return Ok(child);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(EmulatorError::NotReady {
+                addr,
+                log: log.to_path_buf(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
 

@@ -1,0 +1,676 @@
+//! A fault injector for the function's S3 traffic: a [`Interceptor`] for
+//! `deployer::local::proxy` that answers some requests with S3's `500 InternalError` or
+//! `503 SlowDown`, drops the connection before or after the request reached S3, or delays
+//! requests, at chosen rates; or makes S3 unreachable altogether until told otherwise.
+//!
+//! Decisions are deterministic: the fault for a request is drawn from a SplitMix64 generator
+//! seeded with the seed, the request's method and path, and how many times that same request
+//! was seen before. Running the same requests with the same seed injects the same faults into
+//! the same requests, whatever order concurrent requests arrive in; a retry of a request (its
+//! next occurrence) gets a fresh draw.
+//!
+//! Counters say what was injected, so tests can assert that the faults happened.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use deployer::local::proxy::{
+    full_body, BoxFuture, Intercepted, Interceptor, ProxyBody, ReverseProxy, Upstream,
+};
+use http::{Request, Response, StatusCode};
+
+/// SplitMix64 (Steele, Lea and Flood 2014; the seeding generator of xoshiro): tiny, fast, and
+/// statistically good enough for choosing faults.
+#[derive(Clone, Debug)]
+pub struct SplitMix64 {
+    state: u64,
+}
+
+impl SplitMix64 {
+    pub fn new(seed: u64) -> Self {
+        Self { state: seed }
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A uniform draw from [0, 1).
+    pub fn next_f64(&mut self) -> f64 {
+        // The top 53 bits: every value exactly representable.
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// FNV-1a over `bytes`: a stable hash (std's `DefaultHasher` may change between releases).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xCBF2_9CE4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01B3)
+    })
+}
+
+/// How often each fault is injected, as probabilities per request. The four failures exclude
+/// each other (their sum must not exceed 1); latency is drawn separately and may come with any
+/// of them.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct FaultRates {
+    /// `500 InternalError`, S3's XML error body; the request does not reach S3.
+    pub internal_error: f64,
+    /// `503 SlowDown`, S3's throttling answer; the request does not reach S3.
+    pub slow_down: f64,
+    /// The connection is dropped before the request reaches S3.
+    pub reset: f64,
+    /// The request reaches S3 and is applied, then the connection is dropped before the
+    /// answer: the caller cannot tell it apart from a reset, and retries an operation that
+    /// already happened.
+    pub lost_response: f64,
+    /// The request is held for [`FaultConfig::latency`] before anything else happens.
+    pub latency: f64,
+}
+
+impl FaultRates {
+    /// No faults at all.
+    pub const NONE: FaultRates = FaultRates {
+        internal_error: 0.0,
+        slow_down: 0.0,
+        reset: 0.0,
+        lost_response: 0.0,
+        latency: 0.0,
+    };
+
+    /// `total` of the requests fail, spread evenly over the four kinds of failure.
+    pub fn failing(total: f64) -> FaultRates {
+        FaultRates {
+            internal_error: total / 4.0,
+            slow_down: total / 4.0,
+            reset: total / 4.0,
+            lost_response: total / 4.0,
+            latency: 0.0,
+        }
+    }
+
+    /// The probability that a request fails.
+    pub fn failure_total(&self) -> f64 {
+        self.internal_error + self.slow_down + self.reset + self.lost_response
+    }
+
+    fn check(&self) {
+        let all = [
+            self.internal_error,
+            self.slow_down,
+            self.reset,
+            self.lost_response,
+            self.latency,
+        ];
+        assert!(
+            all.iter().all(|rate| (0.0..=1.0).contains(rate)),
+            "fault rates are probabilities from 0 to 1: {self:?}"
+        );
+        assert!(
+            self.failure_total() <= 1.0 + 1e-9,
+            "the failure rates add up to more than 1: {self:?}"
+        );
+    }
+}
+
+/// The injector's settings.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct FaultConfig {
+    pub seed: u64,
+    pub rates: FaultRates,
+    /// How long a delayed request is held.
+    pub latency: Duration,
+}
+
+impl FaultConfig {
+    pub fn new(seed: u64, rates: FaultRates) -> Self {
+        Self {
+            seed,
+            rates,
+            latency: Duration::from_millis(100),
+        }
+    }
+}
+
+/// What happens to a request, apart from its latency.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Fault {
+    /// Passed on unchanged.
+    None,
+    InternalError,
+    SlowDown,
+    Reset,
+    LostResponse,
+}
+
+/// The injector's choice for one request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub fault: Fault,
+    /// Held this long first.
+    pub delay: Option<Duration>,
+}
+
+/// The pure part of the injector: which fault the `occurrence`-th sighting (0 for the first)
+/// of the request `identity` gets under `config`.
+pub fn decide(config: &FaultConfig, identity: &str, occurrence: u64) -> Decision {
+    let mut rng = SplitMix64::new(
+        config.seed
+            ^ fnv1a(identity.as_bytes()).rotate_left(17)
+            ^ occurrence.wrapping_mul(0xD6E8_FEB8_6659_FD93),
+    );
+    // Mixing once more decorrelates nearby seeds.
+    rng.next_u64();
+    let draw = rng.next_f64();
+    let rates = &config.rates;
+    let mut bound = 0.0;
+    let mut fault = Fault::None;
+    for (rate, candidate) in [
+        (rates.internal_error, Fault::InternalError),
+        (rates.slow_down, Fault::SlowDown),
+        (rates.reset, Fault::Reset),
+        (rates.lost_response, Fault::LostResponse),
+    ] {
+        bound += rate;
+        if draw < bound {
+            fault = candidate;
+            break;
+        }
+    }
+    let delay = (rng.next_f64() < rates.latency).then_some(config.latency);
+    Decision { fault, delay }
+}
+
+/// How many of each thing the injector did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FaultCounts {
+    /// Requests seen.
+    pub requests: u64,
+    /// Requests passed on to S3 (lost responses included).
+    pub forwarded: u64,
+    pub internal_errors: u64,
+    pub slow_downs: u64,
+    pub resets: u64,
+    pub lost_responses: u64,
+    pub delayed: u64,
+    /// Requests cut while S3 was made unreachable.
+    pub unreachable: u64,
+}
+
+impl FaultCounts {
+    /// Requests that failed on purpose, of every kind.
+    pub fn failed(&self) -> u64 {
+        self.internal_errors
+            + self.slow_downs
+            + self.resets
+            + self.lost_responses
+            + self.unreachable
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    requests: AtomicU64,
+    forwarded: AtomicU64,
+    internal_errors: AtomicU64,
+    slow_downs: AtomicU64,
+    resets: AtomicU64,
+    lost_responses: AtomicU64,
+    delayed: AtomicU64,
+    unreachable: AtomicU64,
+    in_flight: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The injector; share it with the proxy as an `Arc`.
+pub struct FaultInjector {
+    config: Mutex<FaultConfig>,
+    unreachable: AtomicBool,
+    /// How often each request identity was seen.
+    seen: Mutex<HashMap<String, u64>>,
+    counters: Counters,
+}
+
+/// Decrements the in-flight gauge when a request is done, however it ends.
+struct InFlight<'a>(&'a AtomicU64);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl FaultInjector {
+    pub fn new(config: FaultConfig) -> Self {
+        config.rates.check();
+        Self {
+            config: Mutex::new(config),
+            unreachable: AtomicBool::new(false),
+            seen: Mutex::default(),
+            counters: Counters::default(),
+        }
+    }
+
+    /// Changes the rates from the next request on (the seed and what was seen stay).
+    pub fn set_rates(&self, rates: FaultRates) {
+        rates.check();
+        self.config
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .rates = rates;
+    }
+
+    /// With `true`, every request is cut as if S3 could not be reached, until set back.
+    pub fn set_unreachable(&self, unreachable: bool) {
+        self.unreachable.store(unreachable, Ordering::SeqCst);
+    }
+
+    pub fn is_unreachable(&self) -> bool {
+        self.unreachable.load(Ordering::SeqCst)
+    }
+
+    /// What the injector has done so far.
+    pub fn counts(&self) -> FaultCounts {
+        let c = &self.counters;
+        let read = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        FaultCounts {
+            requests: read(&c.requests),
+            forwarded: read(&c.forwarded),
+            internal_errors: read(&c.internal_errors),
+            slow_downs: read(&c.slow_downs),
+            resets: read(&c.resets),
+            lost_responses: read(&c.lost_responses),
+            delayed: read(&c.delayed),
+            unreachable: read(&c.unreachable),
+        }
+    }
+
+    /// Requests the proxy is working on now (being delayed or waiting for S3).
+    pub fn in_flight(&self) -> u64 {
+        self.counters.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// The decision for a request with this method and path, counting it as seen.
+    pub fn decide_for(&self, method: &str, path_and_query: &str) -> Decision {
+        let identity = format!("{method} {path_and_query}");
+        let occurrence = {
+            let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+            let count = seen.entry(identity.clone()).or_insert(0);
+            let occurrence = *count;
+            *count += 1;
+            occurrence
+        };
+        let config = *self.config.lock().unwrap_or_else(PoisonError::into_inner);
+        decide(&config, &identity, occurrence)
+    }
+
+    async fn handle(&self, request: Request<ProxyBody>, upstream: &Upstream) -> Intercepted {
+        let counters = &self.counters;
+        bump(&counters.requests);
+        counters.in_flight.fetch_add(1, Ordering::Relaxed);
+        let _in_flight = InFlight(&counters.in_flight);
+        if self.is_unreachable() {
+            bump(&counters.unreachable);
+            return Intercepted::Reset;
+        }
+        let path = request
+            .uri()
+            .path_and_query()
+            .map_or_else(|| request.uri().path().to_owned(), ToString::to_string);
+        let decision = self.decide_for(request.method().as_str(), &path);
+        if let Some(delay) = decision.delay {
+            bump(&counters.delayed);
+            tokio::time::sleep(delay).await;
+            // S3 may have gone away while the request was held.
+            if self.is_unreachable() {
+                bump(&counters.unreachable);
+                return Intercepted::Reset;
+            }
+        }
+        match decision.fault {
+            Fault::None => {
+                bump(&counters.forwarded);
+                Intercepted::Forward(request)
+            }
+            Fault::InternalError => {
+                bump(&counters.internal_errors);
+                Intercepted::Respond(s3_error(&request, StatusCode::INTERNAL_SERVER_ERROR))
+            }
+            Fault::SlowDown => {
+                bump(&counters.slow_downs);
+                Intercepted::Respond(s3_error(&request, StatusCode::SERVICE_UNAVAILABLE))
+            }
+            Fault::Reset => {
+                bump(&counters.resets);
+                Intercepted::Reset
+            }
+            Fault::LostResponse => {
+                bump(&counters.forwarded);
+                bump(&counters.lost_responses);
+                // S3 answers once it has applied the request: the answer's arrival means the
+                // operation happened. It is then never delivered.
+                let _ = upstream.send(request).await;
+                Intercepted::Reset
+            }
+        }
+    }
+}
+
+impl Interceptor for FaultInjector {
+    fn intercept<'a>(
+        &'a self,
+        request: Request<ProxyBody>,
+        upstream: &'a Upstream,
+    ) -> BoxFuture<'a, Intercepted> {
+        Box::pin(self.handle(request, upstream))
+    }
+}
+
+/// S3's answer for `status` (500 `InternalError` or 503 `SlowDown`). The request's body is left
+/// unread, so the connection is closed after the answer.
+fn s3_error(request: &Request<ProxyBody>, status: StatusCode) -> Response<ProxyBody> {
+    let resource = request.uri().path().to_owned();
+    let (code, message) = if status == StatusCode::SERVICE_UNAVAILABLE {
+        ("SlowDown", "Please reduce your request rate.")
+    } else {
+        (
+            "InternalError",
+            "We encountered an internal error. Please try again.",
+        )
+    };
+    let request_id = format!(
+        "{:016X}",
+        SplitMix64::new(fnv1a(resource.as_bytes())).next_u64()
+    );
+    let body = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>{message}</Message><Resource>{resource}</Resource><RequestId>{request_id}</RequestId><HostId>faults</HostId></Error>"
+    );
+    let mut response = Response::new(full_body(body));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/xml"),
+    );
+    if let Ok(value) = http::HeaderValue::from_str(&request_id) {
+        headers.insert("x-amz-request-id", value);
+    }
+    response
+}
+
+/// A fault-injecting proxy in front of an S3 endpoint; stops when dropped.
+pub struct FaultProxy {
+    proxy: ReverseProxy,
+    injector: Arc<FaultInjector>,
+}
+
+impl FaultProxy {
+    /// Listens on a free loopback port and passes requests on to `upstream` through a
+    /// [`FaultInjector`] with `config`.
+    pub async fn start(upstream: SocketAddr, config: FaultConfig) -> std::io::Result<FaultProxy> {
+        let injector = Arc::new(FaultInjector::new(config));
+        let proxy =
+            ReverseProxy::start(upstream, Arc::clone(&injector) as Arc<dyn Interceptor>).await?;
+        Ok(FaultProxy { proxy, injector })
+    }
+
+    /// `http://<addr>`: give it to the function as `AWS_ENDPOINT_URL_S3`.
+    pub fn url(&self) -> String {
+        self.proxy.url()
+    }
+
+    pub fn injector(&self) -> &FaultInjector {
+        &self.injector
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splitmix64_gives_the_published_sequence() {
+        // The reference values for seed 1234567 (from the generator's reference code).
+        let mut rng = SplitMix64::new(1_234_567);
+        let first: Vec<u64> = (0..3).map(|_| rng.next_u64()).collect();
+        assert_eq!(
+            first,
+            [
+                6_457_827_717_110_365_317,
+                3_203_168_211_198_807_973,
+                9_817_491_932_198_370_423
+            ]
+        );
+        let mut rng = SplitMix64::new(7);
+        for _ in 0..1000 {
+            let x = rng.next_f64();
+            assert!((0.0..1.0).contains(&x));
+        }
+    }
+
+    #[test]
+    fn the_same_seed_gives_the_same_faults_to_the_same_requests() {
+        let config = FaultConfig::new(42, FaultRates::failing(0.5));
+        let requests: Vec<String> = (0..200)
+            .map(|i| format!("PUT /bucket/user-{i}/userdata"))
+            .collect();
+        let run = |config: &FaultConfig| -> Vec<Decision> {
+            requests
+                .iter()
+                .flat_map(|r| (0..3).map(move |n| (r, n)))
+                .map(|(r, n)| decide(config, r, n))
+                .collect()
+        };
+        assert_eq!(run(&config), run(&config));
+        let other = FaultConfig::new(43, FaultRates::failing(0.5));
+        assert_ne!(run(&config), run(&other), "another seed, other faults");
+    }
+
+    #[test]
+    fn decisions_do_not_depend_on_arrival_order() {
+        let config = FaultConfig::new(9, FaultRates::failing(0.3));
+        let forward = FaultInjector::new(config);
+        let backward = FaultInjector::new(config);
+        let paths: Vec<String> = (0..100).map(|i| format!("/b/u{i}/userdata")).collect();
+        let a: Vec<Decision> = paths.iter().map(|p| forward.decide_for("PUT", p)).collect();
+        let mut b: Vec<Decision> = paths
+            .iter()
+            .rev()
+            .map(|p| backward.decide_for("PUT", p))
+            .collect();
+        b.reverse();
+        assert_eq!(a, b);
+        // A retry of the same request is a new draw, not the same fault again.
+        let retries: Vec<Decision> = paths.iter().map(|p| forward.decide_for("PUT", p)).collect();
+        assert_ne!(a, retries);
+    }
+
+    #[test]
+    fn faults_come_at_their_rates() {
+        let rates = FaultRates {
+            internal_error: 0.10,
+            slow_down: 0.05,
+            reset: 0.10,
+            lost_response: 0.05,
+            latency: 0.20,
+        };
+        let config = FaultConfig::new(2024, rates);
+        let n = 100_000;
+        let mut counts: HashMap<Fault, usize> = HashMap::new();
+        let mut delayed = 0;
+        for i in 0..n {
+            let decision = decide(&config, &format!("PUT /b/u{i}/userdata"), 0);
+            *counts.entry(decision.fault).or_default() += 1;
+            delayed += usize::from(decision.delay.is_some());
+        }
+        let share = |fault| counts.get(&fault).copied().unwrap_or(0) as f64 / n as f64;
+        // Five standard deviations of a binomial at these rates is under 0.7 percentage points.
+        let close = |observed: f64, expected: f64| (observed - expected).abs() < 0.007;
+        assert!(close(share(Fault::InternalError), 0.10), "{counts:?}");
+        assert!(close(share(Fault::SlowDown), 0.05), "{counts:?}");
+        assert!(close(share(Fault::Reset), 0.10), "{counts:?}");
+        assert!(close(share(Fault::LostResponse), 0.05), "{counts:?}");
+        assert!(close(share(Fault::None), 0.70), "{counts:?}");
+        assert!(close(delayed as f64 / n as f64, 0.20), "{delayed}");
+    }
+
+    #[test]
+    fn no_rates_no_faults_and_certain_rates_always() {
+        let quiet = FaultConfig::new(1, FaultRates::NONE);
+        let always = FaultConfig::new(
+            1,
+            FaultRates {
+                reset: 1.0,
+                latency: 1.0,
+                ..FaultRates::NONE
+            },
+        );
+        for i in 0..1000 {
+            let request = format!("DELETE /b/u{i}/userdata");
+            assert_eq!(
+                decide(&quiet, &request, 0),
+                Decision {
+                    fault: Fault::None,
+                    delay: None
+                }
+            );
+            assert_eq!(
+                decide(&always, &request, 0),
+                Decision {
+                    fault: Fault::Reset,
+                    delay: Some(always.latency)
+                }
+            );
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "add up to more than 1")]
+    fn rates_over_one_are_refused() {
+        FaultInjector::new(FaultConfig::new(1, FaultRates::failing(1.2)));
+    }
+
+    /// An upstream that answers every request with 200 and counts the requests whose body it
+    /// read (plain HTTP/1.1 with Content-Length, which is all the test sends).
+    async fn counting_upstream() -> (SocketAddr, Arc<AtomicU64>) {
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(AtomicU64::new(0));
+        let counted = Arc::clone(&hits);
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let counted = Arc::clone(&counted);
+                tokio::spawn(async move {
+                    let mut stream = BufReader::new(stream);
+                    loop {
+                        let mut length = 0usize;
+                        loop {
+                            let mut line = String::new();
+                            if stream.read_line(&mut line).await.unwrap_or(0) == 0 {
+                                return;
+                            }
+                            if line == "\r\n" {
+                                break;
+                            }
+                            if let Some((name, value)) = line.split_once(':') {
+                                if name.eq_ignore_ascii_case("content-length") {
+                                    length = value.trim().parse().unwrap_or(0);
+                                }
+                            }
+                        }
+                        let mut body = vec![0; length];
+                        if stream.read_exact(&mut body).await.is_err() {
+                            return;
+                        }
+                        counted.fetch_add(1, Ordering::Relaxed);
+                        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if stream.get_mut().write_all(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (addr, hits)
+    }
+
+    #[tokio::test]
+    async fn the_proxy_injects_counts_and_can_make_s3_unreachable() {
+        let (upstream, hits) = counting_upstream().await;
+        let proxy = FaultProxy::start(upstream, FaultConfig::new(5, FaultRates::failing(0.4)))
+            .await
+            .unwrap();
+        let http = reqwest::Client::new();
+        let mut ok = 0u64;
+        let mut errors = HashMap::new();
+        let mut cut = 0u64;
+        for i in 0..200 {
+            match http
+                .put(format!("{}/bucket/u{i}/userdata", proxy.url()))
+                .body("{}")
+                .send()
+                .await
+            {
+                Ok(response) if response.status() == 200 => ok += 1,
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    let body = response.text().await.unwrap();
+                    let code = if status == 503 {
+                        "<Code>SlowDown</Code>"
+                    } else {
+                        "<Code>InternalError</Code>"
+                    };
+                    assert!(body.contains(code), "{status}: {body}");
+                    *errors.entry(status).or_insert(0u64) += 1;
+                }
+                Err(_) => cut += 1,
+            }
+        }
+        let counts = proxy.injector().counts();
+        assert_eq!(counts.requests, 200);
+        assert_eq!(ok, counts.requests - counts.failed());
+        assert_eq!(
+            errors.get(&500).copied().unwrap_or(0),
+            counts.internal_errors
+        );
+        assert_eq!(errors.get(&503).copied().unwrap_or(0), counts.slow_downs);
+        assert_eq!(cut, counts.resets + counts.lost_responses);
+        assert_eq!(
+            hits.load(Ordering::Relaxed),
+            counts.forwarded,
+            "lost responses reached S3"
+        );
+        assert!(counts.failed() > 40 && counts.failed() < 120, "{counts:?}");
+
+        proxy.injector().set_rates(FaultRates::NONE);
+        proxy.injector().set_unreachable(true);
+        for _ in 0..5 {
+            assert!(http
+                .get(format!("{}/bucket", proxy.url()))
+                .send()
+                .await
+                .is_err());
+        }
+        assert_eq!(proxy.injector().counts().unreachable, 5);
+        proxy.injector().set_unreachable(false);
+        let back = http
+            .get(format!("{}/bucket", proxy.url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(back.status(), 200);
+        assert_eq!(proxy.injector().in_flight(), 0);
+    }
+}
