@@ -24,6 +24,9 @@ pub use crate::settings::Architecture;
 pub const PACKAGE: &str = "usersync-function";
 /// The function's binary; Lambda's `provided.al2023` runtime runs a file of this name.
 pub const BINARY: &str = "bootstrap";
+/// The cargo profile the artifact is built with (the workspace's `Cargo.toml` defines it:
+/// release with LTO), so its binary lives in `target/lambda-artifact/`.
+pub const PROFILE: &str = "lambda-artifact";
 /// The newest glibc a binary may require to run on Lambda: Amazon Linux 2023 ships 2.34.
 pub const MAX_AWS_GLIBC: (u32, u32) = (2, 34);
 /// Unix mode of `bootstrap` inside the zip: Lambda must be able to execute it.
@@ -114,8 +117,8 @@ pub struct Plan {
     pub architecture: Architecture,
     /// The tool to build with.
     pub builder: Builder,
-    /// `--target` to pass to cargo; `None` builds for the host, sharing `target/release`
-    /// with ordinary release builds.
+    /// `--target` to pass to cargo; `None` builds for the host (into
+    /// `target/lambda-artifact`).
     pub cargo_target: Option<String>,
 }
 
@@ -183,7 +186,7 @@ pub enum BuildError {
         found: String,
     },
     /// A file is not an ELF executable that can be inspected.
-    #[error("{} is not a valid ELF executable ({reason}); point at a Linux binary such as target/release/bootstrap, or rebuild it with `cargo xtask build`", path.display())]
+    #[error("{} is not a valid ELF executable ({reason}); point at a Linux binary such as target/lambda-artifact/bootstrap, or rebuild it with `cargo xtask build`", path.display())]
     NotElf {
         /// The file.
         path: PathBuf,
@@ -220,7 +223,7 @@ pub enum BuildError {
     },
 }
 
-/// Builds `bootstrap` in release mode for `options` and packages it into
+/// Builds `bootstrap` with the [`PROFILE`] profile (release, whole-program optimised) for `options` and packages it into
 /// `<target dir>/lambda/function/bootstrap.zip`.
 ///
 /// Uses `cargo lambda build` when cargo-lambda is installed, else plain `cargo build` for an
@@ -234,7 +237,7 @@ pub fn build(
     let toolchain = Toolchain::detect()?;
     let plan = plan(options, &toolchain)?;
     progress(&format!(
-        "building {BINARY} ({PACKAGE}, release) for {} with {}",
+        "building {BINARY} ({PACKAGE}, profile {PROFILE}) for {} with {}",
         plan.architecture, plan.builder
     ));
     let binary = run_build(&plan)?;
@@ -334,8 +337,7 @@ pub fn plan(options: &BuildOptions, toolchain: &Toolchain) -> Result<Plan, Build
 }
 
 fn cargo_plan(architecture: Architecture, target: String, host: &str) -> Plan {
-    // Building for the host without `--target` reuses the artifacts of ordinary release
-    // builds in `target/release`.
+    // Building for the host needs no `--target`.
     let cargo_target = (target != host).then(|| target.clone());
     Plan {
         architecture,
@@ -583,7 +585,8 @@ fn run_cargo_lambda(architecture: Architecture) -> Result<PathBuf, BuildError> {
         .args([
             "lambda",
             "build",
-            "--release",
+            "--profile",
+            PROFILE,
             "--package",
             PACKAGE,
             "--bin",
@@ -617,7 +620,8 @@ fn run_cargo(target: Option<&str>) -> Result<PathBuf, BuildError> {
     let mut command = cargo();
     command.args([
         "build",
-        "--release",
+        "--profile",
+        PROFILE,
         "--package",
         PACKAGE,
         "--bin",
@@ -681,8 +685,8 @@ fn find_executable(messages: impl BufRead) -> Option<PathBuf> {
 fn default_binary_path(target: Option<&str>) -> PathBuf {
     let dir = crate::project::target_dir();
     match target {
-        Some(target) => dir.join(target).join("release").join(BINARY),
-        None => dir.join("release").join(BINARY),
+        Some(target) => dir.join(target).join(PROFILE).join(BINARY),
+        None => dir.join(PROFILE).join(BINARY),
     }
 }
 

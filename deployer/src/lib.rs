@@ -2,6 +2,7 @@
 //! CloudFormation template, deploying and tearing down stacks, and running the stack locally.
 
 pub mod artifact;
+pub mod bench;
 pub mod console;
 pub mod dev;
 pub mod fuzz;

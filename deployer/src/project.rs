@@ -60,6 +60,13 @@ const PER_CRATE_VARIABLES: &[&str] = &[
 /// and find the same compiled dependencies, wherever they are started from.
 pub fn cargo_command() -> Command {
     let mut command = Command::new(toolchain_program("CARGO", "cargo"));
+    clear_calling_crate_env(&mut command);
+    command
+}
+
+/// Removes [`PER_CRATE_VARIABLES`] and `CARGO_PKG_*` from `command`'s environment: for any
+/// program that runs cargo itself (cargo-fuzz, cargo-lambda).
+pub fn clear_calling_crate_env(command: &mut Command) -> &mut Command {
     for variable in PER_CRATE_VARIABLES {
         command.env_remove(variable);
     }

@@ -1,13 +1,16 @@
 //! The invocation handler: one DynamoDB Streams batch in, a batch item failure list out.
 
+use std::borrow::Borrow;
+use std::collections::HashMap;
 use std::time::Instant;
 
 use aws_lambda_events::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse};
 use futures::stream::{self, StreamExt};
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::config::Config;
-use crate::plan::{plan_batch, Step, UserPlan};
+use crate::plan::{plan_records, raw_json, Step, UserPlan};
 use crate::store::{ObjectStore, StoreError};
 
 /// Everything an invocation needs, built once at cold start.
@@ -42,38 +45,48 @@ pub struct BatchSummary {
     pub failed_users: usize,
 }
 
-/// Handles one invocation: applies the batch to the store and reports the users that failed.
+/// Handles one invocation given as its JSON text (what `bootstrap` receives): applies the
+/// batch to the store and reports the users that failed. The payload stays text; each record
+/// is read when it is planned, so memory grows with the batch's size, not with its parsed form.
+pub async fn handle_payload<S: ObjectStore>(
+    mirror: &Mirror<S>,
+    payload: &RawValue,
+) -> Result<DynamoDbEventResponse, NotAStreamsEvent> {
+    let records = payload_records(payload)?;
+    let (response, _) = process_records(mirror, &records).await;
+    Ok(response)
+}
+
+/// [`handle_payload`] for a payload that is already parsed.
 pub async fn handle_event<S: ObjectStore>(
     mirror: &Mirror<S>,
     payload: Value,
 ) -> Result<DynamoDbEventResponse, NotAStreamsEvent> {
-    let records = stream_records(payload)?;
-    let (response, _) = process_batch(mirror, records).await;
-    Ok(response)
+    handle_payload(mirror, &raw_json(&payload)).await
 }
 
-/// Takes the `Records` array out of a payload, refusing payloads of other event sources.
-pub fn stream_records(payload: Value) -> Result<Vec<Value>, NotAStreamsEvent> {
-    let Value::Object(mut event) = payload else {
+/// Takes the `Records` array out of a payload, refusing payloads of other event sources; the
+/// records borrow the payload's text.
+pub fn payload_records(payload: &RawValue) -> Result<Vec<&RawValue>, NotAStreamsEvent> {
+    let Ok(mut event) = serde_json::from_str::<HashMap<String, &RawValue>>(payload.get()) else {
         return Err(NotAStreamsEvent(format!(
             "expected a JSON object, got {}",
-            json_kind(&payload)
+            raw_kind(payload)
         )));
     };
     let records = match event.remove("Records") {
-        Some(Value::Array(records)) => records,
-        Some(other) => {
-            return Err(NotAStreamsEvent(format!(
+        Some(records) => serde_json::from_str::<Vec<&RawValue>>(records.get()).map_err(|_| {
+            NotAStreamsEvent(format!(
                 "\"Records\" is {}, expected an array",
-                json_kind(&other)
-            )))
-        }
+                raw_kind(records)
+            ))
+        })?,
         None => return Err(NotAStreamsEvent("it has no \"Records\" array".to_owned())),
     };
     if let Some(source) = records
         .iter()
-        .filter_map(|r| r.get("eventSource").and_then(Value::as_str))
-        .find(|source| *source != "aws:dynamodb")
+        .filter_map(|record| event_source(record))
+        .find(|source| source != "aws:dynamodb")
     {
         return Err(NotAStreamsEvent(format!(
             "it holds records of {source:?}, expected \"aws:dynamodb\""
@@ -82,24 +95,61 @@ pub fn stream_records(payload: Value) -> Result<Vec<Value>, NotAStreamsEvent> {
     Ok(records)
 }
 
-fn json_kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
+/// [`payload_records`] for a payload that is already parsed.
+pub fn stream_records(payload: Value) -> Result<Vec<Value>, NotAStreamsEvent> {
+    let raw = raw_json(&payload);
+    let records = payload_records(&raw)?;
+    Ok(records
+        .into_iter()
+        .map(|record| serde_json::from_str(record.get()).unwrap_or(Value::Null))
+        .collect())
+}
+
+/// A record's `eventSource`, when it is an object with a string there.
+fn event_source(record: &RawValue) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Source {
+        #[serde(rename = "eventSource")]
+        event_source: Option<Value>,
+    }
+    match serde_json::from_str::<Source>(record.get())
+        .ok()?
+        .event_source?
+    {
+        Value::String(source) => Some(source),
+        _ => None,
     }
 }
 
-/// Plans and applies a batch of raw stream records; logs one summary line.
+/// What kind of JSON value `raw` is, for messages.
+fn raw_kind(raw: &RawValue) -> &'static str {
+    match raw.get().trim_start().as_bytes().first() {
+        Some(b'{') => "an object",
+        Some(b'[') => "an array",
+        Some(b'"') => "a string",
+        Some(b't' | b'f') => "a boolean",
+        Some(b'n') => "null",
+        _ => "a number",
+    }
+}
+
+/// Plans and applies a batch of parsed stream records; see [`process_records`].
 pub async fn process_batch<S: ObjectStore>(
     mirror: &Mirror<S>,
     records: Vec<Value>,
 ) -> (DynamoDbEventResponse, BatchSummary) {
+    let raw: Vec<Box<RawValue>> = records.iter().map(raw_json).collect();
+    process_records(mirror, &raw).await
+}
+
+/// Plans and applies a batch of stream records given as their JSON text; logs one summary
+/// line.
+pub async fn process_records<S: ObjectStore, R: Borrow<RawValue>>(
+    mirror: &Mirror<S>,
+    records: &[R],
+) -> (DynamoDbEventResponse, BatchSummary) {
     let started = Instant::now();
-    let plan = plan_batch(records, &mirror.config);
+    let plan = plan_records(records, &mirror.config);
 
     for skipped in &plan.skipped {
         tracing::error!(

@@ -5,10 +5,12 @@
 //! `DELETE_SCOPE=prefix` any `REMOVE` in the batch becomes one prefix delete that runs before
 //! the final write. Users are independent of each other, so their plans can run concurrently.
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
 
 use aws_lambda_events::event::dynamodb::EventRecord;
 use serde_dynamo::AttributeValue;
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::config::{Config, DeleteScope};
@@ -99,23 +101,41 @@ struct UserRecords {
     first_sequence_number: String,
     records: usize,
     removed: bool,
-    last: Option<(Change, EventRecord)>,
+    /// The user's last change, with the object body of a write: only this is kept of the
+    /// records, so a batch's memory is its text plus a body per user.
+    last: Option<(Change, Option<Vec<u8>>)>,
 }
 
-/// Plans a batch of raw records (the `Records` array of a DynamoDB Streams event).
+/// Plans a batch of parsed records (the `Records` array of a DynamoDB Streams event); see
+/// [`plan_records`], which this calls.
 pub fn plan_batch(records: Vec<Value>, config: &Config) -> Plan {
+    let raw: Vec<Box<RawValue>> = records.iter().map(raw_json).collect();
+    plan_records(&raw, config)
+}
+
+/// A parsed JSON value as JSON text again.
+pub(crate) fn raw_json(value: &Value) -> Box<RawValue> {
+    serde_json::value::to_raw_value(value).expect("a JSON value always serializes")
+}
+
+/// Plans a batch of records given as their JSON text. Each record is read once, when it is
+/// planned: the function never holds a whole batch as parsed JSON.
+pub fn plan_records<R: Borrow<RawValue>>(records: &[R], config: &Config) -> Plan {
     let mut plan = Plan {
         records: records.len(),
         ..Plan::default()
     };
-    let mut users: Vec<UserRecords> = Vec::new();
-    let mut index: HashMap<String, usize> = HashMap::new();
+    // At most one user per record: sized once, so a large batch never holds a vector and
+    // its doubled copy at the same time.
+    let mut users: Vec<UserRecords> = Vec::with_capacity(records.len());
+    let mut index: HashMap<String, usize> = HashMap::with_capacity(records.len());
 
     for raw in records {
-        let (event_id, sequence_number) = identity_of(&raw);
-        let record = match serde_json::from_value::<EventRecord>(raw) {
+        let raw = raw.borrow();
+        let record = match serde_json::from_str::<EventRecord>(raw.get()) {
             Ok(record) => record,
             Err(err) => {
+                let (event_id, sequence_number) = identity_of(raw);
                 plan.skipped.push(SkippedRecord {
                     event_id,
                     sequence_number,
@@ -171,10 +191,11 @@ pub fn plan_batch(records: Vec<Value>, config: &Config) -> Plan {
                 users.len() - 1
             }
         };
+        let body = matches!(change, Change::Write).then(|| object_body(&record));
         let user = &mut users[slot];
         user.records += 1;
         user.removed |= matches!(change, Change::Remove);
-        user.last = Some((change, record));
+        user.last = Some((change, body));
     }
 
     plan.users = users
@@ -190,7 +211,7 @@ fn finish(user: UserRecords, scope: DeleteScope) -> UserPlan {
         steps.push(Step::DeletePrefix);
     }
     match user.last {
-        Some((Change::Write, record)) => steps.push(Step::Put(object_body(&record))),
+        Some((Change::Write, Some(body))) => steps.push(Step::Put(body)),
         Some((Change::Remove, _)) if scope == DeleteScope::Object => steps.push(Step::DeleteObject),
         _ => {}
     }
@@ -248,8 +269,10 @@ fn type_name(value: &AttributeValue) -> &'static str {
     }
 }
 
-/// The event ID and sequence number of a raw record, as far as it has them, for logging.
-fn identity_of(raw: &Value) -> (Option<String>, Option<String>) {
+/// The event ID and sequence number of a record that is not a stream record, as far as it has
+/// them, for logging.
+fn identity_of(raw: &RawValue) -> (Option<String>, Option<String>) {
+    let raw: Value = serde_json::from_str(raw.get()).unwrap_or(Value::Null);
     let text = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_owned);
     (
         text(raw.get("eventID")),

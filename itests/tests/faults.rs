@@ -616,7 +616,6 @@ async fn ten_percent_of_s3_requests_failing_lose_nothing() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails until the function's S3 client stops running out of retries under sustained faults (the SDK's retry quota): see README, Reliability"]
 async fn thirty_percent_of_s3_requests_failing_lose_nothing() -> Result<()> {
     inserts_and_deletes_under_faults("rate30", 1000, 300, 0.30, 0x5EED_0030).await
 }
@@ -1163,7 +1162,6 @@ async fn an_emulator_restarted_during_deploy_fails_it_naming_the_step_and_a_seco
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails until the deployer names a stack or bucket that vanished mid-deploy and says to deploy again: see README, Reliability"]
 async fn an_emulator_restarted_during_deploy_is_named_as_the_cause_with_the_fix() -> Result<()> {
     for (phase, _stack, message) in deploys_with_a_restart().await? {
         let lowered = message.to_lowercase();

@@ -62,7 +62,7 @@ pub async fn run(args: DevArgs, target_args: &TargetArgs) -> Result<()> {
     }
 
     eprintln!("watching the stream; write to the table, or press Ctrl-C to stop");
-    eprintln!("(a rebuilt bootstrap, e.g. `cargo build --release -p usersync-function`, is picked up on the next batch)");
+    eprintln!("(a rebuilt bootstrap, e.g. `cargo xtask build --for-local`, is picked up on the next batch)");
     loop {
         tokio::select! {
             signal = tokio::signal::ctrl_c() => {

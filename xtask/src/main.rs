@@ -3,6 +3,7 @@
 //! Exit codes: 0 success, 1 the operation failed, 2 bad usage (unknown flag, invalid value).
 
 mod args;
+mod bench;
 mod build;
 mod console;
 mod deploy;
@@ -48,6 +49,9 @@ enum Command {
     /// Replay the batches in the stack's failure queue: read their records back from the
     /// stream, apply them as the function would, delete the messages replayed
     ReplayFailures(replay::ReplayArgs),
+    /// Measure the function's throughput against the raw S3 limit, its memory and cold start,
+    /// end-to-end latency and deploy times; results under target/bench/
+    Bench(bench::BenchArgs),
     /// Run every check CI runs: format, clippy, unit tests, template lint and the end-to-end suite
     Test(test::TestArgs),
 }
@@ -74,6 +78,7 @@ fn main() -> ExitCode {
         Command::Teardown(args) => runtime.block_on(teardown::run(args, target)),
         Command::ReplayFailures(args) => runtime.block_on(replay::run(args, target)),
         Command::Test(args) => test::run(args),
+        Command::Bench(args) => runtime.block_on(bench::run(args, target)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

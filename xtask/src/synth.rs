@@ -12,9 +12,9 @@ pub struct SynthArgs {
     #[arg(long)]
     yaml: bool,
     /// The code location to write into the template (deploy fills in the real one)
-    #[arg(long, default_value = "usersync-assets-ACCOUNT-REGION")]
+    #[arg(long, default_value = "usersync-assets-account-region")]
     code_bucket: String,
-    #[arg(long, default_value = "STACK/bootstrap-SHA256.zip")]
+    #[arg(long, default_value = "usersync/bootstrap-sha256.zip")]
     code_key: String,
 }
 

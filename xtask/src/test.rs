@@ -7,10 +7,14 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use deployer::fuzz;
 use deployer::local::emulator::ensure_binary;
 use deployer::project::{cargo_command, project_root, state_dir};
-use deployer::tools::ensure_cfn_lint;
+use deployer::tools::{ensure_cfn_lint, ensure_checkov};
 use serde::Deserialize;
+
+/// How long the short fuzz pass runs each target.
+const FUZZ_SECONDS_PER_TARGET: u64 = 20;
 
 #[derive(clap::Args)]
 pub struct TestArgs {
@@ -61,9 +65,12 @@ pub fn run(args: TestArgs) -> Result<()> {
         .context("failed to provide the embedded emulator (fakecloud)")?;
     let cfn_lint = ensure_cfn_lint(&mut |line| eprintln!("[cfn-lint] {line}"))
         .context("failed to provide cfn-lint")?;
+    let checkov = ensure_checkov(&mut |line| eprintln!("[checkov] {line}"))
+        .context("failed to provide checkov")?;
     let env: Vec<(&str, OsString)> = vec![
         ("FAKECLOUD_BIN", emulator.path.into_os_string()),
         ("CFN_LINT", cfn_lint.into_os_string()),
+        ("CHECKOV", checkov.into_os_string()),
     ];
 
     let filter: Vec<&str> = args.cargo_test_args.iter().map(String::as_str).collect();
@@ -104,6 +111,22 @@ pub fn run(args: TestArgs) -> Result<()> {
         None => {}
     }
     e2e?;
+
+    eprintln!(
+        "[xtask test] fuzz: a short pass over every target ({FUZZ_SECONDS_PER_TARGET} s each)"
+    );
+    let started_fuzz = Instant::now();
+    let fuzzed = fuzz::run_short_pass(FUZZ_SECONDS_PER_TARGET, &mut |line| {
+        eprintln!("[fuzz] {line}")
+    })
+    .context("the fuzz step failed")?;
+    let inputs: u64 = fuzzed.targets.iter().filter_map(|t| t.runs).sum();
+    let seconds = started_fuzz.elapsed().as_secs();
+    eprintln!(
+        "[xtask test] fuzz: ok in {seconds}s ({} targets, {inputs} inputs, no failure)",
+        fuzzed.targets.len()
+    );
+    done.push(("fuzz".to_owned(), seconds));
 
     let summary: Vec<String> = done
         .iter()

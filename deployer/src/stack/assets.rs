@@ -152,7 +152,17 @@ pub async fn upload_artifact(
         .server_side_encryption(ServerSideEncryption::Aes256)
         .send()
         .await
-        .map_err(|err| aws_error(format!("upload s3://{bucket}/{key}"), err))?;
+        .map_err(|err| {
+            if aws_sdk_s3::error::ProvideErrorMetadata::code(&err) == Some("NoSuchBucket") {
+                // It was made sure of a moment ago.
+                StackError::Vanished {
+                    what: format!("the assets bucket {bucket}"),
+                    step: "the function archive was uploaded".to_owned(),
+                }
+            } else {
+                aws_error(format!("upload s3://{bucket}/{key}"), err)
+            }
+        })?;
     Ok(UploadedArtifact {
         bucket,
         key,

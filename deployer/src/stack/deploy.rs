@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use aws_sdk_cloudformation::error::ProvideErrorMetadata;
 use aws_sdk_cloudformation::types::{
     Capability, Change, ChangeSetStatus, ChangeSetType, TemplateStage,
 };
@@ -140,11 +141,19 @@ pub async fn deploy(
         .change_set_name(&change_set)
         .send()
         .await
-        .map_err(|err| aws_error(format!("execute the change set of stack {stack}"), err))?;
+        .map_err(|err| {
+            if err.message().is_some_and(|m| m.contains("does not exist")) {
+                vanished(stack, "its change set was executed")
+            } else {
+                aws_error(format!("execute the change set of stack {stack}"), err)
+            }
+        })?;
     let finished = wait_for_stack(target, &stack_id, seen, console).await?;
-    let status = finished
-        .status
-        .unwrap_or_else(|| "DELETE_COMPLETE".to_owned());
+    // Nothing deletes a stack that is being created or updated: if it is gone, the target
+    // lost it.
+    let Some(status) = finished.status else {
+        return Err(vanished(stack, "it was being deployed"));
+    };
     if status != "CREATE_COMPLETE" && status != "UPDATE_COMPLETE" {
         return Err(StackError::DeployFailed {
             stack: stack.to_owned(),
@@ -152,12 +161,22 @@ pub async fn deploy(
             failures: finished.failures,
         });
     }
-    let stack_now = describe_stack(target, &stack_id).await?;
+    let Some(stack_now) = describe_stack(target, &stack_id).await? else {
+        return Err(vanished(stack, "its outputs were read"));
+    };
     Ok(DeployOutcome::Deployed {
         created: creating,
         changes,
-        outputs: stack_now.as_ref().map(outputs_of).unwrap_or_default(),
+        outputs: outputs_of(&stack_now),
     })
+}
+
+/// The stack (with its change set) is gone in the middle of a deploy.
+fn vanished(stack: &str, step: &str) -> StackError {
+    StackError::Vanished {
+        what: format!("stack {stack}"),
+        step: step.to_owned(),
+    }
 }
 
 /// Whether the stack already runs exactly `template_body`. Checked before any change set: it
@@ -203,7 +222,15 @@ async fn wait_for_change_set(
             .change_set_name(change_set)
             .send()
             .await
-            .map_err(|err| aws_error(format!("read the change set of stack {stack}"), err))?;
+            .map_err(|err| {
+                if err.code() == Some("ChangeSetNotFound")
+                    || err.message().is_some_and(|m| m.contains("does not exist"))
+                {
+                    vanished(stack, "its change set was being planned")
+                } else {
+                    aws_error(format!("read the change set of stack {stack}"), err)
+                }
+            })?;
         match described.status() {
             Some(ChangeSetStatus::CreateComplete) => {
                 let mut changes: Vec<String> =

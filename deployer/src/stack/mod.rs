@@ -15,6 +15,7 @@ use aws_sdk_cloudformation::types::Stack;
 pub use assets::{account_id, assets_bucket_name, upload_artifact, UploadedArtifact};
 pub use deploy::{deploy, DeployOutcome};
 pub use status::{status, MappingReport, ResourceReport, StackReport};
+pub(crate) use teardown::delete_all_versions;
 pub use teardown::{teardown, TeardownOutcome};
 
 use crate::target::Target;
@@ -98,6 +99,11 @@ pub enum StackError {
         status: String,
         waited: Duration,
     },
+    #[error(
+        "{what} disappeared while {step}: the target lost it, as an emulator does when it \
+         restarts; run the deploy again, which creates it afresh"
+    )]
+    Vanished { what: String, step: String },
     #[error("failed to read the function archive {path}: {source}; run `cargo xtask build`")]
     Artifact {
         path: std::path::PathBuf,

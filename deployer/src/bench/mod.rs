@@ -1,0 +1,465 @@
+//! `cargo xtask bench`: the function's throughput against the raw S3 limit of the same
+//! endpoint, its memory and cold start, end-to-end latency on the local pipeline, and deploy
+//! times. Performance is measured here, never in timed tests.
+//!
+//! Everything runs against one target: a private embedded emulator (the default) or an
+//! endpoint. The function always runs on this machine, through the local Runtime API host.
+
+pub mod cold_start;
+pub mod deploy_times;
+pub mod end_to_end;
+pub mod process_stats;
+pub mod report;
+pub mod stats;
+pub mod throughput;
+pub mod workload;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Instant, SystemTime};
+
+use aws_credential_types::provider::ProvideCredentials;
+use aws_smithy_types::date_time::Format;
+use aws_smithy_types::DateTime;
+
+use crate::artifact::{self, BuildError, BuildOptions, Purpose};
+use crate::local::emulator::{ensure_binary, Emulator, EmulatorError, FAKECLOUD_VERSION};
+use crate::local::function_host::HostError;
+use crate::stack::StackError;
+use crate::target::{Target, DEFAULT_LOCAL_REGION};
+use crate::workflow::DeployError;
+use report::{BenchReport, Machine, RunSettings, Versions};
+use throughput::{S3Target, SizeResult};
+use workload::{Variant, Workload};
+
+/// Failures of a benchmark run; a run that fails measures nothing and writes nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("failed to provide the embedded emulator: {0}")]
+    Emulator(#[from] EmulatorError),
+    #[error("failed to build the function: {0}")]
+    Build(#[from] BuildError),
+    #[error("failed to start the function: {0}")]
+    Host(#[source] HostError),
+    #[error("the function process went away during the benchmark")]
+    FunctionGone,
+    #[error("the function failed a benchmark batch, so the run measures nothing: {0}")]
+    FunctionFailed(String),
+    #[error("the raw S3 loop failed, so the run measures nothing: {0}")]
+    LimitFailed(String),
+    #[error("failed to {action}: {message}")]
+    Aws { action: String, message: String },
+    #[error("failed to resolve credentials for the function: {0}")]
+    Credentials(String),
+    #[error("failed to deploy the benchmark stack: {0}")]
+    Deploy(#[from] DeployError),
+    #[error(transparent)]
+    Stack(#[from] StackError),
+    #[error("the benchmark stack has no output {0}")]
+    MissingOutput(&'static str),
+    #[error("the local pipeline failed: {0}")]
+    Pipeline(String),
+    #[error("{0}")]
+    Unexpected(String),
+    #[error("failed to draw the chart: {0}")]
+    Chart(String),
+    #[error("failed to write {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{what} must be {expected}")]
+    BadOption {
+        what: &'static str,
+        expected: &'static str,
+    },
+}
+
+/// What to measure and how often.
+#[derive(Clone, Debug)]
+pub struct BenchOptions {
+    /// `None`: a private embedded emulator, stopped at the end.
+    pub endpoint: Option<Target>,
+    pub batch_sizes: Vec<usize>,
+    pub repetitions: usize,
+    /// The raw loop's concurrencies to try; the best is the limit.
+    pub limit_concurrencies: Vec<usize>,
+    /// The function's `MAX_CONCURRENCY` values to sweep (on 1,000-record batches); empty skips.
+    pub function_concurrencies: Vec<usize>,
+    pub cold_start_repetitions: usize,
+    /// Users written for the end-to-end measurement; 0 skips it.
+    pub end_to_end_users: usize,
+    /// Create / no-op / teardown cycles; 0 skips them.
+    pub deploy_repetitions: usize,
+}
+
+impl Default for BenchOptions {
+    fn default() -> Self {
+        Self {
+            endpoint: None,
+            batch_sizes: vec![100, 1_000, 10_000],
+            repetitions: 5,
+            limit_concurrencies: vec![16, 32, 64, 128, 256],
+            function_concurrencies: vec![8, 16, 32, 64, 128, 256],
+            cold_start_repetitions: 10,
+            end_to_end_users: 1_000,
+            deploy_repetitions: 3,
+        }
+    }
+}
+
+impl BenchOptions {
+    fn validate(&self) -> Result<(), BenchError> {
+        let bad = |what, expected| Err(BenchError::BadOption { what, expected });
+        if self.batch_sizes.is_empty() || self.batch_sizes.iter().any(|&n| n == 0 || n > 10_000) {
+            return bad("every batch size", "between 1 and 10000 (Lambda's maximum)");
+        }
+        if self.repetitions == 0 || self.cold_start_repetitions == 0 {
+            return bad("the number of repetitions", "at least 1");
+        }
+        if self.limit_concurrencies.is_empty() || self.limit_concurrencies.contains(&0) {
+            return bad("the raw loop's concurrencies", "a list of numbers above 0");
+        }
+        if self
+            .function_concurrencies
+            .iter()
+            .any(|&n| n == 0 || n > 1024)
+        {
+            return bad("every MAX_CONCURRENCY to sweep", "between 1 and 1024");
+        }
+        Ok(())
+    }
+}
+
+/// Runs the benchmark and returns its report (not yet written; see [`report::write`]).
+pub async fn run(
+    options: &BenchOptions,
+    progress: &mut dyn FnMut(&str),
+) -> Result<BenchReport, BenchError> {
+    options.validate()?;
+    let started = Instant::now();
+    let started_at = DateTime::from(SystemTime::now())
+        .fmt(Format::DateTime)
+        .unwrap_or_default();
+
+    // The target: the function and the raw loop reach S3 directly, bypassing the emulator's
+    // front, which only matters for BatchWriteItem.
+    let (emulator, target, s3_endpoint) = match &options.endpoint {
+        Some(target) => {
+            let url = target.endpoint_url().ok_or(BenchError::BadOption {
+                what: "the benchmark target",
+                expected: "an emulator or endpoint URL (real AWS is not benchmarked)",
+            })?;
+            (None, target.clone(), url)
+        }
+        None => {
+            let binary = tokio::task::block_in_place(|| {
+                ensure_binary(&mut |line| progress(&format!("[fakecloud] {line}")))
+            })?;
+            let log = crate::project::state_dir().join("bench-fakecloud.log");
+            let emulator = Emulator::start(&binary, &log).await?;
+            progress(&format!(
+                "started the embedded emulator at {} (log {})",
+                emulator.endpoint_url(),
+                log.display()
+            ));
+            let target = Target::for_endpoint(&emulator.endpoint_url(), DEFAULT_LOCAL_REGION);
+            let direct = emulator.direct_url();
+            (Some(emulator), target, direct)
+        }
+    };
+
+    progress("building the function (profile lambda-artifact)");
+    let artifact = tokio::task::block_in_place(|| {
+        artifact::build(
+            &BuildOptions {
+                architecture: None,
+                purpose: Purpose::Local,
+            },
+            &mut |line| progress(line),
+        )
+    })?;
+
+    let s3 = s3_target(&target, &s3_endpoint).await?;
+    let result = measure_all(options, &target, &artifact, &s3, progress).await;
+    cleanup_bucket(&target, &s3).await;
+    drop(emulator);
+    let mut parts = result?;
+
+    let mut report = BenchReport {
+        schema: report::SCHEMA_VERSION,
+        started_at,
+        duration_s: started.elapsed().as_secs_f64(),
+        machine: machine(),
+        versions: Versions {
+            usersync: env!("CARGO_PKG_VERSION").to_owned(),
+            rustc: rustc_version(),
+            fakecloud: options
+                .endpoint
+                .is_none()
+                .then(|| FAKECLOUD_VERSION.to_owned()),
+        },
+        settings: RunSettings {
+            target: match &options.endpoint {
+                Some(target) => target.describe(),
+                None => "embedded emulator".to_owned(),
+            },
+            batch_sizes: options.batch_sizes.clone(),
+            repetitions: options.repetitions,
+            function_max_concurrency: "the function's default".to_owned(),
+            limit_concurrency_candidates: options.limit_concurrencies.clone(),
+            cold_start_repetitions: options.cold_start_repetitions,
+            end_to_end_users: options.end_to_end_users,
+            deploy_repetitions: options.deploy_repetitions,
+        },
+        throughput: std::mem::take(&mut parts.throughput),
+        limit_sweep: parts.limit_sweep,
+        limit_concurrency: parts.limit_concurrency,
+        function_concurrency_sweep: parts.function_concurrency_sweep,
+        cold_start_ms: parts.cold_start.to_first_next_ms.median,
+        cold_start: parts.cold_start,
+        noop_deploy_ms: parts.deploy.as_ref().map(|d| d.noop_deploy_ms.median),
+        end_to_end: parts.end_to_end,
+        deploy: parts.deploy,
+        targets: Vec::new(),
+    };
+    report.targets = report::check_targets(&report);
+    Ok(report)
+}
+
+struct Parts {
+    throughput: Vec<SizeResult>,
+    limit_sweep: Vec<throughput::LimitRun>,
+    limit_concurrency: usize,
+    function_concurrency_sweep: Vec<throughput::FunctionRun>,
+    cold_start: cold_start::ColdStartRun,
+    end_to_end: Option<end_to_end::EndToEndRun>,
+    deploy: Option<deploy_times::DeployRun>,
+}
+
+async fn measure_all(
+    options: &BenchOptions,
+    target: &Target,
+    artifact: &artifact::Artifact,
+    s3: &S3Target,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Parts, BenchError> {
+    let binary = &artifact.binary_path;
+    let reps = options.repetitions;
+
+    let sweep_size = options
+        .batch_sizes
+        .iter()
+        .copied()
+        .max()
+        .unwrap_or(1000)
+        .min(1000);
+    progress(&format!(
+        "finding the raw S3 limit: a plain SDK loop of {sweep_size} operations at several concurrencies"
+    ));
+    let sweep_ops = Workload::new(Variant::Mixed, sweep_size, "sweep").s3_operations();
+    let (limit_concurrency, limit_sweep) = throughput::best_limit_concurrency(
+        s3,
+        &sweep_ops,
+        &options.limit_concurrencies,
+        reps.min(3),
+        progress,
+    )
+    .await?;
+
+    let mut sizes = Vec::new();
+    for &records in &options.batch_sizes {
+        progress(&format!("batches of {records} records"));
+        let mixed = Workload::new(Variant::Mixed, records, &format!("m{records}"));
+        let function =
+            throughput::measure_function(binary, s3, &mixed, Variant::Mixed, None, reps).await?;
+        progress(&format!(
+            "  function, mixed: {:>8.0} records/s, batch {:.0} ms, peak RSS {:.1} MiB",
+            function.records_per_s,
+            function.batch_ms.median,
+            function.peak_rss_bytes as f64 / 1048576.0
+        ));
+        let churned = Workload::new(Variant::Churn, records, &format!("c{records}"));
+        let churn =
+            throughput::measure_function(binary, s3, &churned, Variant::Churn, None, reps).await?;
+        progress(&format!(
+            "  function, churn: {:>8.0} records/s",
+            churn.records_per_s
+        ));
+        let limit =
+            throughput::measure_limit(s3, &mixed.s3_operations(), limit_concurrency, reps).await?;
+        progress(&format!(
+            "  raw S3 loop:     {:>8.0} operations/s (concurrency {limit_concurrency})",
+            limit.operations_per_s
+        ));
+        sizes.push(SizeResult::new(function, churn, limit));
+    }
+
+    let mut function_concurrency_sweep = Vec::new();
+    if !options.function_concurrencies.is_empty() {
+        let records = sweep_size;
+        progress(&format!(
+            "the function by MAX_CONCURRENCY, on batches of {records} records"
+        ));
+        let workload = Workload::new(Variant::Mixed, records, "mc");
+        for &concurrency in &options.function_concurrencies {
+            let run = throughput::measure_function(
+                binary,
+                s3,
+                &workload,
+                Variant::Mixed,
+                Some(concurrency),
+                reps,
+            )
+            .await?;
+            progress(&format!(
+                "  MAX_CONCURRENCY {concurrency:>4}: {:>8.0} records/s",
+                run.records_per_s
+            ));
+            function_concurrency_sweep.push(run);
+        }
+    }
+
+    progress("cold starts");
+    let cold_start = cold_start::measure(binary, s3, options.cold_start_repetitions).await?;
+
+    let end_to_end = if options.end_to_end_users > 0 {
+        progress(&format!(
+            "end to end: {} users with BatchWriteItem through the local pipeline",
+            options.end_to_end_users
+        ));
+        Some(
+            end_to_end::measure(
+                target,
+                artifact,
+                options.end_to_end_users,
+                &format!("bench-e2e-{}", std::process::id()),
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
+
+    let deploy = if options.deploy_repetitions > 0 {
+        progress("deploy: a new stack, a no-change deploy and a teardown");
+        Some(
+            deploy_times::measure(
+                target,
+                options.deploy_repetitions,
+                &format!("bench-deploy-{}", std::process::id()),
+                progress,
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
+
+    Ok(Parts {
+        throughput: sizes,
+        limit_sweep,
+        limit_concurrency,
+        function_concurrency_sweep,
+        cold_start,
+        end_to_end,
+        deploy,
+    })
+}
+
+/// Creates the benchmark's bucket and the clients to write it.
+async fn s3_target(target: &Target, endpoint_url: &str) -> Result<S3Target, BenchError> {
+    let provider = target
+        .sdk
+        .credentials_provider()
+        .ok_or_else(|| BenchError::Credentials("the target has no credentials".to_owned()))?;
+    let credentials = provider
+        .provide_credentials()
+        .await
+        .map_err(|err| BenchError::Credentials(err.to_string()))?;
+    let mut environment = BTreeMap::from([
+        (
+            "AWS_ACCESS_KEY_ID".to_owned(),
+            credentials.access_key_id().to_owned(),
+        ),
+        (
+            "AWS_SECRET_ACCESS_KEY".to_owned(),
+            credentials.secret_access_key().to_owned(),
+        ),
+    ]);
+    if let Some(token) = credentials.session_token() {
+        environment.insert("AWS_SESSION_TOKEN".to_owned(), token.to_owned());
+    }
+    let region = target.region();
+    let client = throughput::s3_client_like_the_function(endpoint_url, &region, credentials).await;
+    let bucket = format!("usersync-bench-{}", std::process::id());
+    client
+        .create_bucket()
+        .bucket(&bucket)
+        .send()
+        .await
+        .map_err(|err| BenchError::Aws {
+            action: format!("create bucket {bucket}"),
+            message: aws_sdk_s3::error::DisplayErrorContext(err).to_string(),
+        })?;
+    Ok(S3Target {
+        endpoint_url: endpoint_url.to_owned(),
+        region,
+        bucket,
+        credentials: environment,
+        client,
+    })
+}
+
+/// Empties and removes the benchmark's bucket; a leftover bucket is only reported.
+async fn cleanup_bucket(target: &Target, s3: &S3Target) {
+    let emptied = crate::stack::delete_all_versions(target, &s3.bucket, None).await;
+    let deleted = s3.client.delete_bucket().bucket(&s3.bucket).send().await;
+    if emptied.is_err() || deleted.is_err() {
+        eprintln!(
+            "warning: failed to remove the benchmark bucket {}; remove it by hand",
+            s3.bucket
+        );
+    }
+}
+
+fn machine() -> Machine {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|line| line.starts_with("model name"))
+                .and_then(|line| line.split_once(':'))
+                .map(|(_, name)| name.trim().to_owned())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_owned());
+    let memory_bytes = <procfs::Meminfo as procfs::Current>::current()
+        .map(|m| m.mem_total)
+        .unwrap_or(0);
+    let os = std::fs::read_to_string("/etc/os-release")
+        .ok()
+        .and_then(|release| {
+            release
+                .lines()
+                .find_map(|line| line.strip_prefix("PRETTY_NAME="))
+                .map(|name| name.trim_matches('"').to_owned())
+        })
+        .unwrap_or_else(|| std::env::consts::OS.to_owned());
+    Machine {
+        cpu,
+        cores: std::thread::available_parallelism().map_or(1, usize::from),
+        memory_bytes,
+        os,
+    }
+}
+
+fn rustc_version() -> String {
+    std::process::Command::new(crate::project::toolchain_program("RUSTC", "rustc"))
+        .arg("--version")
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        .unwrap_or_else(|| "rustc (unknown version)".to_owned())
+}

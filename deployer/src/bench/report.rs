@@ -1,0 +1,552 @@
+//! The benchmark's results: the report (stable JSON field names), the targets it is held to,
+//! the terminal table and the throughput chart.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use plotters::prelude::*;
+use serde::Serialize;
+
+use super::cold_start::ColdStartRun;
+use super::deploy_times::DeployRun;
+use super::end_to_end::EndToEndRun;
+use super::throughput::{FunctionRun, LimitRun, SizeResult};
+use super::BenchError;
+
+/// Bumped when a field changes meaning or goes away.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Everything one run measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchReport {
+    pub schema: u32,
+    /// When the run started, RFC 3339 UTC.
+    pub started_at: String,
+    pub duration_s: f64,
+    pub machine: Machine,
+    pub versions: Versions,
+    pub settings: RunSettings,
+    /// Per batch size: `records`, `records_per_s`, `limit_records_per_s`, `ratio`,
+    /// `peak_rss_bytes`, and the runs behind them.
+    pub throughput: Vec<SizeResult>,
+    /// The raw loop at each concurrency tried; the best one is the limit.
+    pub limit_sweep: Vec<LimitRun>,
+    pub limit_concurrency: usize,
+    /// The function at each `MAX_CONCURRENCY` tried (mixed batches).
+    pub function_concurrency_sweep: Vec<FunctionRun>,
+    /// Median spawn to first `/next`.
+    pub cold_start_ms: f64,
+    pub cold_start: ColdStartRun,
+    pub end_to_end: Option<EndToEndRun>,
+    /// Median no-change `deploy`.
+    pub noop_deploy_ms: Option<f64>,
+    pub deploy: Option<DeployRun>,
+    pub targets: Vec<TargetCheck>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Machine {
+    pub cpu: String,
+    pub cores: usize,
+    pub memory_bytes: u64,
+    pub os: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Versions {
+    pub usersync: String,
+    pub rustc: String,
+    pub fakecloud: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct RunSettings {
+    /// `embedded emulator` or the endpoint URL.
+    pub target: String,
+    pub batch_sizes: Vec<usize>,
+    pub repetitions: usize,
+    pub function_max_concurrency: String,
+    pub limit_concurrency_candidates: Vec<usize>,
+    pub cold_start_repetitions: usize,
+    pub end_to_end_users: usize,
+    pub deploy_repetitions: usize,
+}
+
+/// One target and whether this run met it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TargetCheck {
+    pub name: String,
+    /// Such as `>= 0.90` or `< 40 MiB`.
+    pub target: String,
+    pub measured: f64,
+    pub unit: String,
+    pub met: bool,
+}
+
+/// The targets of the benchmark, checked against `report`.
+pub fn check_targets(report: &BenchReport) -> Vec<TargetCheck> {
+    let mut checks = Vec::new();
+    if let Some(largest) = report.throughput.iter().max_by_key(|r| r.records) {
+        checks.push(TargetCheck {
+            name: format!("throughput at {} records / raw S3 limit", largest.records),
+            target: ">= 0.90".into(),
+            measured: round(largest.ratio, 3),
+            unit: "ratio".into(),
+            met: largest.ratio >= 0.90,
+        });
+        let mib = largest.peak_rss_bytes as f64 / (1024.0 * 1024.0);
+        checks.push(TargetCheck {
+            name: format!("peak RSS of bootstrap at {} records", largest.records),
+            target: "< 40 MiB".into(),
+            measured: round(mib, 1),
+            unit: "MiB".into(),
+            met: mib < 40.0,
+        });
+    }
+    checks.push(TargetCheck {
+        name: "cold start to first /next".into(),
+        target: "< 50 ms".into(),
+        measured: round(report.cold_start_ms, 1),
+        unit: "ms".into(),
+        met: report.cold_start_ms < 50.0,
+    });
+    if let Some(noop) = report.noop_deploy_ms {
+        checks.push(TargetCheck {
+            name: "no-change deploy".into(),
+            target: "< 3 s".into(),
+            measured: round(noop / 1000.0, 2),
+            unit: "s".into(),
+            met: noop < 3000.0,
+        });
+    }
+    checks
+}
+
+fn round(value: f64, digits: i32) -> f64 {
+    let scale = 10f64.powi(digits);
+    (value * scale).round() / scale
+}
+
+/// The terminal table.
+pub fn render_table(report: &BenchReport) -> String {
+    let mut out = String::new();
+    let m = &report.machine;
+    let _ = writeln!(
+        out,
+        "machine: {} ({} cores, {:.1} GiB), {}",
+        m.cpu,
+        m.cores,
+        m.memory_bytes as f64 / (1024.0 * 1024.0 * 1024.0),
+        m.os
+    );
+    let _ = writeln!(
+        out,
+        "versions: usersync {}, {}, fakecloud {}; target: {}; {} repetitions, medians (min-max)",
+        report.versions.usersync,
+        report.versions.rustc,
+        report.versions.fakecloud.as_deref().unwrap_or("-"),
+        report.settings.target,
+        report.settings.repetitions
+    );
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "{:>8}  {:>20}  {:>20}  {:>6}  {:>20}  {:>9}  {:>14}  {:>9}",
+        "records",
+        "function rec/s",
+        "raw S3 limit op/s",
+        "ratio",
+        "churn variant rec/s",
+        "batch ms",
+        "CPU ms fn/loop",
+        "peak RSS"
+    );
+    for size in &report.throughput {
+        let f = &size.function;
+        let _ = writeln!(
+            out,
+            "{:>8}  {:>20}  {:>20}  {:>6.2}  {:>20}  {:>9}  {:>14}  {:>5.1} MiB",
+            size.records,
+            spread(
+                f.records_per_s_spread.median,
+                f.records_per_s_spread.min,
+                f.records_per_s_spread.max
+            ),
+            spread(
+                size.limit.operations_per_s_spread.median,
+                size.limit.operations_per_s_spread.min,
+                size.limit.operations_per_s_spread.max
+            ),
+            size.ratio,
+            spread(
+                size.churn.records_per_s_spread.median,
+                size.churn.records_per_s_spread.min,
+                size.churn.records_per_s_spread.max
+            ),
+            format!("{:.0}", f.batch_ms.median),
+            format!("{:.0}/{:.0}", f.cpu_ms.median, size.limit.cpu_ms.median),
+            size.peak_rss_bytes as f64 / (1024.0 * 1024.0)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "raw S3 limit measured at concurrency {} (best of {:?})",
+        report.limit_concurrency, report.settings.limit_concurrency_candidates
+    );
+    if !report.function_concurrency_sweep.is_empty() {
+        let sweep: Vec<String> = report
+            .function_concurrency_sweep
+            .iter()
+            .map(|run| {
+                format!(
+                    "{}: {:.0}",
+                    run.max_concurrency.unwrap_or_default(),
+                    run.records_per_s
+                )
+            })
+            .collect();
+        let records = report
+            .function_concurrency_sweep
+            .first()
+            .map_or(0, |r| r.records);
+        let _ = writeln!(
+            out,
+            "function by MAX_CONCURRENCY ({records} records, rec/s): {}",
+            sweep.join(", ")
+        );
+    }
+    let c = &report.cold_start;
+    let _ = writeln!(
+        out,
+        "cold start: first /next {} ms, first response {} ms ({} starts)",
+        spread(
+            c.to_first_next_ms.median,
+            c.to_first_next_ms.min,
+            c.to_first_next_ms.max
+        ),
+        spread(
+            c.to_first_response_ms.median,
+            c.to_first_response_ms.min,
+            c.to_first_response_ms.max
+        ),
+        c.repetitions
+    );
+    if let Some(e2e) = &report.end_to_end {
+        let _ = writeln!(
+            out,
+            "end to end ({} users, BatchWriteItem; batch size {}, window {} s): p50 {:.0} ms, p99 {:.0} ms, last write to last object {:.0} ms",
+            e2e.users, e2e.batch_size, e2e.maximum_batching_window_seconds, e2e.p50_ms, e2e.p99_ms, e2e.last_write_to_last_object_ms
+        );
+    }
+    if let Some(d) = &report.deploy {
+        let _ = writeln!(
+            out,
+            "deploy: create {} ms, no-change {} ms, teardown {} ms",
+            spread(d.create_ms.median, d.create_ms.min, d.create_ms.max),
+            spread(
+                d.noop_deploy_ms.median,
+                d.noop_deploy_ms.min,
+                d.noop_deploy_ms.max
+            ),
+            spread(d.teardown_ms.median, d.teardown_ms.min, d.teardown_ms.max)
+        );
+    }
+    let _ = writeln!(out);
+    for check in &report.targets {
+        let _ = writeln!(
+            out,
+            "{} {}: {} {} (target {})",
+            if check.met { "met   " } else { "MISSED" },
+            check.name,
+            check.measured,
+            check.unit,
+            check.target
+        );
+    }
+    out
+}
+
+fn spread(median: f64, min: f64, max: f64) -> String {
+    format!("{median:.0} ({min:.0}-{max:.0})")
+}
+
+/// Where a run's files go: `<target>/bench/`.
+pub fn output_dir() -> PathBuf {
+    crate::project::target_dir().join("bench")
+}
+
+/// Writes `<dir>/<started_at>.json`, `<dir>/latest.json` and `<dir>/throughput.svg`; returns
+/// the paths written.
+pub fn write(report: &BenchReport, dir: &Path) -> Result<Vec<PathBuf>, BenchError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| BenchError::Write { path, source }
+    };
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let json = serde_json::to_string_pretty(report).expect("the report always serializes");
+    let stamp: String = report
+        .started_at
+        .chars()
+        .map(|c| if c == ':' { '-' } else { c })
+        .collect();
+    let run_path = dir.join(format!("{stamp}.json"));
+    let latest_path = dir.join("latest.json");
+    std::fs::write(&run_path, &json).map_err(io(&run_path))?;
+    std::fs::write(&latest_path, &json).map_err(io(&latest_path))?;
+    let chart_path = dir.join("throughput.svg");
+    std::fs::write(&chart_path, throughput_chart(report)?).map_err(io(&chart_path))?;
+    Ok(vec![run_path, latest_path, chart_path])
+}
+
+/// An SVG chart of records per second against batch size (logarithmic), for the function's
+/// two mixes, with the raw S3 limit drawn in.
+pub fn throughput_chart(report: &BenchReport) -> Result<String, BenchError> {
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (800, 480)).into_drawing_area();
+        draw_chart(&root, report).map_err(|err| BenchError::Chart(err.to_string()))?;
+        root.present()
+            .map_err(|err| BenchError::Chart(err.to_string()))?;
+    }
+    Ok(svg)
+}
+
+/// A line of the chart: its label, colour and points.
+type Series = (&'static str, RGBColor, Vec<(f64, f64)>);
+
+fn draw_chart<DB: DrawingBackend>(
+    root: &DrawingArea<DB, plotters::coord::Shift>,
+    report: &BenchReport,
+) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+    root.fill(&WHITE)?;
+    let sizes: Vec<f64> = report.throughput.iter().map(|r| r.records as f64).collect();
+    let (min_x, max_x) = (
+        sizes.iter().copied().fold(f64::INFINITY, f64::min).max(1.0),
+        sizes.iter().copied().fold(0.0, f64::max).max(2.0),
+    );
+    let max_y = report
+        .throughput
+        .iter()
+        .flat_map(|r| {
+            [
+                r.records_per_s,
+                r.limit_records_per_s,
+                r.churn.records_per_s,
+            ]
+        })
+        .fold(1.0, f64::max)
+        * 1.15;
+    let mut chart = ChartBuilder::on(root)
+        .caption(
+            "usersync: function throughput against the raw S3 limit",
+            ("sans-serif", 20),
+        )
+        .margin(16)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d((min_x * 0.8..max_x * 1.25).log_scale(), 0.0..max_y)?;
+    chart
+        .configure_mesh()
+        .x_desc("records per batch")
+        .y_desc("records per second")
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .y_label_formatter(&|y| format!("{y:.0}"))
+        .draw()?;
+    let series: [Series; 3] = [
+        (
+            "function, 80% insert / 20% remove",
+            BLUE,
+            report
+                .throughput
+                .iter()
+                .map(|r| (r.records as f64, r.records_per_s))
+                .collect(),
+        ),
+        (
+            "function, a tenth inserted and removed",
+            GREEN,
+            report
+                .throughput
+                .iter()
+                .map(|r| (r.records as f64, r.churn.records_per_s))
+                .collect(),
+        ),
+        (
+            "raw S3 limit (plain SDK loop)",
+            RED,
+            report
+                .throughput
+                .iter()
+                .map(|r| (r.records as f64, r.limit_records_per_s))
+                .collect(),
+        ),
+    ];
+    for (label, color, points) in series {
+        chart
+            .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?
+            .label(label)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+        chart.draw_series(
+            points
+                .into_iter()
+                .map(|point| Circle::new(point, 4, color.filled())),
+        )?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::stats::Summary;
+    use super::super::workload::Variant;
+    use super::*;
+
+    fn function_run(variant: Variant, records: usize, rate: f64, rss: u64) -> FunctionRun {
+        FunctionRun {
+            variant,
+            records,
+            max_concurrency: None,
+            repetitions: 3,
+            records_per_s: rate,
+            records_per_s_spread: Summary::of(&[rate]),
+            batch_ms: Summary::of(&[records as f64 / rate * 1000.0]),
+            cpu_ms: Summary::of(&[1.0]),
+            peak_rss_bytes: rss,
+        }
+    }
+
+    fn limit_run(records: usize, rate: f64) -> LimitRun {
+        LimitRun {
+            operations: records,
+            concurrency: 64,
+            repetitions: 3,
+            operations_per_s: rate,
+            operations_per_s_spread: Summary::of(&[rate]),
+            cpu_ms: Summary::of(&[1.0]),
+        }
+    }
+
+    fn sample() -> BenchReport {
+        let sizes = [(100, 900.0, 1000.0), (10_000, 950.0, 1000.0)];
+        BenchReport {
+            schema: SCHEMA_VERSION,
+            started_at: "2026-12-02T10:00:00Z".into(),
+            duration_s: 1.0,
+            machine: Machine {
+                cpu: "test".into(),
+                cores: 2,
+                memory_bytes: 1 << 30,
+                os: "test".into(),
+            },
+            versions: Versions {
+                usersync: "0.1.0".into(),
+                rustc: "rustc".into(),
+                fakecloud: Some("0.51.0".into()),
+            },
+            settings: RunSettings {
+                target: "embedded emulator".into(),
+                batch_sizes: vec![100, 10_000],
+                repetitions: 3,
+                function_max_concurrency: "default".into(),
+                limit_concurrency_candidates: vec![64],
+                cold_start_repetitions: 1,
+                end_to_end_users: 0,
+                deploy_repetitions: 0,
+            },
+            throughput: sizes
+                .iter()
+                .map(|&(records, rate, limit)| {
+                    SizeResult::new(
+                        function_run(Variant::Mixed, records, rate, 30 << 20),
+                        function_run(Variant::Churn, records, rate * 1.1, 31 << 20),
+                        limit_run(records, limit),
+                    )
+                })
+                .collect(),
+            limit_sweep: vec![limit_run(1000, 1000.0)],
+            limit_concurrency: 64,
+            function_concurrency_sweep: Vec::new(),
+            cold_start_ms: 12.0,
+            cold_start: ColdStartRun {
+                repetitions: 1,
+                to_first_next_ms: Summary::of(&[12.0]),
+                to_first_response_ms: Summary::of(&[20.0]),
+            },
+            end_to_end: None,
+            noop_deploy_ms: Some(3500.0),
+            deploy: None,
+            targets: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn targets_are_judged_on_the_largest_batch() {
+        let checks = check_targets(&sample());
+        let by_name = |prefix: &str| {
+            checks
+                .iter()
+                .find(|c| c.name.starts_with(prefix))
+                .unwrap_or_else(|| panic!("no check {prefix}"))
+                .clone()
+        };
+        let ratio = by_name("throughput at 10000");
+        assert_eq!(ratio.measured, 0.95);
+        assert!(ratio.met);
+        let rss = by_name("peak RSS");
+        assert_eq!(rss.measured, 31.0);
+        assert!(rss.met);
+        assert!(by_name("cold start").met);
+        let deploy = by_name("no-change deploy");
+        assert_eq!(deploy.measured, 3.5);
+        assert!(!deploy.met);
+    }
+
+    #[test]
+    fn the_report_has_its_stable_field_names() {
+        let json = serde_json::to_value(sample()).unwrap();
+        for field in [
+            "records",
+            "records_per_s",
+            "limit_records_per_s",
+            "ratio",
+            "peak_rss_bytes",
+        ] {
+            assert!(json["throughput"][0].get(field).is_some(), "{field}");
+        }
+        assert_eq!(json["cold_start_ms"], 12.0);
+        assert_eq!(json["noop_deploy_ms"], 3500.0);
+    }
+
+    #[test]
+    fn the_chart_is_an_svg_with_the_three_series_and_the_table_names_every_size() {
+        let mut report = sample();
+        report.targets = check_targets(&report);
+        let svg = throughput_chart(&report).unwrap();
+        assert!(svg.starts_with("<svg"), "{}", &svg[..40.min(svg.len())]);
+        for label in ["raw S3 limit", "80% insert", "a tenth inserted"] {
+            assert!(svg.contains(label), "{label}");
+        }
+        let table = render_table(&report);
+        assert!(
+            table.contains("  10000 ") || table.contains("   10000"),
+            "{table}"
+        );
+        assert!(table.contains("MISSED no-change deploy"), "{table}");
+    }
+
+    #[test]
+    fn runs_are_written_as_json_latest_and_the_chart() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = write(&sample(), dir.path()).unwrap();
+        assert_eq!(paths.len(), 3);
+        assert!(dir.path().join("latest.json").is_file());
+        assert!(dir.path().join("2026-12-02T10-00-00Z.json").is_file());
+        assert!(dir.path().join("throughput.svg").is_file());
+    }
+}

@@ -1,0 +1,328 @@
+//! Function throughput against the raw S3 limit: the real `bootstrap` run by the local
+//! Runtime API host on batches of several sizes, and a plain SDK loop doing the same S3
+//! operations against the same endpoint, in the same run.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::stream::{self, StreamExt};
+use serde::Serialize;
+use serde_json::Value;
+
+use super::process_stats;
+use super::stats::Summary;
+use super::workload::{S3Operation, Variant, Workload};
+use super::BenchError;
+use crate::local::function_host::{FunctionHost, FunctionSpec, OutputSink};
+use crate::local::invoke::{InvokeOutcome, Invoker};
+
+/// Where the function and the loop write.
+pub struct S3Target {
+    pub endpoint_url: String,
+    pub region: String,
+    pub bucket: String,
+    /// Credentials the function process is given (`AWS_ACCESS_KEY_ID`, …).
+    pub credentials: BTreeMap<String, String>,
+    /// A client built as the function builds its own (`aws_config` defaults, path-style).
+    pub client: aws_sdk_s3::Client,
+}
+
+/// One function measurement: a batch size and mix, repeated in one process.
+#[derive(Clone, Debug, Serialize)]
+pub struct FunctionRun {
+    pub variant: Variant,
+    pub records: usize,
+    pub max_concurrency: Option<usize>,
+    pub repetitions: usize,
+    /// Records per second, median of the repetitions.
+    pub records_per_s: f64,
+    pub records_per_s_spread: Summary,
+    pub batch_ms: Summary,
+    /// CPU time of the function process per batch.
+    pub cpu_ms: Summary,
+    /// Peak resident memory of the function process over all repetitions.
+    pub peak_rss_bytes: u64,
+}
+
+/// One raw-loop measurement.
+#[derive(Clone, Debug, Serialize)]
+pub struct LimitRun {
+    pub operations: usize,
+    pub concurrency: usize,
+    pub repetitions: usize,
+    /// Operations per second, median of the repetitions: one operation per record.
+    pub operations_per_s: f64,
+    pub operations_per_s_spread: Summary,
+    /// CPU time of the benchmark's own process per round (the loop, with nothing else
+    /// running in it meanwhile), to compare with the function's.
+    pub cpu_ms: Summary,
+}
+
+/// Runs `workload`'s event through a fresh function process `repetitions` times.
+pub async fn measure_function(
+    binary: &Path,
+    s3: &S3Target,
+    workload: &Workload,
+    variant: Variant,
+    max_concurrency: Option<usize>,
+    repetitions: usize,
+) -> Result<FunctionRun, BenchError> {
+    let host = start_function(binary, s3, max_concurrency).await?;
+    let event = workload.event();
+    // One batch first, so that the measured ones find the connection pool warm, as a Lambda
+    // environment that has served a batch does.
+    invoke_checked(&host, event.clone()).await?;
+    let pid = host.pid().ok_or(BenchError::FunctionGone)?;
+    let mut seconds = Vec::with_capacity(repetitions);
+    let mut cpu_ms = Vec::with_capacity(repetitions);
+    for _ in 0..repetitions {
+        let before = process_stats::read(pid).ok_or(BenchError::FunctionGone)?;
+        let started = Instant::now();
+        invoke_checked(&host, event.clone()).await?;
+        seconds.push(started.elapsed().as_secs_f64());
+        let after = process_stats::read(pid).ok_or(BenchError::FunctionGone)?;
+        cpu_ms.push((after.cpu.saturating_sub(before.cpu)).as_secs_f64() * 1000.0);
+    }
+    let peak_rss_bytes = process_stats::read(pid)
+        .ok_or(BenchError::FunctionGone)?
+        .peak_rss_bytes;
+    host.shutdown().await;
+    let records = workload.records();
+    let rates: Vec<f64> = seconds.iter().map(|s| records as f64 / s).collect();
+    let rate = Summary::of(&rates);
+    Ok(FunctionRun {
+        variant,
+        records,
+        max_concurrency,
+        repetitions,
+        records_per_s: rate.median,
+        records_per_s_spread: rate,
+        batch_ms: Summary::of(&seconds.iter().map(|s| s * 1000.0).collect::<Vec<_>>()),
+        cpu_ms: Summary::of(&cpu_ms),
+        peak_rss_bytes,
+    })
+}
+
+/// Starts the function for `s3` with the environment a deployed stack gives it.
+pub async fn start_function(
+    binary: &Path,
+    s3: &S3Target,
+    max_concurrency: Option<usize>,
+) -> Result<FunctionHost, BenchError> {
+    let mut spec = FunctionSpec::new(binary, "usersync-bench");
+    spec.region = s3.region.clone();
+    spec.memory_mb = 256;
+    spec.timeout = Duration::from_secs(300);
+    spec.environment = s3.credentials.clone();
+    spec.environment.extend([
+        ("BUCKET_NAME".to_owned(), s3.bucket.clone()),
+        ("AWS_ENDPOINT_URL".to_owned(), s3.endpoint_url.clone()),
+        ("S3_FORCE_PATH_STYLE".to_owned(), "true".to_owned()),
+        ("AWS_LAMBDA_LOG_FORMAT".to_owned(), "JSON".to_owned()),
+    ]);
+    if let Some(concurrency) = max_concurrency {
+        spec.environment
+            .insert("MAX_CONCURRENCY".to_owned(), concurrency.to_string());
+    }
+    FunctionHost::start_with_output(spec, function_output())
+        .await
+        .map_err(BenchError::Host)
+}
+
+/// The function's warnings and errors go to standard error; its batch summaries are not
+/// needed here.
+fn function_output() -> OutputSink {
+    OutputSink::new(|line| {
+        let text = line.text;
+        if text.contains("\"WARN\"") || text.contains("\"ERROR\"") || !text.starts_with('{') {
+            eprintln!("[bootstrap] {text}");
+        }
+    })
+}
+
+/// Invokes and insists on a response with no batch item failures: a benchmark of a function
+/// that failed would measure nothing.
+pub async fn invoke_checked(host: &FunctionHost, event: Value) -> Result<Value, BenchError> {
+    match host.invoke(event).await {
+        InvokeOutcome::Response(response) => {
+            let failures = response
+                .get("batchItemFailures")
+                .and_then(Value::as_array)
+                .map_or(0, Vec::len);
+            if failures > 0 {
+                return Err(BenchError::FunctionFailed(format!(
+                    "{failures} user(s) failed: {response}"
+                )));
+            }
+            Ok(response)
+        }
+        other => Err(BenchError::FunctionFailed(format!("{other:?}"))),
+    }
+}
+
+/// Runs `operations` with a plain SDK loop at `concurrency`, `repetitions` times.
+pub async fn measure_limit(
+    s3: &S3Target,
+    operations: &[S3Operation],
+    concurrency: usize,
+    repetitions: usize,
+) -> Result<LimitRun, BenchError> {
+    // Warm the connection pool to the same size the measured rounds use.
+    run_operations(s3, operations, concurrency).await?;
+    let mut rates = Vec::with_capacity(repetitions);
+    let mut cpu_ms = Vec::with_capacity(repetitions);
+    let own = std::process::id();
+    for _ in 0..repetitions {
+        let before = process_stats::read(own).unwrap_or_default();
+        let started = Instant::now();
+        run_operations(s3, operations, concurrency).await?;
+        rates.push(operations.len() as f64 / started.elapsed().as_secs_f64());
+        let after = process_stats::read(own).unwrap_or_default();
+        cpu_ms.push(after.cpu.saturating_sub(before.cpu).as_secs_f64() * 1000.0);
+    }
+    let rate = Summary::of(&rates);
+    Ok(LimitRun {
+        operations: operations.len(),
+        concurrency,
+        repetitions,
+        operations_per_s: rate.median,
+        operations_per_s_spread: rate,
+        cpu_ms: Summary::of(&cpu_ms),
+    })
+}
+
+async fn run_operations(
+    s3: &S3Target,
+    operations: &[S3Operation],
+    concurrency: usize,
+) -> Result<(), BenchError> {
+    let failed = AtomicUsize::new(0);
+    let first_error = std::sync::Mutex::new(None::<String>);
+    stream::iter(operations)
+        .for_each_concurrent(concurrency, |operation| {
+            let client = s3.client.clone();
+            let bucket = s3.bucket.clone();
+            let failed = &failed;
+            let first_error = &first_error;
+            async move {
+                let result = match operation {
+                    S3Operation::Put { key, body } => client
+                        .put_object()
+                        .bucket(bucket)
+                        .key(key)
+                        .content_type("application/json")
+                        .body(body.clone().into())
+                        .send()
+                        .await
+                        .map(drop)
+                        .map_err(|err| aws_sdk_s3::error::DisplayErrorContext(err).to_string()),
+                    S3Operation::Delete { key } => client
+                        .delete_object()
+                        .bucket(bucket)
+                        .key(key)
+                        .send()
+                        .await
+                        .map(drop)
+                        .map_err(|err| aws_sdk_s3::error::DisplayErrorContext(err).to_string()),
+                };
+                if let Err(message) = result {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                    if let Ok(mut first) = first_error.lock() {
+                        first.get_or_insert(message);
+                    }
+                }
+            }
+        })
+        .await;
+    match failed.load(Ordering::Relaxed) {
+        0 => Ok(()),
+        n => Err(BenchError::LimitFailed(format!(
+            "{n} S3 request(s) failed, the first: {}",
+            first_error
+                .lock()
+                .ok()
+                .and_then(|e| e.clone())
+                .unwrap_or_default()
+        ))),
+    }
+}
+
+/// Finds the loop's best concurrency on `operations`: the raw limit is its rate there.
+pub async fn best_limit_concurrency(
+    s3: &S3Target,
+    operations: &[S3Operation],
+    candidates: &[usize],
+    repetitions: usize,
+    progress: &mut dyn FnMut(&str),
+) -> Result<(usize, Vec<LimitRun>), BenchError> {
+    let mut runs = Vec::new();
+    for &concurrency in candidates {
+        let run = measure_limit(s3, operations, concurrency, repetitions).await?;
+        progress(&format!(
+            "  raw S3 loop, concurrency {concurrency:>4}: {:>8.0} operations/s",
+            run.operations_per_s
+        ));
+        runs.push(run);
+    }
+    let best = runs
+        .iter()
+        .max_by(|a, b| a.operations_per_s.total_cmp(&b.operations_per_s))
+        .map_or(candidates.first().copied().unwrap_or(64), |r| r.concurrency);
+    Ok((best, runs))
+}
+
+/// The loop's client: the function's own (`usersync_function::s3_client_from`), over the same
+/// kind of shared configuration the function loads from its environment.
+pub async fn s3_client_like_the_function(
+    endpoint_url: &str,
+    region: &str,
+    credentials: aws_credential_types::Credentials,
+) -> aws_sdk_s3::Client {
+    let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(endpoint_url)
+        .region(aws_config::Region::new(region.to_owned()))
+        .credentials_provider(credentials)
+        .load()
+        .await;
+    usersync_function::s3_client_from(&shared, true)
+}
+
+/// The function's and the loop's measurements for one batch size, side by side.
+#[derive(Clone, Debug, Serialize)]
+pub struct SizeResult {
+    pub records: usize,
+    pub records_per_s: f64,
+    pub limit_records_per_s: f64,
+    /// `records_per_s / limit_records_per_s`: the headline figure.
+    pub ratio: f64,
+    pub peak_rss_bytes: u64,
+    pub function: FunctionRun,
+    pub churn: FunctionRun,
+    pub limit: LimitRun,
+}
+
+impl SizeResult {
+    pub fn new(function: FunctionRun, churn: FunctionRun, limit: LimitRun) -> SizeResult {
+        let limit_records_per_s = limit.operations_per_s;
+        SizeResult {
+            records: function.records,
+            records_per_s: function.records_per_s,
+            limit_records_per_s,
+            ratio: if limit_records_per_s > 0.0 {
+                function.records_per_s / limit_records_per_s
+            } else {
+                0.0
+            },
+            peak_rss_bytes: function.peak_rss_bytes.max(churn.peak_rss_bytes),
+            function,
+            churn,
+            limit,
+        }
+    }
+}
+
+/// `Arc` of the loop's inputs for spawned tasks.
+pub type SharedOperations = Arc<Vec<S3Operation>>;

@@ -1,0 +1,87 @@
+//! `cargo xtask bench`: measures the function, the pipeline and the deployer; see
+//! `deployer::bench`.
+
+use anyhow::{bail, Context, Result};
+use deployer::bench::{self, report, BenchOptions};
+use deployer::project::{cargo_command, project_root};
+use deployer::target::Target;
+
+use crate::args::{print_json, OutputFormat, TargetArgs};
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// Batch sizes to measure the function on (records per invocation)
+    #[arg(long, value_delimiter = ',', default_values_t = [100, 1_000, 10_000], value_parser = clap::value_parser!(u16).range(1..=10_000))]
+    sizes: Vec<u16>,
+    /// Repetitions of each measurement (medians and spreads are over these)
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..=100))]
+    repetitions: u16,
+    /// A short run to try the command: sizes 100 and 1000, two repetitions, one deploy cycle,
+    /// 200 users end to end, no MAX_CONCURRENCY sweep
+    #[arg(long)]
+    quick: bool,
+}
+
+pub async fn run(args: BenchArgs, target_args: &TargetArgs) -> Result<()> {
+    if cfg!(debug_assertions) {
+        return rerun_in_release();
+    }
+    let mut options = BenchOptions {
+        batch_sizes: args.sizes.iter().map(|&n| usize::from(n)).collect(),
+        repetitions: usize::from(args.repetitions),
+        ..BenchOptions::default()
+    };
+    if args.quick {
+        options.batch_sizes = vec![100, 1_000];
+        options.repetitions = 2;
+        options.function_concurrencies = Vec::new();
+        options.limit_concurrencies = vec![32, 64, 128];
+        options.cold_start_repetitions = 3;
+        options.end_to_end_users = 200;
+        options.deploy_repetitions = 1;
+    }
+    if target_args.endpoint_url.is_some() {
+        let target = Target::connect(&target_args.target_options(), &mut |line| {
+            eprintln!("{line}")
+        })
+        .await
+        .context("failed to reach the target")?;
+        options.endpoint = Some(target);
+    }
+
+    let report = bench::run(&options, &mut |line| eprintln!("{line}"))
+        .await
+        .context("failed to run the benchmark")?;
+    let written = report::write(&report, &report::output_dir())
+        .context("failed to write the benchmark's results")?;
+    match target_args.output {
+        OutputFormat::Json => print_json(&report)?,
+        OutputFormat::Text => {
+            eprintln!();
+            print!("{}", report::render_table(&report));
+        }
+    }
+    for path in written {
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// The host, the poller and the raw S3 loop run in this process: measured in an unoptimised
+/// build they would measure the build. So a debug `cargo xtask bench` builds and runs the
+/// release `xtask` with the same arguments (the first time takes a few minutes).
+fn rerun_in_release() -> Result<()> {
+    eprintln!(
+        "benchmarks run in a release build of xtask; building it (cached after the first time)"
+    );
+    let status = cargo_command()
+        .args(["run", "--release", "--quiet", "--package", "xtask", "--"])
+        .args(std::env::args_os().skip(1))
+        .current_dir(project_root())
+        .status()
+        .context("failed to run cargo for the release build of the benchmark")?;
+    if !status.success() {
+        bail!("the benchmark failed ({status}); its output is above");
+    }
+    Ok(())
+}
