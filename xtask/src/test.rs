@@ -18,6 +18,10 @@ const FUZZ_SECONDS_PER_TARGET: u64 = 20;
 
 #[derive(clap::Args)]
 pub struct TestArgs {
+    /// Also run the long soak: 10,000 users inserted and 3,000 deleted with 30% of S3 requests
+    /// failing (a few minutes)
+    #[arg(long)]
+    soak: bool,
     /// Extra arguments for the workspace's `cargo test` (a test name filter, for example),
     /// after `--`; the end-to-end suite then runs only the scenarios matching it
     #[arg(last = true)]
@@ -127,6 +131,27 @@ pub fn run(args: TestArgs) -> Result<()> {
         fuzzed.targets.len()
     );
     done.push(("fuzz".to_owned(), seconds));
+
+    if args.soak {
+        let mut soak_env = env.clone();
+        soak_env.push(("USERSYNC_SOAK", "1".into()));
+        step(
+            &root,
+            "soak",
+            &[
+                "test",
+                "--package",
+                "itests",
+                "--test",
+                "faults",
+                "--",
+                "--ignored",
+                "soak",
+            ],
+            &soak_env,
+            &mut done,
+        )?;
+    }
 
     let summary: Vec<String> = done
         .iter()
