@@ -216,6 +216,7 @@ pub async fn run(
         throughput: std::mem::take(&mut parts.throughput),
         limit_sweep: parts.limit_sweep,
         limit_concurrency: parts.limit_concurrency,
+        limit_runtime: parts.limit_runtime,
         function_concurrency_sweep: parts.function_concurrency_sweep,
         cold_start_ms: parts.cold_start.to_first_next_ms.median,
         cold_start: parts.cold_start,
@@ -232,6 +233,7 @@ struct Parts {
     throughput: Vec<SizeResult>,
     limit_sweep: Vec<throughput::LimitRun>,
     limit_concurrency: usize,
+    limit_runtime: throughput::LoopRuntime,
     function_concurrency_sweep: Vec<throughput::FunctionRun>,
     cold_start: cold_start::ColdStartRun,
     end_to_end: Option<end_to_end::EndToEndRun>,
@@ -259,7 +261,7 @@ async fn measure_all(
         "finding the raw S3 limit: a plain SDK loop of {sweep_size} operations at several concurrencies"
     ));
     let sweep_ops = Workload::new(Variant::Mixed, sweep_size, "sweep").s3_operations();
-    let (limit_concurrency, limit_sweep) = throughput::best_limit_concurrency(
+    let ((limit_concurrency, limit_runtime), limit_sweep) = throughput::best_limit_setting(
         s3,
         &sweep_ops,
         &options.limit_concurrencies,
@@ -287,11 +289,18 @@ async fn measure_all(
             "  function, churn: {:>8.0} records/s",
             churn.records_per_s
         ));
-        let limit =
-            throughput::measure_limit(s3, &mixed.s3_operations(), limit_concurrency, reps).await?;
+        let limit = throughput::measure_limit(
+            s3,
+            &mixed.s3_operations(),
+            limit_concurrency,
+            limit_runtime,
+            reps,
+        )
+        .await?;
         progress(&format!(
-            "  raw S3 loop:     {:>8.0} operations/s (concurrency {limit_concurrency})",
-            limit.operations_per_s
+            "  raw S3 loop:     {:>8.0} operations/s (concurrency {limit_concurrency}, {})",
+            limit.operations_per_s,
+            limit_runtime.as_str()
         ));
         sizes.push(SizeResult::new(function, churn, limit));
     }
@@ -361,6 +370,7 @@ async fn measure_all(
         throughput: sizes,
         limit_sweep,
         limit_concurrency,
+        limit_runtime,
         function_concurrency_sweep,
         cold_start,
         end_to_end,
@@ -392,7 +402,8 @@ async fn s3_target(target: &Target, endpoint_url: &str) -> Result<S3Target, Benc
         environment.insert("AWS_SESSION_TOKEN".to_owned(), token.to_owned());
     }
     let region = target.region();
-    let client = throughput::s3_client_like_the_function(endpoint_url, &region, credentials).await;
+    let client =
+        throughput::s3_client_like_the_function(endpoint_url, &region, credentials.clone()).await;
     let bucket = format!("usersync-bench-{}", std::process::id());
     client
         .create_bucket()
@@ -409,6 +420,7 @@ async fn s3_target(target: &Target, endpoint_url: &str) -> Result<S3Target, Benc
         bucket,
         credentials: environment,
         client,
+        loop_credentials: credentials,
     })
 }
 

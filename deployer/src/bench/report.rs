@@ -32,6 +32,7 @@ pub struct BenchReport {
     /// The raw loop at each concurrency tried; the best one is the limit.
     pub limit_sweep: Vec<LimitRun>,
     pub limit_concurrency: usize,
+    pub limit_runtime: super::throughput::LoopRuntime,
     /// The function at each `MAX_CONCURRENCY` tried (mixed batches).
     pub function_concurrency_sweep: Vec<FunctionRun>,
     /// Median spawn to first `/next`.
@@ -190,8 +191,10 @@ pub fn render_table(report: &BenchReport) -> String {
     }
     let _ = writeln!(
         out,
-        "raw S3 limit measured at concurrency {} (best of {:?})",
-        report.limit_concurrency, report.settings.limit_concurrency_candidates
+        "raw S3 limit measured at concurrency {} on {} (the best of {:?} on one thread and on a thread per core)",
+        report.limit_concurrency,
+        report.limit_runtime.as_str(),
+        report.settings.limit_concurrency_candidates
     );
     if !report.function_concurrency_sweep.is_empty() {
         let sweep: Vec<String> = report
@@ -425,6 +428,7 @@ mod tests {
         LimitRun {
             operations: records,
             concurrency: 64,
+            runtime: super::super::throughput::LoopRuntime::OneThread,
             repetitions: 3,
             operations_per_s: rate,
             operations_per_s_spread: Summary::of(&[rate]),
@@ -471,6 +475,7 @@ mod tests {
                 .collect(),
             limit_sweep: vec![limit_run(1000, 1000.0)],
             limit_concurrency: 64,
+            limit_runtime: super::super::throughput::LoopRuntime::OneThread,
             function_concurrency_sweep: Vec::new(),
             cold_start_ms: 12.0,
             cold_start: ColdStartRun {

@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::stream::{self, StreamExt};
@@ -28,6 +27,8 @@ pub struct S3Target {
     pub credentials: BTreeMap<String, String>,
     /// A client built as the function builds its own (`aws_config` defaults, path-style).
     pub client: aws_sdk_s3::Client,
+    /// The same credentials, for the raw loop's own clients.
+    pub loop_credentials: aws_credential_types::Credentials,
 }
 
 /// One function measurement: a batch size and mix, repeated in one process.
@@ -52,6 +53,7 @@ pub struct FunctionRun {
 pub struct LimitRun {
     pub operations: usize,
     pub concurrency: usize,
+    pub runtime: LoopRuntime,
     pub repetitions: usize,
     /// Operations per second, median of the repetitions: one operation per record.
     pub operations_per_s: f64,
@@ -163,39 +165,102 @@ pub async fn invoke_checked(host: &FunctionHost, event: Value) -> Result<Value, 
     }
 }
 
-/// Runs `operations` with a plain SDK loop at `concurrency`, `repetitions` times.
+/// How the raw loop's tokio runtime runs its tasks: on one thread, as the function does, or on
+/// a thread per core. Both are tried; the limit is the better.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LoopRuntime {
+    OneThread,
+    ThreadPerCore,
+}
+
+impl LoopRuntime {
+    pub const ALL: [LoopRuntime; 2] = [LoopRuntime::OneThread, LoopRuntime::ThreadPerCore];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LoopRuntime::OneThread => "one thread",
+            LoopRuntime::ThreadPerCore => "a thread per core",
+        }
+    }
+
+    fn build(self) -> std::io::Result<tokio::runtime::Runtime> {
+        match self {
+            LoopRuntime::OneThread => tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build(),
+            LoopRuntime::ThreadPerCore => tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build(),
+        }
+    }
+}
+
+/// Runs `operations` with a plain SDK loop at `concurrency`, `repetitions` times, on a runtime
+/// and client of its own (so nothing else of this process shares its threads), after one
+/// round that warms the connection pool to the size the measured rounds use.
 pub async fn measure_limit(
     s3: &S3Target,
     operations: &[S3Operation],
     concurrency: usize,
+    runtime: LoopRuntime,
     repetitions: usize,
 ) -> Result<LimitRun, BenchError> {
-    // Warm the connection pool to the same size the measured rounds use.
-    run_operations(s3, operations, concurrency).await?;
-    let mut rates = Vec::with_capacity(repetitions);
-    let mut cpu_ms = Vec::with_capacity(repetitions);
-    let own = std::process::id();
-    for _ in 0..repetitions {
-        let before = process_stats::read(own).unwrap_or_default();
-        let started = Instant::now();
-        run_operations(s3, operations, concurrency).await?;
-        rates.push(operations.len() as f64 / started.elapsed().as_secs_f64());
-        let after = process_stats::read(own).unwrap_or_default();
-        cpu_ms.push(after.cpu.saturating_sub(before.cpu).as_secs_f64() * 1000.0);
-    }
-    let rate = Summary::of(&rates);
+    let (sender, receiver) = tokio::sync::oneshot::channel();
+    let count = operations.len();
+    let operations = operations.to_vec();
+    let endpoint = (
+        s3.endpoint_url.clone(),
+        s3.region.clone(),
+        s3.loop_credentials.clone(),
+    );
+    let bucket = s3.bucket.clone();
+    std::thread::spawn(move || {
+        let result = runtime
+            .build()
+            .map_err(|err| BenchError::LimitFailed(format!("failed to start its runtime: {err}")))
+            .and_then(|rt| {
+                rt.block_on(async {
+                    let (endpoint_url, region, credentials) = endpoint;
+                    let client =
+                        s3_client_like_the_function(&endpoint_url, &region, credentials).await;
+                    run_operations(&client, &bucket, &operations, concurrency).await?;
+                    let own = std::process::id();
+                    let mut rounds = Vec::with_capacity(repetitions);
+                    for _ in 0..repetitions {
+                        let before = process_stats::read(own).unwrap_or_default();
+                        let started = Instant::now();
+                        run_operations(&client, &bucket, &operations, concurrency).await?;
+                        let rate = operations.len() as f64 / started.elapsed().as_secs_f64();
+                        let after = process_stats::read(own).unwrap_or_default();
+                        rounds.push((
+                            rate,
+                            after.cpu.saturating_sub(before.cpu).as_secs_f64() * 1000.0,
+                        ));
+                    }
+                    Ok(rounds)
+                })
+            });
+        let _ = sender.send(result);
+    });
+    let rounds = receiver
+        .await
+        .map_err(|_| BenchError::LimitFailed("its thread ended without a result".to_owned()))??;
+    let rate = Summary::of(&rounds.iter().map(|r| r.0).collect::<Vec<_>>());
     Ok(LimitRun {
-        operations: operations.len(),
+        operations: count,
         concurrency,
+        runtime,
         repetitions,
         operations_per_s: rate.median,
         operations_per_s_spread: rate,
-        cpu_ms: Summary::of(&cpu_ms),
+        cpu_ms: Summary::of(&rounds.iter().map(|r| r.1).collect::<Vec<_>>()),
     })
 }
 
 async fn run_operations(
-    s3: &S3Target,
+    client: &aws_sdk_s3::Client,
+    bucket: &str,
     operations: &[S3Operation],
     concurrency: usize,
 ) -> Result<(), BenchError> {
@@ -203,8 +268,6 @@ async fn run_operations(
     let first_error = std::sync::Mutex::new(None::<String>);
     stream::iter(operations)
         .for_each_concurrent(concurrency, |operation| {
-            let client = s3.client.clone();
-            let bucket = s3.bucket.clone();
             let failed = &failed;
             let first_error = &first_error;
             async move {
@@ -250,27 +313,37 @@ async fn run_operations(
     }
 }
 
-/// Finds the loop's best concurrency on `operations`: the raw limit is its rate there.
-pub async fn best_limit_concurrency(
+/// Finds the loop's best concurrency and runtime on `operations`: the raw limit is its rate
+/// there.
+pub async fn best_limit_setting(
     s3: &S3Target,
     operations: &[S3Operation],
     candidates: &[usize],
     repetitions: usize,
     progress: &mut dyn FnMut(&str),
-) -> Result<(usize, Vec<LimitRun>), BenchError> {
+) -> Result<((usize, LoopRuntime), Vec<LimitRun>), BenchError> {
     let mut runs = Vec::new();
-    for &concurrency in candidates {
-        let run = measure_limit(s3, operations, concurrency, repetitions).await?;
-        progress(&format!(
-            "  raw S3 loop, concurrency {concurrency:>4}: {:>8.0} operations/s",
-            run.operations_per_s
-        ));
-        runs.push(run);
+    for runtime in LoopRuntime::ALL {
+        for &concurrency in candidates {
+            let run = measure_limit(s3, operations, concurrency, runtime, repetitions).await?;
+            progress(&format!(
+                "  raw S3 loop, {:<17}, concurrency {concurrency:>4}: {:>8.0} operations/s",
+                runtime.as_str(),
+                run.operations_per_s
+            ));
+            runs.push(run);
+        }
     }
     let best = runs
         .iter()
         .max_by(|a, b| a.operations_per_s.total_cmp(&b.operations_per_s))
-        .map_or(candidates.first().copied().unwrap_or(64), |r| r.concurrency);
+        .map_or(
+            (
+                candidates.first().copied().unwrap_or(64),
+                LoopRuntime::OneThread,
+            ),
+            |r| (r.concurrency, r.runtime),
+        );
     Ok((best, runs))
 }
 
@@ -323,6 +396,3 @@ impl SizeResult {
         }
     }
 }
-
-/// `Arc` of the loop's inputs for spawned tasks.
-pub type SharedOperations = Arc<Vec<S3Operation>>;
