@@ -29,7 +29,7 @@ use crate::stack::StackError;
 use crate::target::{Target, DEFAULT_LOCAL_REGION};
 use crate::workflow::DeployError;
 use report::{BenchReport, Machine, RunSettings, Versions};
-use throughput::{S3Target, SizeResult};
+use throughput::{LoopRuntime, S3Target, SizeResult};
 use workload::{Variant, Workload};
 
 /// Failures of a benchmark run; a run that fails measures nothing and writes nothing.
@@ -260,42 +260,57 @@ async fn measure_all(
     progress(&format!(
         "finding the raw S3 limit: a plain SDK loop of {sweep_size} operations at several concurrencies"
     ));
-    let sweep_ops = Workload::new(Variant::Mixed, sweep_size, "sweep").s3_operations();
-    let ((limit_concurrency, limit_runtime), limit_sweep) = throughput::best_limit_setting(
-        s3,
-        &sweep_ops,
-        &options.limit_concurrencies,
-        reps.min(3),
-        progress,
-    )
-    .await?;
+    let sweep_ops = &Workload::new(Variant::Mixed, sweep_size, "sweep").s3_operations();
+    let mut limit_sweep = Vec::new();
+    for runtime in LoopRuntime::ALL {
+        for &concurrency in &options.limit_concurrencies {
+            let label = format!("sweep-{concurrency}-{}", runtime.label());
+            let run = in_new_bucket(target, s3, &label, |bucket| async move {
+                throughput::measure_limit(&bucket, sweep_ops, concurrency, runtime, reps.min(3))
+                    .await
+            })
+            .await?;
+            progress(&format!(
+                "  raw S3 loop, {:<17}, concurrency {concurrency:>4}: {:>8.0} operations/s",
+                runtime.as_str(),
+                run.operations_per_s
+            ));
+            limit_sweep.push(run);
+        }
+    }
+    let (limit_concurrency, limit_runtime) = limit_sweep
+        .iter()
+        .max_by(|a, b| a.operations_per_s.total_cmp(&b.operations_per_s))
+        .map_or((64, LoopRuntime::OneThread), |r| (r.concurrency, r.runtime));
 
     let mut sizes = Vec::new();
     for &records in &options.batch_sizes {
         progress(&format!("batches of {records} records"));
-        let mixed = Workload::new(Variant::Mixed, records, &format!("m{records}"));
-        let function =
-            throughput::measure_function(binary, s3, &mixed, Variant::Mixed, None, reps).await?;
+        let mixed = &Workload::new(Variant::Mixed, records, &format!("m{records}"));
+        let function = in_new_bucket(target, s3, &format!("m{records}"), |bucket| async move {
+            throughput::measure_function(binary, &bucket, mixed, Variant::Mixed, None, reps).await
+        })
+        .await?;
         progress(&format!(
             "  function, mixed: {:>8.0} records/s, batch {:.0} ms, peak RSS {:.1} MiB",
             function.records_per_s,
             function.batch_ms.median,
             function.peak_rss_bytes as f64 / 1048576.0
         ));
-        let churned = Workload::new(Variant::Churn, records, &format!("c{records}"));
-        let churn =
-            throughput::measure_function(binary, s3, &churned, Variant::Churn, None, reps).await?;
+        let churned = &Workload::new(Variant::Churn, records, &format!("c{records}"));
+        let churn = in_new_bucket(target, s3, &format!("c{records}"), |bucket| async move {
+            throughput::measure_function(binary, &bucket, churned, Variant::Churn, None, reps).await
+        })
+        .await?;
         progress(&format!(
             "  function, churn: {:>8.0} records/s",
             churn.records_per_s
         ));
-        let limit = throughput::measure_limit(
-            s3,
-            &mixed.s3_operations(),
-            limit_concurrency,
-            limit_runtime,
-            reps,
-        )
+        let operations = &mixed.s3_operations();
+        let limit = in_new_bucket(target, s3, &format!("l{records}"), |bucket| async move {
+            throughput::measure_limit(&bucket, operations, limit_concurrency, limit_runtime, reps)
+                .await
+        })
         .await?;
         progress(&format!(
             "  raw S3 loop:     {:>8.0} operations/s (concurrency {limit_concurrency}, {})",
@@ -311,16 +326,20 @@ async fn measure_all(
         progress(&format!(
             "the function by MAX_CONCURRENCY, on batches of {records} records"
         ));
-        let workload = Workload::new(Variant::Mixed, records, "mc");
+        let workload = &Workload::new(Variant::Mixed, records, "mc");
         for &concurrency in &options.function_concurrencies {
-            let run = throughput::measure_function(
-                binary,
-                s3,
-                &workload,
-                Variant::Mixed,
-                Some(concurrency),
-                reps,
-            )
+            let label = format!("mc{concurrency}");
+            let run = in_new_bucket(target, s3, &label, |bucket| async move {
+                throughput::measure_function(
+                    binary,
+                    &bucket,
+                    workload,
+                    Variant::Mixed,
+                    Some(concurrency),
+                    reps,
+                )
+                .await
+            })
             .await?;
             progress(&format!(
                 "  MAX_CONCURRENCY {concurrency:>4}: {:>8.0} records/s",
@@ -422,6 +441,22 @@ async fn s3_target(target: &Target, endpoint_url: &str) -> Result<S3Target, Benc
         client,
         loop_credentials: credentials,
     })
+}
+
+/// Runs `measure` against a new, empty bucket, removed afterwards.
+async fn in_new_bucket<T, Fut>(
+    target: &Target,
+    s3: &S3Target,
+    label: &str,
+    measure: impl FnOnce(S3Target) -> Fut,
+) -> Result<T, BenchError>
+where
+    Fut: std::future::Future<Output = Result<T, BenchError>>,
+{
+    let bucket = s3.with_new_bucket(label).await?;
+    let result = measure(bucket.clone()).await;
+    cleanup_bucket(target, &bucket).await;
+    result
 }
 
 /// Empties and removes the benchmark's bucket; a leftover bucket is only reported.

@@ -19,6 +19,7 @@ use crate::local::function_host::{FunctionHost, FunctionSpec, OutputSink};
 use crate::local::invoke::{InvokeOutcome, Invoker};
 
 /// Where the function and the loop write.
+#[derive(Clone)]
 pub struct S3Target {
     pub endpoint_url: String,
     pub region: String,
@@ -29,6 +30,27 @@ pub struct S3Target {
     pub client: aws_sdk_s3::Client,
     /// The same credentials, for the raw loop's own clients.
     pub loop_credentials: aws_credential_types::Credentials,
+}
+
+impl S3Target {
+    /// The same endpoint with a new, empty bucket `<bucket>-<label>`: each measurement starts
+    /// from the same state (an emulator's S3 slows down as a bucket fills).
+    pub async fn with_new_bucket(&self, label: &str) -> Result<S3Target, BenchError> {
+        let bucket = format!("{}-{label}", self.bucket);
+        self.client
+            .create_bucket()
+            .bucket(&bucket)
+            .send()
+            .await
+            .map_err(|err| BenchError::Aws {
+                action: format!("create bucket {bucket}"),
+                message: aws_sdk_s3::error::DisplayErrorContext(err).to_string(),
+            })?;
+        Ok(S3Target {
+            bucket,
+            ..self.clone()
+        })
+    }
 }
 
 /// One function measurement: a batch size and mix, repeated in one process.
@@ -184,6 +206,14 @@ impl LoopRuntime {
         }
     }
 
+    /// A short name for bucket names.
+    pub fn label(self) -> &'static str {
+        match self {
+            LoopRuntime::OneThread => "one",
+            LoopRuntime::ThreadPerCore => "pool",
+        }
+    }
+
     fn build(self) -> std::io::Result<tokio::runtime::Runtime> {
         match self {
             LoopRuntime::OneThread => tokio::runtime::Builder::new_current_thread()
@@ -311,40 +341,6 @@ async fn run_operations(
                 .unwrap_or_default()
         ))),
     }
-}
-
-/// Finds the loop's best concurrency and runtime on `operations`: the raw limit is its rate
-/// there.
-pub async fn best_limit_setting(
-    s3: &S3Target,
-    operations: &[S3Operation],
-    candidates: &[usize],
-    repetitions: usize,
-    progress: &mut dyn FnMut(&str),
-) -> Result<((usize, LoopRuntime), Vec<LimitRun>), BenchError> {
-    let mut runs = Vec::new();
-    for runtime in LoopRuntime::ALL {
-        for &concurrency in candidates {
-            let run = measure_limit(s3, operations, concurrency, runtime, repetitions).await?;
-            progress(&format!(
-                "  raw S3 loop, {:<17}, concurrency {concurrency:>4}: {:>8.0} operations/s",
-                runtime.as_str(),
-                run.operations_per_s
-            ));
-            runs.push(run);
-        }
-    }
-    let best = runs
-        .iter()
-        .max_by(|a, b| a.operations_per_s.total_cmp(&b.operations_per_s))
-        .map_or(
-            (
-                candidates.first().copied().unwrap_or(64),
-                LoopRuntime::OneThread,
-            ),
-            |r| (r.concurrency, r.runtime),
-        );
-    Ok((best, runs))
 }
 
 /// The loop's client: the function's own (`usersync_function::s3_client_from`), over the same
