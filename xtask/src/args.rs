@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use deployer::project::project_root;
 use deployer::settings::{check_stack_name, SettingsError, StackSettings};
-use deployer::target::TargetOptions;
+use deployer::target::{Target, TargetOptions};
 
 /// The settings file read when `--config` is not given and it exists.
 pub const DEFAULT_CONFIG_FILE: &str = "usersync.toml";
@@ -48,6 +48,14 @@ pub struct TargetArgs {
 }
 
 impl TargetArgs {
+    /// Connects to the target the flags name (printing what connecting tells, such as the
+    /// emulator being started).
+    pub async fn connect(&self) -> Result<Target> {
+        Target::connect(&self.target_options(), &mut |line| eprintln!("{line}"))
+            .await
+            .context("failed to reach the target")
+    }
+
     pub fn target_options(&self) -> TargetOptions {
         TargetOptions {
             region: self.region.clone(),
@@ -124,5 +132,24 @@ pub fn print_json(value: &impl serde::Serialize) -> Result<()> {
         "{}",
         serde_json::to_string_pretty(value).context("failed to render the result as JSON")?
     );
+    Ok(())
+}
+
+/// On real AWS, asks before `action` (which names what will change), showing the account and
+/// region; elsewhere there is nothing to ask. A refusal is an error saying nothing changed.
+pub async fn confirm_on_aws(
+    target: &Target,
+    console: &mut dyn deployer::console::Console,
+    action: &str,
+    hint: &str,
+) -> Result<()> {
+    if !target.is_aws() {
+        return Ok(());
+    }
+    let account = deployer::stack::account_id(target).await?;
+    let question = format!("{action} in AWS account {account}, {}?", target.region());
+    if !console.confirm(&question) {
+        anyhow::bail!("{action}: not confirmed, nothing was changed ({hint})");
+    }
     Ok(())
 }

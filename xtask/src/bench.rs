@@ -4,7 +4,6 @@
 use anyhow::{bail, Context, Result};
 use deployer::bench::{self, report, BenchOptions};
 use deployer::project::{cargo_command, project_root};
-use deployer::target::Target;
 
 use crate::args::{print_json, OutputFormat, TargetArgs};
 
@@ -41,11 +40,7 @@ pub async fn run(args: BenchArgs, target_args: &TargetArgs) -> Result<()> {
         options.deploy_repetitions = 1;
     }
     if target_args.endpoint_url.is_some() {
-        let target = Target::connect(&target_args.target_options(), &mut |line| {
-            eprintln!("{line}")
-        })
-        .await
-        .context("failed to reach the target")?;
+        let target = target_args.connect().await?;
         options.endpoint = Some(target);
     }
 

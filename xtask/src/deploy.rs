@@ -2,7 +2,6 @@
 
 use anyhow::{Context, Result};
 use deployer::settings::DeleteScope;
-use deployer::target::Target;
 use deployer::workflow;
 
 use crate::args::{number_in, print_json, TargetArgs};
@@ -49,11 +48,7 @@ pub async fn run(args: DeployArgs, target_args: &TargetArgs) -> Result<()> {
     settings.validate().context("invalid stack settings")?;
 
     let mut console = TerminalConsole::new(target_args.yes);
-    let target = Target::connect(&target_args.target_options(), &mut |line| {
-        eprintln!("{line}")
-    })
-    .await
-    .context("failed to reach the target")?;
+    let target = target_args.connect().await?;
     let report = workflow::deploy(
         &target,
         &settings,

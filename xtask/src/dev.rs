@@ -10,7 +10,6 @@ use deployer::local::batch::{BatchEvent, Verdict};
 use deployer::local::function_host::{OutputSink, OutputStream};
 use deployer::local::poller::{PollerEvent, PollerObserver};
 use deployer::mirror_check;
-use deployer::target::Target;
 
 use crate::args::{print_json, TargetArgs};
 use crate::console::TerminalConsole;
@@ -35,11 +34,7 @@ pub async fn run(args: DevArgs, target_args: &TargetArgs) -> Result<()> {
     let where_to = if target_args.endpoint_url.is_some()
         || (!target_args.local && (target_args.profile.is_some() || target_args.region.is_some()))
     {
-        let target = Target::connect(&target_args.target_options(), &mut |line| {
-            eprintln!("{line}")
-        })
-        .await
-        .context("failed to reach the target")?;
+        let target = target_args.connect().await?;
         DevTarget::Connected(Box::new(target))
     } else {
         DevTarget::PrivateEmulator

@@ -4,10 +4,8 @@
 use anyhow::{bail, Context, Result};
 use deployer::console::Console;
 use deployer::replay::{self, ReplayOptions};
-use deployer::stack;
-use deployer::target::Target;
 
-use crate::args::{print_json, TargetArgs};
+use crate::args::{confirm_on_aws, print_json, TargetArgs};
 use crate::console::TerminalConsole;
 
 #[derive(clap::Args)]
@@ -25,20 +23,15 @@ pub async fn run(args: ReplayArgs, target_args: &TargetArgs) -> Result<()> {
     let settings = target_args.settings()?;
     let stack_name = settings.stack_name.clone();
     let mut console = TerminalConsole::new(target_args.yes);
-    let target = Target::connect(&target_args.target_options(), &mut |line| {
-        eprintln!("{line}")
-    })
-    .await
-    .context("failed to reach the target")?;
-    if target.is_aws() && !args.dry_run {
-        let account = stack::account_id(&target).await?;
-        let question = format!(
-            "replay the failure queue of stack {stack_name} into its bucket in AWS account {account}, {}?",
-            target.region()
-        );
-        if !console.confirm(&question) {
-            bail!("replay of stack {stack_name}'s failure queue not confirmed; nothing was changed (pass --yes in scripts, or --dry-run to look)");
-        }
+    let target = target_args.connect().await?;
+    if !args.dry_run {
+        confirm_on_aws(
+            &target,
+            &mut console,
+            &format!("replay the failure queue of stack {stack_name} into its bucket"),
+            "pass --yes in scripts, or --dry-run to look",
+        )
+        .await?;
     }
     let options = ReplayOptions {
         dry_run: args.dry_run,

@@ -2,17 +2,12 @@
 
 use anyhow::{bail, Context, Result};
 use deployer::stack;
-use deployer::target::Target;
 
 use crate::args::{print_json, TargetArgs};
 
 pub async fn run(target_args: &TargetArgs) -> Result<()> {
     let settings = target_args.settings()?;
-    let target = Target::connect(&target_args.target_options(), &mut |line| {
-        eprintln!("{line}")
-    })
-    .await
-    .context("failed to reach the target")?;
+    let target = target_args.connect().await?;
     let stack_name = &settings.stack_name;
     let report = stack::status(&target, stack_name)
         .await

@@ -1,12 +1,11 @@
 //! `cargo xtask teardown`: empty the bucket, delete the stack, remove uploaded archives.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use deployer::console::Console;
 use deployer::local::emulator;
 use deployer::stack::{self, TeardownOutcome};
-use deployer::target::Target;
 
-use crate::args::{print_json, TargetArgs};
+use crate::args::{confirm_on_aws, print_json, TargetArgs};
 use crate::console::TerminalConsole;
 
 #[derive(clap::Args)]
@@ -20,21 +19,14 @@ pub async fn run(args: TeardownArgs, target_args: &TargetArgs) -> Result<()> {
     let settings = target_args.settings()?;
     let stack_name = settings.stack_name.clone();
     let mut console = TerminalConsole::new(target_args.yes);
-    let target = Target::connect(&target_args.target_options(), &mut |line| {
-        eprintln!("{line}")
-    })
-    .await
-    .context("failed to reach the target")?;
-    if target.is_aws() {
-        let account = stack::account_id(&target).await?;
-        let question = format!(
-            "tear down stack {stack_name} in AWS account {account}, {}, deleting its data?",
-            target.region()
-        );
-        if !console.confirm(&question) {
-            bail!("teardown of stack {stack_name} not confirmed; nothing was changed (pass --yes in scripts)");
-        }
-    }
+    let target = target_args.connect().await?;
+    confirm_on_aws(
+        &target,
+        &mut console,
+        &format!("tear down stack {stack_name} and delete its data"),
+        "pass --yes in scripts",
+    )
+    .await?;
     let outcome = stack::teardown(
         &target,
         &stack_name,

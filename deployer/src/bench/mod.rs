@@ -424,15 +424,7 @@ async fn s3_target(target: &Target, endpoint_url: &str) -> Result<S3Target, Benc
     let client =
         throughput::s3_client_like_the_function(endpoint_url, &region, credentials.clone()).await;
     let bucket = format!("usersync-bench-{}", std::process::id());
-    client
-        .create_bucket()
-        .bucket(&bucket)
-        .send()
-        .await
-        .map_err(|err| BenchError::Aws {
-            action: format!("create bucket {bucket}"),
-            message: aws_sdk_s3::error::DisplayErrorContext(err).to_string(),
-        })?;
+    throughput::create_bucket(&client, &bucket).await?;
     Ok(S3Target {
         endpoint_url: endpoint_url.to_owned(),
         region,

@@ -37,20 +37,26 @@ impl S3Target {
     /// from the same state (an emulator's S3 slows down as a bucket fills).
     pub async fn with_new_bucket(&self, label: &str) -> Result<S3Target, BenchError> {
         let bucket = format!("{}-{label}", self.bucket);
-        self.client
-            .create_bucket()
-            .bucket(&bucket)
-            .send()
-            .await
-            .map_err(|err| BenchError::Aws {
-                action: format!("create bucket {bucket}"),
-                message: aws_sdk_s3::error::DisplayErrorContext(err).to_string(),
-            })?;
+        create_bucket(&self.client, &bucket).await?;
         Ok(S3Target {
             bucket,
             ..self.clone()
         })
     }
+}
+
+/// Creates `bucket` with `client`.
+pub async fn create_bucket(client: &aws_sdk_s3::Client, bucket: &str) -> Result<(), BenchError> {
+    client
+        .create_bucket()
+        .bucket(bucket)
+        .send()
+        .await
+        .map_err(|err| BenchError::Aws {
+            action: format!("create bucket {bucket}"),
+            message: aws_sdk_s3::error::DisplayErrorContext(err).to_string(),
+        })?;
+    Ok(())
 }
 
 /// One function measurement: a batch size and mix, repeated in one process.
