@@ -8,6 +8,7 @@ pub mod config;
 pub mod handler;
 pub mod image;
 pub mod key;
+pub mod memory_store;
 pub mod plan;
 pub mod store;
 
@@ -16,6 +17,7 @@ pub use handler::{
     handle_event, handle_payload, payload_records, process_batch, process_records, stream_records,
     BatchSummary, Mirror, NotAStreamsEvent,
 };
+pub use memory_store::MemoryStore;
 #[cfg(feature = "s3")]
 pub use store::S3Store;
 pub use store::{ObjectStore, StoreError};

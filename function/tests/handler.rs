@@ -35,16 +35,16 @@ async fn a_real_event_puts_modifies_and_deletes() {
         .unwrap();
     assert!(response.batch_item_failures.is_empty());
     assert_eq!(
-        mirror.store.body("alice/userdata"),
+        mirror.store.json_body("alice/userdata"),
         Some(json!({"name": "alice", "plan": "enterprise", "seats": 50}))
     );
     assert_eq!(
-        mirror.store.body("bob/userdata"),
+        mirror.store.json_body("bob/userdata"),
         Some(json!({"name": "bob", "plan": "free"}))
     );
     assert_eq!(mirror.store.snapshot().len(), 2, "carol's object is gone");
     // alice's INSERT and MODIFY were coalesced into one put.
-    let calls = mirror.store.calls.lock().unwrap().clone();
+    let calls = mirror.store.calls();
     assert_eq!(
         calls
             .iter()
@@ -65,10 +65,10 @@ async fn keys_only_records_write_the_keys_and_ttl_removals_delete() {
         .unwrap();
     assert!(response.batch_item_failures.is_empty());
     assert_eq!(
-        mirror.store.body("dave/userdata"),
+        mirror.store.json_body("dave/userdata"),
         Some(json!({"name": "dave"}))
     );
-    assert_eq!(mirror.store.body("erin/userdata"), None);
+    assert_eq!(mirror.store.json_body("erin/userdata"), None);
 }
 
 #[tokio::test]
@@ -84,7 +84,7 @@ async fn records_that_can_never_succeed_are_skipped_not_retried() {
     assert_eq!(summary.skipped, 6);
     assert_eq!(summary.puts, 1);
     assert_eq!(
-        mirror.store.body("good/userdata"),
+        mirror.store.json_body("good/userdata"),
         Some(json!({"name": "good"}))
     );
 }

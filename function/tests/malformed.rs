@@ -69,7 +69,7 @@ fn assert_refused(payload: Value, fragment: &str) {
         before,
         "{payload}: the bucket changed"
     );
-    assert!(mirror.store.calls.lock().unwrap().is_empty());
+    assert!(mirror.store.calls().is_empty());
 }
 
 #[test]
@@ -89,7 +89,7 @@ fn bodies_that_are_not_json_never_reach_the_handler() {
             "{err}"
         );
     }
-    assert!(mirror.store.calls.lock().unwrap().is_empty());
+    assert!(mirror.store.calls().is_empty());
     // The same runtime path with a JSON body does reach it; like lambda_runtime, it reads the
     // first document only (Lambda itself only ever sends one).
     assert!(invoke_body(&mirror, br#"{"Records": []}"#).is_ok());
@@ -370,15 +370,15 @@ fn records_of_the_wrong_shape_are_logged_skipped_and_the_rest_applied() {
     assert_eq!(summary.skipped, bad.len());
     assert_eq!(summary.puts, 2);
     assert_eq!(
-        mirror.store.body("first/userdata"),
+        mirror.store.json_body("first/userdata"),
         Some(json!({"name": "first"}))
     );
     assert_eq!(
-        mirror.store.body("carol/userdata"),
+        mirror.store.json_body("carol/userdata"),
         Some(json!({"name": "carol", "plan": "team"}))
     );
     assert_eq!(
-        mirror.store.body("dora/userdata"),
+        mirror.store.json_body("dora/userdata"),
         None,
         "no bad record was applied"
     );
@@ -432,7 +432,7 @@ fn a_bad_record_between_good_ones_of_the_same_user_leaves_the_last_good_write() 
     assert!(response.batch_item_failures.is_empty());
     assert_eq!(summary.skipped, 2);
     assert_eq!(
-        mirror.store.body("erin/userdata"),
+        mirror.store.json_body("erin/userdata"),
         Some(json!({"name": "erin", "v": 3}))
     );
 }

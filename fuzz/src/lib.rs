@@ -5,15 +5,14 @@
 //! caused it (kept under `fuzz/artifacts/<target>/`).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Mutex;
 
 use serde_json::Value;
 use usersync_function::key::{decode_name, encode_name, MAX_KEY_BYTES};
 use usersync_function::plan::{plan_batch, Plan, Step};
 use usersync_function::{
-    handle_event, process_batch, stream_records, Config, DeleteScope, Mirror, ObjectStore,
-    StoreError,
+    handle_event, process_batch, stream_records, Config, DeleteScope, Mirror,
 };
+use usersync_function::memory_store::{InjectedFailures, MemoryStore};
 
 /// Every S3 operation on a key holding this text fails in the failing store.
 ///
@@ -30,63 +29,12 @@ pub const SEEDED: [(&str, &str); 4] = [
     ("not a user key", "x"),
 ];
 
-/// A bucket in memory; with `fail_marker`, every operation on a key holding it fails.
-#[derive(Debug, Default)]
-pub struct MemoryStore {
-    pub objects: Mutex<BTreeMap<String, Vec<u8>>>,
-    pub fail_marker: Option<&'static str>,
-}
-
-impl MemoryStore {
-    /// A store holding [`SEEDED`].
-    pub fn seeded(fail_marker: Option<&'static str>) -> Self {
-        let objects = SEEDED
-            .iter()
-            .map(|(key, body)| ((*key).to_owned(), body.as_bytes().to_vec()))
-            .collect();
-        Self {
-            objects: Mutex::new(objects),
-            fail_marker,
-        }
-    }
-
-    pub fn snapshot(&self) -> BTreeMap<String, Vec<u8>> {
-        self.objects.lock().unwrap().clone()
-    }
-
-    fn check(&self, operation: &'static str, key: &str) -> Result<(), StoreError> {
-        match self.fail_marker {
-            Some(marker) if key.contains(marker) => Err(StoreError {
-                operation,
-                key: key.to_owned(),
-                message: "injected failure".to_owned(),
-            }),
-            _ => Ok(()),
-        }
-    }
-}
-
-impl ObjectStore for MemoryStore {
-    async fn put(&self, key: &str, body: Vec<u8>) -> Result<(), StoreError> {
-        self.check("put", key)?;
-        assert!(key.len() <= MAX_KEY_BYTES, "put of a key over S3's limit");
-        self.objects.lock().unwrap().insert(key.to_owned(), body);
-        Ok(())
-    }
-
-    async fn delete(&self, key: &str) -> Result<(), StoreError> {
-        self.check("delete", key)?;
-        self.objects.lock().unwrap().remove(key);
-        Ok(())
-    }
-
-    async fn delete_prefix(&self, prefix: &str) -> Result<usize, StoreError> {
-        self.check("delete_prefix", prefix)?;
-        assert!(prefix.ends_with('/'), "prefix delete of {prefix:?}");
-        let mut objects = self.objects.lock().unwrap();
-        let before = objects.len();
-        objects.retain(|key, _| !key.starts_with(prefix));
-        Ok(before - objects.len())
+/// A bucket holding [`SEEDED`]; with `fail_marker`, every operation on a key holding it fails.
+pub fn seeded_store(fail_marker: Option<&str>) -> MemoryStore {
+    let store = MemoryStore::with_objects(&SEEDED);
+    match fail_marker {
+        Some(marker) => store.with_failures(InjectedFailures::Containing(marker.to_owned())),
+        None => store,
     }
 }
 
@@ -218,7 +166,7 @@ pub fn check_planning(records: &[Value], config: &Config) -> Plan {
 pub fn check_payload(payload: Value) {
     let config = configs().swap_remove(1);
     let mirror = Mirror {
-        store: MemoryStore::seeded(None),
+        store: seeded_store(None),
         config,
     };
     match block_on(handle_event(&mirror, payload.clone())) {
@@ -247,7 +195,7 @@ pub fn check_batch(records: &[Value]) {
         let plan = check_planning(records, &config);
 
         let batch = Mirror {
-            store: MemoryStore::seeded(None),
+            store: seeded_store(None),
             config: config.clone(),
         };
         let (response, summary) = block_on(process_batch(&batch, records.to_vec()));
@@ -257,7 +205,7 @@ pub fn check_batch(records: &[Value]) {
         let after = batch.store.snapshot();
 
         let one_by_one = Mirror {
-            store: MemoryStore::seeded(None),
+            store: seeded_store(None),
             config: config.clone(),
         };
         for record in records {
@@ -285,7 +233,7 @@ pub fn check_batch(records: &[Value]) {
         );
 
         let failing = Mirror {
-            store: MemoryStore::seeded(Some(FAIL_MARKER)),
+            store: seeded_store(Some(FAIL_MARKER)),
             config: config.clone(),
         };
         let (response, summary) = block_on(process_batch(&failing, records.to_vec()));
