@@ -8,16 +8,15 @@ pub mod config;
 pub mod handler;
 pub mod image;
 pub mod key;
-pub mod memory_store;
 pub mod plan;
 pub mod store;
+pub mod testing;
 
 pub use config::{Config, ConfigError, DeleteScope};
 pub use handler::{
     handle_event, handle_payload, payload_records, process_batch, process_records, stream_records,
     BatchSummary, Mirror, NotAStreamsEvent,
 };
-pub use memory_store::MemoryStore;
 #[cfg(feature = "s3")]
 pub use store::S3Store;
 pub use store::{ObjectStore, StoreError};

@@ -4,7 +4,7 @@ mod support;
 
 use proptest::prelude::*;
 use serde_json::{json, Value};
-use support::{config, fixture, record, MemoryStore};
+use support::{config, fixture, sequence_number, stream_record, MemoryStore};
 use usersync_function::{
     handle_event, process_batch, stream_records, DeleteScope, Mirror, NotAStreamsEvent,
 };
@@ -94,8 +94,8 @@ async fn a_key_over_the_s3_limit_is_skipped_and_later_records_still_apply() {
     let mirror = mirror(MemoryStore::default(), DeleteScope::Object);
     let long = "x".repeat(1020);
     let records = vec![
-        record("INSERT", &long, 1, Some(json!({}))),
-        record("INSERT", "after", 2, Some(json!({}))),
+        stream_record("INSERT", &long, 1, Some(json!({}))),
+        stream_record("INSERT", "after", 2, Some(json!({}))),
     ];
     let (response, summary) = process_batch(&mirror, records).await;
     assert!(response.batch_item_failures.is_empty());
@@ -111,13 +111,13 @@ async fn a_failed_user_is_reported_by_its_earliest_sequence_number() {
     let store = MemoryStore::failing(&["bob/userdata"]);
     let mirror = mirror(store, DeleteScope::Object);
     let records = vec![
-        record("INSERT", "alice", 10, Some(json!({}))),
-        record("INSERT", "bob", 11, Some(json!({"v": {"N": "1"}}))),
-        record("INSERT", "carol", 12, Some(json!({}))),
-        record("MODIFY", "bob", 13, Some(json!({"v": {"N": "2"}}))),
+        stream_record("INSERT", "alice", 10, Some(json!({}))),
+        stream_record("INSERT", "bob", 11, Some(json!({"v": {"N": "1"}}))),
+        stream_record("INSERT", "carol", 12, Some(json!({}))),
+        stream_record("MODIFY", "bob", 13, Some(json!({"v": {"N": "2"}}))),
     ];
     let (response, summary) = process_batch(&mirror, records).await;
-    assert_eq!(failures(&response), [format!("{:030}", 11)]);
+    assert_eq!(failures(&response), [sequence_number(11)]);
     assert_eq!(summary.failed_users, 1);
     let keys: Vec<String> = mirror.store.snapshot().into_keys().collect();
     assert_eq!(keys, ["alice/userdata", "carol/userdata"]);
@@ -128,12 +128,12 @@ async fn several_failed_users_are_reported_in_stream_order() {
     let store = MemoryStore::failing(&["c/userdata", "a/userdata"]);
     let mirror = mirror(store, DeleteScope::Object);
     let records = (0..6)
-        .map(|i| record("INSERT", ["a", "b", "c"][i % 3], i as u64, Some(json!({}))))
+        .map(|i| stream_record("INSERT", ["a", "b", "c"][i % 3], i as u64, Some(json!({}))))
         .collect();
     let (response, _) = process_batch(&mirror, records).await;
     assert_eq!(
         failures(&response),
-        [format!("{:030}", 0), format!("{:030}", 2)]
+        [sequence_number(0), sequence_number(2)]
     );
 }
 
@@ -142,11 +142,11 @@ async fn a_failed_prefix_delete_stops_the_users_later_put() {
     let store = MemoryStore::failing(&["alice/"]);
     let mirror = mirror(store, DeleteScope::Prefix);
     let records = vec![
-        record("REMOVE", "alice", 1, None),
-        record("INSERT", "alice", 2, Some(json!({}))),
+        stream_record("REMOVE", "alice", 1, None),
+        stream_record("INSERT", "alice", 2, Some(json!({}))),
     ];
     let (response, _) = process_batch(&mirror, records).await;
-    assert_eq!(failures(&response), [format!("{:030}", 1)]);
+    assert_eq!(failures(&response), [sequence_number(1)]);
     assert!(
         mirror.store.snapshot().is_empty(),
         "the put must not overtake the failed delete"
@@ -157,8 +157,8 @@ async fn a_failed_prefix_delete_stops_the_users_later_put() {
 async fn insert_then_remove_in_one_batch_leaves_nothing() {
     let mirror = mirror(MemoryStore::default(), DeleteScope::Object);
     let records = vec![
-        record("INSERT", "alice", 1, Some(json!({}))),
-        record("REMOVE", "alice", 2, None),
+        stream_record("INSERT", "alice", 1, Some(json!({}))),
+        stream_record("REMOVE", "alice", 2, None),
     ];
     let (response, summary) = process_batch(&mirror, records).await;
     assert!(response.batch_item_failures.is_empty());
@@ -178,7 +178,8 @@ async fn prefix_scope_removes_everything_under_the_user_only() {
         ("alicex/userdata", "{}"),
     ]);
     let mirror = mirror(store, DeleteScope::Prefix);
-    let (response, _) = process_batch(&mirror, vec![record("REMOVE", "alice", 1, None)]).await;
+    let (response, _) =
+        process_batch(&mirror, vec![stream_record("REMOVE", "alice", 1, None)]).await;
     assert!(response.batch_item_failures.is_empty());
     let keys: Vec<String> = mirror.store.snapshot().into_keys().collect();
     assert_eq!(keys, ["alice2/userdata", "alicex/userdata"]);
@@ -189,9 +190,9 @@ async fn names_cannot_reach_another_users_objects() {
     let store = MemoryStore::with_objects(&[("bob/userdata", "{}"), ("bob/secret", "s")]);
     let mirror = mirror(store, DeleteScope::Prefix);
     let records = vec![
-        record("REMOVE", "bob/..", 1, None),
-        record("REMOVE", "..", 2, None),
-        record("INSERT", "bob/userdata", 3, Some(json!({}))),
+        stream_record("REMOVE", "bob/..", 1, None),
+        stream_record("REMOVE", "..", 2, None),
+        stream_record("INSERT", "bob/userdata", 3, Some(json!({}))),
     ];
     let (response, _) = process_batch(&mirror, records).await;
     assert!(response.batch_item_failures.is_empty());
@@ -279,11 +280,11 @@ proptest! {
             match op {
                 Op::Write(v) => {
                     let event = if seq % 2 == 0 { "INSERT" } else { "MODIFY" };
-                    records.push(record(event, name, seq as u64, Some(json!({"v": {"N": v.to_string()}}))));
+                    records.push(stream_record(event, name, seq as u64, Some(json!({"v": {"N": v.to_string()}}))));
                     expected.insert(object, serde_json::to_vec(&json!({"name": name, "v": v})).unwrap());
                 }
                 Op::Remove => {
-                    records.push(record("REMOVE", name, seq as u64, None));
+                    records.push(stream_record("REMOVE", name, seq as u64, None));
                     if prefix_scope {
                         expected.retain(|k, _| !k.starts_with(&format!("{name}/")));
                     } else {

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use aws_lambda_events::streams::DynamoDbEventResponse;
 use proptest::prelude::*;
 use serde_json::{json, Value};
-use support::{config, fixture, record, MemoryStore};
+use support::{config, fixture, sequence_number, stream_record, MemoryStore};
 use usersync_function::{handle_event, process_batch, DeleteScope, Mirror, NotAStreamsEvent};
 
 fn mirror() -> Mirror<MemoryStore> {
@@ -112,7 +112,7 @@ fn events_of_other_sources_fail_the_invocation_naming_the_source() {
     // One foreign record refuses the whole payload: nothing of it is applied.
     assert_refused(
         json!({"Records": [
-            record("REMOVE", "carol", 1, None),
+            stream_record("REMOVE", "carol", 1, None),
             {"eventSource": "aws:sns", "Sns": {"Message": "hi"}},
         ]}),
         "records of \"aws:sns\"",
@@ -125,7 +125,10 @@ fn payloads_without_a_records_array_say_what_they_are() {
         (json!(null), "expected a JSON object, got null"),
         (json!(42), "expected a JSON object, got a number"),
         (json!(true), "expected a JSON object, got a boolean"),
-        (json!([record("INSERT", "a", 1, None)]), "got an array"),
+        (
+            json!([stream_record("INSERT", "a", 1, None)]),
+            "got an array",
+        ),
         (json!({}), "it has no \"Records\" array"),
         (json!({"records": []}), "it has no \"Records\" array"),
         (
@@ -196,9 +199,9 @@ fn logs_of_this_thread() -> Vec<String> {
         .collect()
 }
 
-/// `record` with `change` applied to its JSON.
+/// `stream_record` with `change` applied to its JSON.
 fn altered(event_id: &str, sequence: u64, change: impl FnOnce(&mut Value)) -> Value {
-    let mut value = record(
+    let mut value = stream_record(
         "INSERT",
         "dora",
         sequence,
@@ -349,9 +352,9 @@ fn records_of_the_wrong_shape_are_logged_skipped_and_the_rest_applied() {
         (json!("INSERT dora"), "-", None, MALFORMED),
         (json!([]), "-", None, MALFORMED),
     ];
-    let mut records = vec![record("INSERT", "first", 100, Some(json!({})))];
+    let mut records = vec![stream_record("INSERT", "first", 100, Some(json!({})))];
     records.extend(bad.iter().map(|(record, ..)| record.clone()));
-    records.push(record(
+    records.push(stream_record(
         "MODIFY",
         "carol",
         101,
@@ -389,7 +392,7 @@ fn records_of_the_wrong_shape_are_logged_skipped_and_the_rest_applied() {
         .collect();
     assert_eq!(skipped.len(), bad.len(), "{logs:#?}");
     for (line, (_, event_id, sequence, reason)) in skipped.iter().zip(&bad) {
-        let sequence = sequence.map_or_else(|| "-".to_owned(), |n| format!("{n:030}"));
+        let sequence = sequence.map_or_else(|| "-".to_owned(), sequence_number);
         assert!(line.contains("ERROR"), "{line}");
         assert!(
             line.contains(&format!("event_id=\"{event_id}\""))
@@ -416,12 +419,12 @@ fn records_of_the_wrong_shape_are_logged_skipped_and_the_rest_applied() {
 #[test]
 fn a_bad_record_between_good_ones_of_the_same_user_leaves_the_last_good_write() {
     let records = vec![
-        record("INSERT", "erin", 1, Some(json!({"v": {"N": "1"}}))),
+        stream_record("INSERT", "erin", 1, Some(json!({"v": {"N": "1"}}))),
         altered("bad", 2, |r| {
             r["dynamodb"]["Keys"]["name"] = json!({"S": "erin"});
             r["dynamodb"]["NewImage"] = json!({"name": {"S": "erin"}, "v": {"N": []}});
         }),
-        record("MODIFY", "erin", 3, Some(json!({"v": {"N": "3"}}))),
+        stream_record("MODIFY", "erin", 3, Some(json!({"v": {"N": "3"}}))),
         altered("bad-remove", 4, |r| {
             r["eventName"] = json!("REMOVE");
             r["dynamodb"]["Keys"] = json!({"name": {"S": 4}});

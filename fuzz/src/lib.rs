@@ -9,10 +9,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::Value;
 use usersync_function::key::{decode_name, encode_name, MAX_KEY_BYTES};
 use usersync_function::plan::{plan_batch, Plan, Step};
-use usersync_function::{
-    handle_event, process_batch, stream_records, Config, DeleteScope, Mirror,
-};
-use usersync_function::memory_store::{InjectedFailures, MemoryStore};
+use usersync_function::testing::{InjectedFailures, MemoryStore};
+use usersync_function::{handle_event, process_batch, stream_records, Config, DeleteScope, Mirror};
 
 /// Every S3 operation on a key holding this text fails in the failing store.
 ///

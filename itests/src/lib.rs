@@ -4,6 +4,5 @@ pub mod backend;
 pub mod emulator;
 pub mod faults;
 pub mod harness;
-pub mod records;
 pub mod scenarios;
 pub mod test_stack;

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use aws_sdk_s3::Client;
 use deployer::local::emulator::Emulator;
 use itests::emulator::{s3_client, start, unique_bucket};
-use itests::records::{stream_event, stream_record};
 use serde_json::{json, Value};
+use usersync_function::testing::{sequence_number, stream_event, stream_record};
 use usersync_function::{handle_event, Config, DeleteScope, Mirror, S3Store};
 
 struct Fixture {
@@ -301,7 +301,7 @@ async fn a_missing_bucket_fails_every_user_without_panicking() {
         .iter()
         .map(|f| f.item_identifier.clone().unwrap())
         .collect();
-    assert_eq!(failed, [format!("{:021}", 7), format!("{:021}", 8)]);
+    assert_eq!(failed, [sequence_number(7), sequence_number(8)]);
 }
 
 /// Runs `futures` with at most `limit` in flight.

@@ -1,9 +1,10 @@
-//! Test helpers: builders for stream records and configurations.
+//! Test helpers: configurations and fixtures; the in-memory bucket and the record builder
+//! are the function's own (`usersync_function::testing`).
 
 #![allow(dead_code)]
 
-use serde_json::{json, Value};
-pub use usersync_function::MemoryStore;
+use serde_json::Value;
+pub use usersync_function::testing::{sequence_number, stream_record, MemoryStore};
 use usersync_function::{Config, DeleteScope};
 
 pub fn config(scope: DeleteScope) -> Config {
@@ -12,33 +13,6 @@ pub fn config(scope: DeleteScope) -> Config {
             .unwrap();
     config.delete_scope = scope;
     config
-}
-
-/// A stream record as Lambda delivers it, for user `name`; `image` is the new image's extra attributes.
-pub fn record(event: &str, name: &str, sequence: u64, image: Option<Value>) -> Value {
-    let mut dynamodb = json!({
-        "ApproximateCreationDateTime": 1764000000,
-        "Keys": { "name": { "S": name } },
-        "SequenceNumber": format!("{sequence:030}"),
-        "SizeBytes": 64,
-        "StreamViewType": "NEW_AND_OLD_IMAGES"
-    });
-    if let Some(extra) = image {
-        let mut new_image = json!({ "name": { "S": name } });
-        for (k, v) in extra.as_object().unwrap() {
-            new_image[k] = v.clone();
-        }
-        dynamodb["NewImage"] = new_image;
-    }
-    json!({
-        "eventID": format!("event-{sequence}"),
-        "eventName": event,
-        "eventVersion": "1.1",
-        "eventSource": "aws:dynamodb",
-        "awsRegion": "us-east-1",
-        "eventSourceARN": "arn:aws:dynamodb:us-east-1:123456789012:table/users/stream/2026-11-25T00:00:00.000",
-        "dynamodb": dynamodb
-    })
 }
 
 pub fn fixture(name: &str) -> Value {
