@@ -110,15 +110,15 @@ fn event_source(record: &RawValue) -> Option<String> {
     #[derive(serde::Deserialize)]
     struct Source {
         #[serde(rename = "eventSource")]
-        event_source: Option<Value>,
+        event_source: Option<String>,
     }
-    match serde_json::from_str::<Source>(record.get())
+    // serde fills a struct from an array too (`["aws:sns"]`): only an object has fields.
+    if !record.get().starts_with('{') {
+        return None;
+    }
+    serde_json::from_str::<Source>(record.get())
         .ok()?
-        .event_source?
-    {
-        Value::String(source) => Some(source),
-        _ => None,
-    }
+        .event_source
 }
 
 /// What kind of JSON value `raw` is, for messages.

@@ -119,6 +119,23 @@ fn events_of_other_sources_fail_the_invocation_naming_the_source() {
     );
 }
 
+/// A record that is an array has no `eventSource`, whatever it holds: it is skipped as
+/// malformed, and the payload's stream records are applied.
+#[test]
+fn an_array_among_the_records_is_skipped_not_taken_for_a_foreign_source() {
+    let mirror = mirror();
+    let payload = json!({"Records": [
+        stream_record("INSERT", "dora", 1, Some(json!({}))),
+        ["aws:sns"],
+    ]});
+    let response = block_on(handle_event(&mirror, payload)).expect("a streams event");
+    assert!(response.batch_item_failures.is_empty());
+    assert_eq!(
+        mirror.store.json_body("dora/userdata"),
+        Some(json!({"name": "dora"}))
+    );
+}
+
 #[test]
 fn payloads_without_a_records_array_say_what_they_are() {
     for (payload, fragment) in [
@@ -351,6 +368,8 @@ fn records_of_the_wrong_shape_are_logged_skipped_and_the_rest_applied() {
         (Value::Null, "-", None, MALFORMED),
         (json!("INSERT dora"), "-", None, MALFORMED),
         (json!([]), "-", None, MALFORMED),
+        // An array is no record, even one whose first element reads like an event source.
+        (json!(["aws:sns"]), "-", None, MALFORMED),
     ];
     let mut records = vec![stream_record("INSERT", "first", 100, Some(json!({})))];
     records.extend(bad.iter().map(|(record, ..)| record.clone()));
