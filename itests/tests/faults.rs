@@ -10,14 +10,8 @@
 //! mapping did (`--nocapture` shows it); the function's output and the poller's events are in
 //! `target/usersync/itests/<stack>.function.log`.
 //!
-//! Ignored, and run with `--ignored`:
-//! - `soak_ten_thousand_users_under_faults`, the 30% run scaled to 10,000 users (about two
-//!   minutes): `USERSYNC_SOAK=1 cargo test -p itests --test faults -- --ignored soak`; without
-//!   `USERSYNC_SOAK=1` it fails rather than pass unrun. It fails today for the same reason as
-//!   the 30% run below.
-//! - `thirty_percent_of_s3_requests_failing_lose_nothing` and
-//!   `an_emulator_restarted_during_deploy_is_named_as_the_cause_with_the_fix`, which state what
-//!   the function and the deployer do not do yet (their `ignore` says what is missing).
+//! With the `soak` feature (`cargo xtask test --soak`), `soak_ten_thousand_users_under_faults`
+//! runs the 30% case scaled to 10,000 users inserted and 3,000 deleted (about two minutes).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
@@ -620,13 +614,9 @@ async fn thirty_percent_of_s3_requests_failing_lose_nothing() -> Result<()> {
     inserts_and_deletes_under_faults("rate30", 1000, 300, 0.30, 0x5EED_0030).await
 }
 
+#[cfg(feature = "soak")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "soak: set USERSYNC_SOAK=1 and run with --ignored (cargo test -p itests --test faults -- --ignored soak)"]
 async fn soak_ten_thousand_users_under_faults() -> Result<()> {
-    ensure!(
-        std::env::var_os("USERSYNC_SOAK").is_some_and(|v| v == "1"),
-        "the soak run takes minutes: set USERSYNC_SOAK=1 to run it"
-    );
     inserts_and_deletes_under_faults("soak", 10_000, 3_000, 0.30, 0x5EED_50A4).await
 }
 

@@ -133,8 +133,6 @@ pub fn run(args: TestArgs) -> Result<()> {
     done.push(("fuzz".to_owned(), seconds));
 
     if args.soak {
-        let mut soak_env = env.clone();
-        soak_env.push(("USERSYNC_SOAK", "1".into()));
         step(
             &root,
             "soak",
@@ -142,13 +140,13 @@ pub fn run(args: TestArgs) -> Result<()> {
                 "test",
                 "--package",
                 "itests",
+                "--features",
+                "soak",
                 "--test",
                 "faults",
-                "--",
-                "--ignored",
                 "soak",
             ],
-            &soak_env,
+            &env,
             &mut done,
         )?;
     }
