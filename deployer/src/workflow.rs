@@ -56,7 +56,7 @@ pub async fn deploy(
     console: &mut dyn Console,
 ) -> Result<DeployReport, DeployError> {
     settings.validate()?;
-    confirm_on_aws(target, settings, console).await?;
+    confirm_deploy(target, settings, console).await?;
     let build_options = build_options(target.is_aws(), settings, options);
     let built = tokio::task::block_in_place(|| {
         artifact::build(&build_options, &mut |line| console.line(line))
@@ -80,29 +80,17 @@ pub async fn deploy_built(
     console: &mut dyn Console,
 ) -> Result<DeployReport, DeployError> {
     settings.validate()?;
-    confirm_on_aws(target, settings, console).await?;
+    confirm_deploy(target, settings, console).await?;
     deploy_artifact(target, settings, built, console).await
 }
 
-async fn confirm_on_aws(
+async fn confirm_deploy(
     target: &Target,
     settings: &StackSettings,
     console: &mut dyn Console,
-) -> Result<(), DeployError> {
-    if !target.is_aws() {
-        return Ok(());
-    }
-    let stack_name = settings.stack_name.as_str();
-    let account = stack::account_id(target).await?;
-    let question = format!(
-        "deploy stack {stack_name} to AWS account {account} in {}?",
-        target.region()
-    );
-    if console.confirm(&question) {
-        Ok(())
-    } else {
-        Err(StackError::Declined(format!("deploy of stack {stack_name}")).into())
-    }
+) -> Result<(), StackError> {
+    let action = format!("deploy stack {}", settings.stack_name);
+    stack::confirm_on_aws(target, console, &action).await
 }
 
 /// Uploads the archive, synthesises the template for its architecture and deploys the stack.

@@ -134,22 +134,3 @@ pub fn print_json(value: &impl serde::Serialize) -> Result<()> {
     );
     Ok(())
 }
-
-/// On real AWS, asks before `action` (which names what will change), showing the account and
-/// region; elsewhere there is nothing to ask. A refusal is an error saying nothing changed.
-pub async fn confirm_on_aws(
-    target: &Target,
-    console: &mut dyn deployer::console::Console,
-    action: &str,
-    hint: &str,
-) -> Result<()> {
-    if !target.is_aws() {
-        return Ok(());
-    }
-    let account = deployer::stack::account_id(target).await?;
-    let question = format!("{action} in AWS account {account}, {}?", target.region());
-    if !console.confirm(&question) {
-        anyhow::bail!("{action}: not confirmed, nothing was changed ({hint})");
-    }
-    Ok(())
-}

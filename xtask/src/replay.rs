@@ -5,8 +5,9 @@ use anyhow::{bail, Context, Result};
 use deployer::console::Console;
 use deployer::replay::{self, ReplayOptions};
 
-use crate::args::{confirm_on_aws, print_json, TargetArgs};
+use crate::args::{print_json, TargetArgs};
 use crate::console::TerminalConsole;
+use deployer::stack;
 
 #[derive(clap::Args)]
 pub struct ReplayArgs {
@@ -25,11 +26,10 @@ pub async fn run(args: ReplayArgs, target_args: &TargetArgs) -> Result<()> {
     let mut console = TerminalConsole::new(target_args.yes);
     let target = target_args.connect().await?;
     if !args.dry_run {
-        confirm_on_aws(
+        stack::confirm_on_aws(
             &target,
             &mut console,
             &format!("replay the failure queue of stack {stack_name} into its bucket"),
-            "pass --yes in scripts, or --dry-run to look",
         )
         .await?;
     }

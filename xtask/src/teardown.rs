@@ -5,7 +5,7 @@ use deployer::console::Console;
 use deployer::local::emulator;
 use deployer::stack::{self, TeardownOutcome};
 
-use crate::args::{confirm_on_aws, print_json, TargetArgs};
+use crate::args::{print_json, TargetArgs};
 use crate::console::TerminalConsole;
 
 #[derive(clap::Args)]
@@ -20,11 +20,10 @@ pub async fn run(args: TeardownArgs, target_args: &TargetArgs) -> Result<()> {
     let stack_name = settings.stack_name.clone();
     let mut console = TerminalConsole::new(target_args.yes);
     let target = target_args.connect().await?;
-    confirm_on_aws(
+    stack::confirm_on_aws(
         &target,
         &mut console,
         &format!("tear down stack {stack_name} and delete its data"),
-        "pass --yes in scripts",
     )
     .await?;
     let outcome = stack::teardown(

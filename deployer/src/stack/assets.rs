@@ -37,6 +37,26 @@ pub async fn account_id(target: &Target) -> Result<String, StackError> {
     Ok(identity.account().unwrap_or("000000000000").to_owned())
 }
 
+/// On real AWS, asks before `action` (what will change, such as "deploy stack users"), naming
+/// the account and region; elsewhere there is nothing to ask. A refusal is
+/// [`StackError::Declined`]: nothing was changed.
+pub async fn confirm_on_aws(
+    target: &Target,
+    console: &mut dyn Console,
+    action: &str,
+) -> Result<(), StackError> {
+    if !target.is_aws() {
+        return Ok(());
+    }
+    let account = account_id(target).await?;
+    let question = format!("{action} in AWS account {account}, {}?", target.region());
+    if console.confirm(&question) {
+        Ok(())
+    } else {
+        Err(StackError::Declined(action.to_owned()))
+    }
+}
+
 /// Makes sure the assets bucket exists, encrypted and with all public access blocked.
 async fn ensure_assets_bucket(
     target: &Target,

@@ -12,7 +12,9 @@ use std::time::Duration;
 use aws_sdk_cloudformation::error::ProvideErrorMetadata;
 use aws_sdk_cloudformation::types::Stack;
 
-pub use assets::{account_id, assets_bucket_name, upload_artifact, UploadedArtifact};
+pub use assets::{
+    account_id, assets_bucket_name, confirm_on_aws, upload_artifact, UploadedArtifact,
+};
 pub use deploy::{deploy, DeployOutcome};
 pub use status::{status, MappingReport, ResourceReport, StackReport};
 pub(crate) use teardown::delete_all_versions;
