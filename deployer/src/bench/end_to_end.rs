@@ -19,6 +19,7 @@ use crate::local::pipeline::{LocalPipeline, PipelineOptions};
 use crate::local::poller::PollerOptions;
 use crate::settings::StackSettings;
 use crate::stack;
+use crate::stack::aws_error;
 use crate::target::Target;
 use crate::template::output;
 use crate::workflow;
@@ -145,10 +146,7 @@ async fn write_and_watch(
                 .request_items(table, pending)
                 .send()
                 .await
-                .map_err(|err| BenchError::Aws {
-                    action: "BatchWriteItem".to_owned(),
-                    message: aws_sdk_dynamodb::error::DisplayErrorContext(err).to_string(),
-                })?;
+                .map_err(|err| aws_error("write users with BatchWriteItem", err))?;
             pending = answer
                 .unprocessed_items()
                 .and_then(|items| items.get(table))
@@ -175,10 +173,7 @@ async fn write_and_watch(
         }
         let mut pages = s3.list_objects_v2().bucket(bucket).into_paginator().send();
         while let Some(page) = pages.next().await {
-            let page = page.map_err(|err| BenchError::Aws {
-                action: format!("list bucket {bucket}"),
-                message: aws_sdk_s3::error::DisplayErrorContext(err).to_string(),
-            })?;
+            let page = page.map_err(|err| aws_error(format!("list bucket {bucket}"), err))?;
             let now = started.elapsed();
             for key in page.contents().iter().filter_map(|o| o.key()) {
                 if written_at.contains_key(key) {

@@ -47,8 +47,6 @@ pub enum BenchError {
     FunctionFailed(String),
     #[error("the raw S3 loop failed, so the run measures nothing: {0}")]
     LimitFailed(String),
-    #[error("failed to {action}: {message}")]
-    Aws { action: String, message: String },
     #[error("failed to resolve credentials for the function: {0}")]
     Credentials(String),
     #[error("failed to deploy the benchmark stack: {0}")]
@@ -170,7 +168,6 @@ pub async fn run(
         }
     };
 
-    progress("building the function (profile lambda-artifact)");
     let artifact = tokio::task::block_in_place(|| {
         artifact::build(
             &BuildOptions {

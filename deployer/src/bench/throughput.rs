@@ -17,6 +17,7 @@ use super::workload::{S3Operation, Variant, Workload};
 use super::BenchError;
 use crate::local::function_host::{FunctionHost, FunctionSpec, OutputSink};
 use crate::local::invoke::{InvokeOutcome, Invoker};
+use crate::stack::aws_error;
 
 /// Where the function and the loop write.
 #[derive(Clone)]
@@ -52,10 +53,7 @@ pub async fn create_bucket(client: &aws_sdk_s3::Client, bucket: &str) -> Result<
         .bucket(bucket)
         .send()
         .await
-        .map_err(|err| BenchError::Aws {
-            action: format!("create bucket {bucket}"),
-            message: aws_sdk_s3::error::DisplayErrorContext(err).to_string(),
-        })?;
+        .map_err(|err| aws_error(format!("create bucket {bucket}"), err))?;
     Ok(())
 }
 
@@ -110,8 +108,10 @@ pub async fn measure_function(
     let mut cpu_ms = Vec::with_capacity(repetitions);
     for _ in 0..repetitions {
         let before = process_stats::read(pid).ok_or(BenchError::FunctionGone)?;
+        // The copy is made before the clock starts: only the invocation is timed.
+        let payload = event.clone();
         let started = Instant::now();
-        invoke_checked(&host, event.clone()).await?;
+        invoke_checked(&host, payload).await?;
         seconds.push(started.elapsed().as_secs_f64());
         let after = process_stats::read(pid).ok_or(BenchError::FunctionGone)?;
         cpu_ms.push((after.cpu.saturating_sub(before.cpu)).as_secs_f64() * 1000.0);
