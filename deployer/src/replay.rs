@@ -25,24 +25,25 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use aws_sdk_dynamodbstreams::error::DisplayErrorContext;
-use aws_sdk_dynamodbstreams::operation::get_shard_iterator::GetShardIteratorError;
-use aws_sdk_dynamodbstreams::types::ShardIteratorType;
 use serde::Serialize;
 use serde_json::Value;
 use usersync_function::{process_batch, Config, Mirror, ObjectStore, S3Store, StoreError};
 
-use crate::local::poller::describe_shards;
-use crate::local::shard_reader::{ReadError, MAX_RECORDS_PER_READ};
-use crate::local::stream_event::StreamEventRecord;
+use crate::local::poller::{describe_shards, ShardListing};
+use crate::local::shard_reader::{ReadError, ReadPosition, ShardReader, MAX_RECORDS_PER_READ};
 use crate::stack::{aws_error, describe_stack, outputs_of, StackError};
 use crate::target::Target;
 use crate::template::output;
 
 /// How long received messages stay hidden from other readers while a replay works on them.
 const VISIBILITY_TIMEOUT_S: i32 = 900;
-/// Reads of an open shard that come back empty before its tip counts as reached.
+/// Reads of an open shard that come back empty in a row, past every batch read from it, before
+/// its tip counts as reached.
 const EMPTY_READS_AT_TIP: u32 = 3;
+/// The same before the last batch's end was seen: DynamoDB Streams may answer empty several
+/// times on the way through a shard, and stopping short would count the batch's records as
+/// gone. The bound only matters for a shard whose every record was trimmed.
+const EMPTY_READS_BEFORE_THE_END: u32 = 100;
 
 /// What to do.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -393,11 +394,17 @@ pub async fn replay_failures(
     let config = function_config(target, &function).await?;
     let bucket = config.bucket.clone();
     let mirror = Mirror {
-        store: RecordingStore::new(S3Store::new(target.s3(), config.bucket.clone())),
+        // The function's own client: its retries are what a user's request would get.
+        store: RecordingStore::new(S3Store::new(
+            usersync_function::s3_client_from(&target.sdk, !target.is_aws()),
+            config.bucket.clone(),
+        )),
         config,
     };
 
-    let received = receive_all(target, &queue_url).await?;
+    let sqs = target.sqs();
+    let streams = target.dynamodb_streams();
+    let received = receive_all(&sqs, &queue_url).await?;
     progress(&format!(
         "{} message(s) in the failure queue of stack {stack_name}",
         received.len()
@@ -422,7 +429,9 @@ pub async fn replay_failures(
         (Err(_), Err(_)) => std::cmp::Ordering::Equal,
     });
 
-    // Read each shard once, from the earliest start any of its messages needs.
+    // Read each shard once, from the earliest start any of its messages needs to past the
+    // latest end; each stream's shards are listed once.
+    let mut listings: HashMap<String, Vec<ShardListing>> = HashMap::new();
     let mut shards: HashMap<(String, String), ShardRead> = HashMap::new();
     for (_, info) in &parsed {
         let Ok(info) = info else { continue };
@@ -430,23 +439,37 @@ pub async fn replay_failures(
         if shards.contains_key(&key) {
             continue;
         }
-        let earliest = parsed
+        // `parsed` is in stream order: this is the shard's earliest message.
+        let latest_end = parsed
             .iter()
             .filter_map(|(_, i)| i.as_ref().ok())
             .filter(|i| i.stream_arn == info.stream_arn && i.shard_id == info.shard_id)
-            .map(|i| i.start_sequence_number.as_str())
-            .min_by(|a, b| compare_sequence_numbers(a, b))
-            .unwrap_or(&info.start_sequence_number)
-            .to_owned();
+            .map(|i| i.end_sequence_number.as_str())
+            .max_by(|a, b| compare_sequence_numbers(a, b))
+            .unwrap_or(&info.end_sequence_number);
         progress(&format!(
-            "reading shard {} of {} from sequence number {earliest}",
-            info.shard_id, info.stream_arn
+            "reading shard {} of {} from sequence number {}",
+            info.shard_id, info.stream_arn, info.start_sequence_number
         ));
-        let read = read_lineage(target, &info.stream_arn, &info.shard_id, &earliest).await?;
+        let listing = match listings.get(&info.stream_arn) {
+            Some(listing) => listing,
+            None => {
+                let listing = match describe_shards(&streams, &info.stream_arn).await {
+                    Ok(listing) => listing,
+                    // No stream, no later records (and no records to replay either).
+                    Err(ReadError::StreamGone { .. }) => Vec::new(),
+                    Err(err) => return Err(ReplayError::Stream(err.to_string())),
+                };
+                listings.entry(info.stream_arn.clone()).or_insert(listing)
+            }
+        };
+        let read = read_lineage(&streams, listing, info, latest_end).await?;
+        if let Err(reason) = &read.records {
+            progress(&format!("shard {}: {reason}", info.shard_id));
+        }
         shards.insert(key, read);
     }
 
-    let sqs = target.sqs();
     let mut messages = Vec::new();
     for (received, info) in parsed {
         let info = match info {
@@ -498,13 +521,15 @@ pub async fn replay_failures(
             continue;
         }
 
+        let expired = plan.expired();
         let failure = if plan.apply.is_empty() {
             None
         } else {
             mirror.store.clear();
-            let (response, _summary) = process_batch(&mirror, plan.apply.clone()).await;
+            let applying = plan.apply.len();
+            let (response, _summary) = process_batch(&mirror, plan.apply).await;
             if response.batch_item_failures.is_empty() {
-                report.applied = plan.apply.len();
+                report.applied = applying;
                 None
             } else {
                 Some(format!(
@@ -517,7 +542,7 @@ pub async fn replay_failures(
                 ))
             }
         };
-        report.outcome = match (failure, plan.expired()) {
+        report.outcome = match (failure, expired) {
             (Some(reason), _) => Outcome::Failed { reason },
             (None, false) => Outcome::Replayed,
             (None, true) if options.discard_expired => Outcome::ExpiredDiscarded {
@@ -545,11 +570,6 @@ pub async fn replay_failures(
             report.deleted = true;
         } else {
             release(&sqs, &queue_url, &received).await;
-        }
-        if let Err(reason) = &read.records {
-            if let Outcome::Expired { .. } | Outcome::ExpiredDiscarded { .. } = report.outcome {
-                progress(&format!("shard {}: {reason}", info.shard_id));
-            }
         }
         messages.push(report);
     }
@@ -590,8 +610,10 @@ async fn function_config(target: &Target, function: &str) -> Result<Config, Repl
 }
 
 /// Every message of the queue, each hidden from other readers while the replay runs.
-async fn receive_all(target: &Target, queue_url: &str) -> Result<Vec<Received>, ReplayError> {
-    let sqs = target.sqs();
+async fn receive_all(
+    sqs: &aws_sdk_sqs::Client,
+    queue_url: &str,
+) -> Result<Vec<Received>, ReplayError> {
     let mut all: Vec<Received> = Vec::new();
     let mut ids = HashSet::new();
     loop {
@@ -646,44 +668,43 @@ struct ShardRead {
     later_users: HashSet<String>,
 }
 
+/// Reads the shard of `info` from its start to past `until` (or to its end), and the users
+/// of the shards descending from it in `listing`.
 async fn read_lineage(
-    target: &Target,
-    stream_arn: &str,
-    shard_id: &str,
-    from: &str,
+    streams: &aws_sdk_dynamodbstreams::Client,
+    listing: &[ShardListing],
+    info: &BatchInfo,
+    until: &str,
 ) -> Result<ShardRead, ReplayError> {
-    let streams = target.dynamodb_streams();
-    let records = match read_shard(&streams, stream_arn, shard_id, Some(from)).await {
+    let (stream_arn, shard_id) = (info.stream_arn.as_str(), info.shard_id.as_str());
+    let start = ReadPosition::At(info.start_sequence_number.clone());
+    let records = match read_shard(streams, stream_arn, shard_id, start, Some(until)).await {
         Ok(records) => Ok(records),
-        Err(ShardError::Gone(reason)) => Err(reason),
-        Err(ShardError::Failed(err)) => return Err(err.into()),
+        Err(ReadError::StreamGone { message, .. }) => Err(format!(
+            "shard {shard_id} of {stream_arn} is no longer readable: {message}"
+        )),
+        Err(err) => return Err(ReplayError::Stream(err.to_string())),
     };
     // The shards descending from this one hold later records of its users. Not knowing them
     // could replay a record over a newer one, so a failure to read them stops the replay.
-    let mut later_users = HashSet::new();
-    let listing = match describe_shards(&streams, stream_arn).await {
-        Ok(listing) => listing,
-        // No stream, no later records (and no records to replay either).
-        Err(ReadError::StreamGone { .. }) => Vec::new(),
-        Err(err) => return Err(ReplayError::Stream(err.to_string())),
-    };
-    let mut descendants: Vec<String> = Vec::new();
-    let mut frontier = vec![shard_id.to_owned()];
+    let mut descendants: Vec<&str> = Vec::new();
+    let mut frontier = vec![shard_id];
     while let Some(parent) = frontier.pop() {
-        for shard in &listing {
-            if shard.parent_shard_id.as_deref() == Some(parent.as_str())
-                && !descendants.contains(&shard.shard_id)
+        for shard in listing {
+            if shard.parent_shard_id.as_deref() == Some(parent)
+                && !descendants.contains(&shard.shard_id.as_str())
             {
-                descendants.push(shard.shard_id.clone());
-                frontier.push(shard.shard_id.clone());
+                descendants.push(&shard.shard_id);
+                frontier.push(&shard.shard_id);
             }
         }
     }
+    let mut later_users = HashSet::new();
     for child in descendants {
-        match read_shard(&streams, stream_arn, &child, None).await {
+        match read_shard(streams, stream_arn, child, ReadPosition::TrimHorizon, None).await {
             Ok(records) => later_users.extend(records.into_iter().filter_map(|r| r.user)),
-            Err(ShardError::Gone(_)) => {}
-            Err(ShardError::Failed(err)) => return Err(err.into()),
+            Err(ReadError::StreamGone { .. }) => {}
+            Err(err) => return Err(ReplayError::Stream(err.to_string())),
         }
     }
     Ok(ShardRead {
@@ -692,124 +713,48 @@ async fn read_lineage(
     })
 }
 
-enum ShardError {
-    /// The records are no longer there (trimmed, or the stream or shard is gone).
-    Gone(String),
-    Failed(StackError),
-}
-
-/// Reads `shard_id` from `from` (its oldest record when that is trimmed, or with `None`) to its
-/// end or its current tip.
+/// Reads `shard_id` from `from` (its oldest record left, when that is trimmed) to its end, or,
+/// while it is open, to its current tip, not before passing the record `until`.
 async fn read_shard(
     streams: &aws_sdk_dynamodbstreams::Client,
     stream_arn: &str,
     shard_id: &str,
-    from: Option<&str>,
-) -> Result<Vec<ShardRecord>, ShardError> {
-    let iterator = |kind: ShardIteratorType, sequence: Option<&str>| {
-        streams
-            .get_shard_iterator()
-            .stream_arn(stream_arn)
-            .shard_id(shard_id)
-            .shard_iterator_type(kind)
-            .set_sequence_number(sequence.map(str::to_owned))
-            .send()
-    };
-    let first = match from {
-        Some(sequence) => iterator(ShardIteratorType::AtSequenceNumber, Some(sequence)).await,
-        None => iterator(ShardIteratorType::TrimHorizon, None).await,
-    };
-    let first = match first {
-        Ok(output) => output,
-        Err(err) => {
-            let message = DisplayErrorContext(&err).to_string();
-            match err.into_service_error() {
-                // The start is older than the stream's retention: read what is left.
-                GetShardIteratorError::TrimmedDataAccessException(_) => {
-                    iterator(ShardIteratorType::TrimHorizon, None)
-                        .await
-                        .map_err(|err| gone_or_failed(stream_arn, shard_id, err))?
-                }
-                GetShardIteratorError::ResourceNotFoundException(_) => {
-                    return Err(ShardError::Gone(format!(
-                        "shard {shard_id} of {stream_arn} is no longer readable: {message}"
-                    )))
-                }
-                other => {
-                    return Err(ShardError::Failed(aws_error(
-                        format!("read shard {shard_id} of {stream_arn}"),
-                        other,
-                    )))
-                }
-            }
-        }
-    };
-    let mut next = first.shard_iterator().map(str::to_owned);
+    from: ReadPosition,
+    until: Option<&str>,
+) -> Result<Vec<ShardRecord>, ReadError> {
+    let mut reader = ShardReader::new(streams.clone(), stream_arn, shard_id, from);
     let mut records = Vec::new();
+    let mut passed_until = until.is_none();
     let mut empty_reads = 0;
-    while let Some(iterator) = next.take() {
-        let output = match streams
-            .get_records()
-            .shard_iterator(&iterator)
-            .limit(MAX_RECORDS_PER_READ as i32)
-            .send()
-            .await
-        {
-            Ok(output) => output,
-            Err(err) => {
-                let message = DisplayErrorContext(&err).to_string();
-                if err.as_service_error().is_some_and(|e| {
-                    e.is_trimmed_data_access_exception() || e.is_resource_not_found_exception()
-                }) {
-                    return Err(ShardError::Gone(format!(
-                        "shard {shard_id} of {stream_arn} is no longer readable: {message}"
-                    )));
-                }
-                return Err(ShardError::Failed(aws_error(
-                    format!("read shard {shard_id} of {stream_arn}"),
-                    err,
-                )));
-            }
-        };
-        if output.records().is_empty() {
+    while !reader.is_finished() {
+        let read = reader.read(MAX_RECORDS_PER_READ).await?;
+        if read.is_empty() {
             empty_reads += 1;
         } else {
             empty_reads = 0;
         }
-        for record in output.records() {
-            if let Ok(converted) = StreamEventRecord::from_stream(record, stream_arn) {
-                records.push(ShardRecord::from_event(
-                    converted.event,
-                    converted.sequence_number,
-                ));
-            }
+        for record in read {
+            passed_until |= until.is_some_and(|until| {
+                compare_sequence_numbers(&record.sequence_number, until).is_ge()
+            });
+            records.push(ShardRecord::from_event(
+                record.event,
+                record.sequence_number,
+            ));
         }
-        if empty_reads >= EMPTY_READS_AT_TIP {
+        let tip = if passed_until {
+            EMPTY_READS_AT_TIP
+        } else {
+            EMPTY_READS_BEFORE_THE_END
+        };
+        if empty_reads >= tip {
             break;
         }
-        next = output.next_shard_iterator().map(str::to_owned);
         if empty_reads > 0 {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
     Ok(records)
-}
-
-fn gone_or_failed<E>(stream_arn: &str, shard_id: &str, err: E) -> ShardError
-where
-    E: std::error::Error + aws_sdk_dynamodbstreams::error::ProvideErrorMetadata,
-{
-    let code = err.code().unwrap_or_default().to_owned();
-    if code == "TrimmedDataAccessException" || code == "ResourceNotFoundException" {
-        ShardError::Gone(format!(
-            "shard {shard_id} of {stream_arn} is no longer readable: {code}"
-        ))
-    } else {
-        ShardError::Failed(aws_error(
-            format!("read shard {shard_id} of {stream_arn}"),
-            err,
-        ))
-    }
 }
 
 /// An [`ObjectStore`] that remembers the first error, so a failed replay can say why.
@@ -866,6 +811,7 @@ impl<S: ObjectStore + Send> ObjectStore for RecordingStore<S> {
 mod tests {
     use super::*;
     use crate::local::on_failure::{discard_message, DiscardCondition, DiscardedBatch};
+    use crate::local::stream_event::StreamEventRecord;
     use serde_json::json;
     use std::cmp::Ordering;
     use std::time::SystemTime;

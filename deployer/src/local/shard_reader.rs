@@ -3,6 +3,7 @@
 
 use aws_sdk_dynamodbstreams::error::DisplayErrorContext;
 use aws_sdk_dynamodbstreams::operation::get_records::GetRecordsError;
+use aws_sdk_dynamodbstreams::operation::get_shard_iterator::GetShardIteratorError;
 use aws_sdk_dynamodbstreams::types::ShardIteratorType;
 
 use super::stream_event::StreamEventRecord;
@@ -26,6 +27,9 @@ pub enum ReadError {
 pub enum ReadPosition {
     TrimHorizon,
     Latest,
+    /// At this record, included.
+    At(String),
+    /// Just after this record.
     After(String),
 }
 
@@ -132,7 +136,22 @@ impl ShardReader {
         Ok(records)
     }
 
-    async fn new_iterator(&self) -> Result<String, ReadError> {
+    /// An iterator at the current position; a position older than the stream's retention
+    /// becomes the oldest record left (what was before it can no longer be read by anyone).
+    async fn new_iterator(&mut self) -> Result<String, ReadError> {
+        match self.request_iterator().await {
+            Err(IteratorError::Trimmed(_)) if self.position != ReadPosition::TrimHorizon => {
+                tracing::warn!(shard = %self.shard_id, "the position was trimmed from the stream; continuing from the oldest record left");
+                self.position = ReadPosition::TrimHorizon;
+                self.request_iterator()
+                    .await
+                    .map_err(|err| err.into_read_error(self))
+            }
+            result => result.map_err(|err| err.into_read_error(self)),
+        }
+    }
+
+    async fn request_iterator(&self) -> Result<String, IteratorError> {
         let request = self
             .client
             .get_shard_iterator()
@@ -143,31 +162,54 @@ impl ShardReader {
                 request.shard_iterator_type(ShardIteratorType::TrimHorizon)
             }
             ReadPosition::Latest => request.shard_iterator_type(ShardIteratorType::Latest),
+            ReadPosition::At(sequence) => request
+                .shard_iterator_type(ShardIteratorType::AtSequenceNumber)
+                .sequence_number(sequence),
             ReadPosition::After(sequence) => request
                 .shard_iterator_type(ShardIteratorType::AfterSequenceNumber)
                 .sequence_number(sequence),
         };
         match request.send().await {
-            Ok(output) => output.shard_iterator.ok_or_else(|| ReadError::Transient {
-                shard_id: self.shard_id.clone(),
-                message: "GetShardIterator returned no iterator".into(),
+            Ok(output) => output.shard_iterator.ok_or_else(|| {
+                IteratorError::Other("GetShardIterator returned no iterator".into())
             }),
             Err(err) => {
                 let message = DisplayErrorContext(&err).to_string();
-                let gone = err
-                    .as_service_error()
-                    .is_some_and(|e| e.is_resource_not_found_exception());
-                Err(if gone {
-                    ReadError::StreamGone {
-                        stream_arn: self.stream_arn.clone(),
-                        message,
+                Err(match err.into_service_error() {
+                    GetShardIteratorError::TrimmedDataAccessException(_) => {
+                        IteratorError::Trimmed(message)
                     }
-                } else {
-                    ReadError::Transient {
-                        shard_id: self.shard_id.clone(),
-                        message,
+                    GetShardIteratorError::ResourceNotFoundException(_) => {
+                        IteratorError::Gone(message)
                     }
+                    _ => IteratorError::Other(message),
                 })
+            }
+        }
+    }
+}
+
+/// Why no iterator was handed out.
+enum IteratorError {
+    /// The position is older than the stream's retention.
+    Trimmed(String),
+    /// The stream or shard no longer exists.
+    Gone(String),
+    Other(String),
+}
+
+impl IteratorError {
+    fn into_read_error(self, reader: &ShardReader) -> ReadError {
+        match self {
+            IteratorError::Gone(message) => ReadError::StreamGone {
+                stream_arn: reader.stream_arn.clone(),
+                message,
+            },
+            IteratorError::Trimmed(message) | IteratorError::Other(message) => {
+                ReadError::Transient {
+                    shard_id: reader.shard_id.clone(),
+                    message,
+                }
             }
         }
     }
