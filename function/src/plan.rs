@@ -106,19 +106,13 @@ struct UserRecords {
     last: Option<(Change, Option<Vec<u8>>)>,
 }
 
-/// Plans a batch of parsed records (the `Records` array of a DynamoDB Streams event); see
-/// [`plan_records`], which this calls.
-pub fn plan_batch(records: Vec<Value>, config: &Config) -> Plan {
-    let raw: Vec<Box<RawValue>> = records.iter().map(raw_json).collect();
-    plan_records(&raw, config)
-}
-
 /// A parsed JSON value as JSON text again.
 pub(crate) fn raw_json(value: &Value) -> Box<RawValue> {
     serde_json::value::to_raw_value(value).expect("a JSON value always serializes")
 }
 
-/// Plans a batch of records given as their JSON text. Each record is read once, when it is
+/// Plans a batch of records (the `Records` array of a DynamoDB Streams event) given as their
+/// JSON text. Each record is read once, when it is
 /// planned: the function never holds a whole batch as parsed JSON.
 pub fn plan_records<R: Borrow<RawValue>>(records: &[R], config: &Config) -> Plan {
     let mut plan = Plan {

@@ -5,6 +5,7 @@
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
+use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 use usersync_fuzz::{check_batch, FAIL_MARKER};
 
@@ -154,10 +155,11 @@ fuzz_target!(|ops: Vec<Op>| {
     if ops.len() > 64 {
         return;
     }
-    let records: Vec<Value> = ops
+    let records: Vec<Box<RawValue>> = ops
         .iter()
         .enumerate()
-        .map(|(i, op)| record(i, op))
+        .map(|(i, op)| serde_json::value::to_raw_value(&record(i, op)).expect("JSON"))
         .collect();
+    let records: Vec<&RawValue> = records.iter().map(|record| &**record).collect();
     check_batch(&records);
 });

@@ -3,14 +3,15 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use usersync_function::stream_records;
+use serde_json::value::RawValue;
+use usersync_function::payload_records;
 use usersync_fuzz::{check_planning, configs};
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(payload) = serde_json::from_slice::<serde_json::Value>(data) else {
+    let Ok(payload) = serde_json::from_slice::<Box<RawValue>>(data) else {
         return;
     };
-    match stream_records(payload) {
+    match payload_records(&payload) {
         Ok(records) => {
             for config in configs() {
                 check_planning(&records, &config);

@@ -6,11 +6,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use serde_json::value::RawValue;
 use serde_json::Value;
 use usersync_function::key::{decode_name, encode_name, MAX_KEY_BYTES};
-use usersync_function::plan::{plan_batch, Plan, Step};
+use usersync_function::plan::{plan_records, Plan, Step};
 use usersync_function::testing::{InjectedFailures, MemoryStore};
-use usersync_function::{handle_event, process_batch, stream_records, Config, DeleteScope, Mirror};
+use usersync_function::{
+    handle_payload, payload_records, process_records, Config, DeleteScope, Mirror,
+};
 
 /// Every S3 operation on a key holding this text fails in the failing store.
 ///
@@ -148,26 +151,26 @@ pub fn check_plan(plan: &Plan, records: usize, config: &Config) {
 }
 
 /// Plans `records` and checks the plan; planning twice gives the same plan.
-pub fn check_planning(records: &[Value], config: &Config) -> Plan {
-    let plan = plan_batch(records.to_vec(), config);
+pub fn check_planning(records: &[&RawValue], config: &Config) -> Plan {
+    let plan = plan_records(records, config);
     check_plan(&plan, records.len(), config);
     assert_eq!(
-        plan_batch(records.to_vec(), config),
+        plan_records(records, config),
         plan,
         "planning is deterministic"
     );
     plan
 }
 
-/// The whole payload path: a payload either is refused with the documented message or is
-/// processed; nothing panics.
-pub fn check_payload(payload: Value) {
+/// The whole payload path, as `bootstrap` takes it (JSON text): a payload either is refused
+/// with the documented message or is processed; nothing panics.
+pub fn check_payload(payload: &RawValue) {
     let config = configs().swap_remove(1);
     let mirror = Mirror {
         store: seeded_store(None),
         config,
     };
-    match block_on(handle_event(&mirror, payload.clone())) {
+    match block_on(handle_payload(&mirror, payload)) {
         Ok(response) => assert!(response.batch_item_failures.is_empty()),
         Err(err) => {
             let message = err.to_string();
@@ -175,7 +178,7 @@ pub fn check_payload(payload: Value) {
                 message.starts_with("the payload is not a DynamoDB Streams event: "),
                 "{message}"
             );
-            assert!(stream_records(payload).is_err());
+            assert!(payload_records(payload).is_err());
         }
     }
 }
@@ -188,7 +191,7 @@ pub fn check_payload(payload: Value) {
 /// - with a store failing one user's keys, exactly those users are reported, by the sequence
 ///   number of their earliest record, in stream order, and everyone else's objects are as if
 ///   nothing had failed.
-pub fn check_batch(records: &[Value]) {
+pub fn check_batch(records: &[&RawValue]) {
     for config in configs() {
         let plan = check_planning(records, &config);
 
@@ -196,7 +199,7 @@ pub fn check_batch(records: &[Value]) {
             store: seeded_store(None),
             config: config.clone(),
         };
-        let (response, summary) = block_on(process_batch(&batch, records.to_vec()));
+        let (response, summary) = block_on(process_records(&batch, records));
         assert!(response.batch_item_failures.is_empty());
         assert_eq!(summary.records, records.len());
         assert_eq!(summary.skipped, plan.skipped.len());
@@ -207,7 +210,8 @@ pub fn check_batch(records: &[Value]) {
             config: config.clone(),
         };
         for record in records {
-            let (response, _) = block_on(process_batch(&one_by_one, vec![record.clone()]));
+            let (response, _) =
+                block_on(process_records(&one_by_one, std::slice::from_ref(record)));
             assert!(response.batch_item_failures.is_empty());
         }
         assert_eq!(
@@ -234,7 +238,7 @@ pub fn check_batch(records: &[Value]) {
             store: seeded_store(Some(FAIL_MARKER)),
             config: config.clone(),
         };
-        let (response, summary) = block_on(process_batch(&failing, records.to_vec()));
+        let (response, summary) = block_on(process_records(&failing, records));
         let reported: Vec<String> = response
             .batch_item_failures
             .iter()
@@ -260,9 +264,4 @@ pub fn check_batch(records: &[Value]) {
             "a failing user changed what happened to the others"
         );
     }
-}
-
-/// Takes the records out of a payload that is a stream event, for the batch checks.
-pub fn records_of(payload: &Value) -> Option<Vec<Value>> {
-    stream_records(payload.clone()).ok()
 }
