@@ -9,35 +9,37 @@ use crate::args::{print_json, OutputFormat, TargetArgs};
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// Batch sizes to measure the function on (records per invocation)
-    #[arg(long, value_delimiter = ',', default_values_t = [100, 1_000, 10_000], value_parser = clap::value_parser!(u16).range(1..=10_000))]
-    sizes: Vec<u16>,
-    /// Repetitions of each measurement (medians and spreads are over these)
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..=100))]
-    repetitions: u16,
+    /// Batch sizes to measure the function on (records per invocation) [default: 100,1000,10000;
+    /// with --quick: 100,1000]
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u16).range(1..=10_000))]
+    sizes: Option<Vec<u16>>,
+    /// Repetitions of each measurement (medians and spreads are over these) [default: 5; with
+    /// --quick: 2]
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=100))]
+    repetitions: Option<u16>,
     /// A short run to try the command: sizes 100 and 1000, two repetitions, one deploy cycle,
-    /// 200 users end to end, no MAX_CONCURRENCY sweep
+    /// 200 users end to end, no MAX_CONCURRENCY sweep; --sizes and --repetitions still apply
     #[arg(long)]
     quick: bool,
 }
 
 pub async fn run(args: BenchArgs, target_args: &TargetArgs) -> Result<()> {
+    if target_args.local {
+        bail!("--local: the benchmark starts an emulator of its own, so that nothing else runs on it; to measure another endpoint, pass --endpoint-url URL");
+    }
     if cfg!(debug_assertions) {
         return rerun_in_release();
     }
-    let mut options = BenchOptions {
-        batch_sizes: args.sizes.iter().map(|&n| usize::from(n)).collect(),
-        repetitions: usize::from(args.repetitions),
-        ..BenchOptions::default()
+    let mut options = if args.quick {
+        BenchOptions::quick()
+    } else {
+        BenchOptions::default()
     };
-    if args.quick {
-        options.batch_sizes = vec![100, 1_000];
-        options.repetitions = 2;
-        options.function_concurrencies = Vec::new();
-        options.limit_concurrencies = vec![32, 64, 128];
-        options.cold_start_repetitions = 3;
-        options.end_to_end_users = 200;
-        options.deploy_repetitions = 1;
+    if let Some(sizes) = &args.sizes {
+        options.batch_sizes = sizes.iter().map(|&n| usize::from(n)).collect();
+    }
+    if let Some(repetitions) = args.repetitions {
+        options.repetitions = usize::from(repetitions);
     }
     if target_args.endpoint_url.is_some() {
         let target = target_args.connect().await?;

@@ -108,6 +108,21 @@ impl Default for BenchOptions {
 }
 
 impl BenchOptions {
+    /// A short run to try the command: sizes 100 and 1,000, two repetitions, one deploy
+    /// cycle, 200 users end to end, no `MAX_CONCURRENCY` sweep.
+    pub fn quick() -> Self {
+        Self {
+            batch_sizes: vec![100, 1_000],
+            repetitions: 2,
+            limit_concurrencies: vec![32, 64, 128],
+            function_concurrencies: Vec::new(),
+            cold_start_repetitions: 3,
+            end_to_end_users: 200,
+            deploy_repetitions: 1,
+            ..Self::default()
+        }
+    }
+
     fn validate(&self) -> Result<(), BenchError> {
         let bad = |what, expected| Err(BenchError::BadOption { what, expected });
         if self.batch_sizes.is_empty() || self.batch_sizes.iter().any(|&n| n == 0 || n > 10_000) {
