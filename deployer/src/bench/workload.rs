@@ -25,17 +25,6 @@ pub enum Variant {
     Churn,
 }
 
-impl Variant {
-    pub const ALL: [Variant; 2] = [Variant::Mixed, Variant::Churn];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Variant::Mixed => "mixed",
-            Variant::Churn => "churn",
-        }
-    }
-}
-
 /// One S3 operation of a batch, for the raw-limit loop.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum S3Operation {

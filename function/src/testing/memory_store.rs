@@ -43,11 +43,6 @@ pub struct MemoryStore {
 }
 
 impl MemoryStore {
-    /// An empty bucket where every operation succeeds.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
     /// A bucket holding `objects` (key, body).
     pub fn with_objects(objects: &[(&str, &str)]) -> Self {
         let store = Self::default();
