@@ -151,9 +151,10 @@ pub async fn deploy(
     let finished = wait_for_stack(target, &stack_id, seen, console).await?;
     // Nothing deletes a stack that is being created or updated: if it is gone, the target
     // lost it.
-    let Some(status) = finished.status else {
+    let Some(stack_now) = &finished.stack else {
         return Err(vanished(stack, "it was being deployed"));
     };
+    let status = status_of(stack_now);
     if status != "CREATE_COMPLETE" && status != "UPDATE_COMPLETE" {
         return Err(StackError::DeployFailed {
             stack: stack.to_owned(),
@@ -161,13 +162,10 @@ pub async fn deploy(
             failures: finished.failures,
         });
     }
-    let Some(stack_now) = describe_stack(target, &stack_id).await? else {
-        return Err(vanished(stack, "its outputs were read"));
-    };
     Ok(DeployOutcome::Deployed {
         created: creating,
         changes,
-        outputs: outputs_of(&stack_now),
+        outputs: outputs_of(stack_now),
     })
 }
 
@@ -316,7 +314,7 @@ async fn delete_failed_stack(
         .await
         .map_err(|err| aws_error(format!("delete stack {stack}"), err))?;
     let finished = wait_for_stack(target, &stack_id, seen, console).await?;
-    match finished.status {
+    match finished.status() {
         None => Ok(()),
         Some(status) => Err(StackError::DeleteFailed {
             stack: stack.to_owned(),

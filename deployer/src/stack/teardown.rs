@@ -72,7 +72,7 @@ pub async fn teardown(
         .await
         .map_err(|err| aws_error(format!("delete stack {stack}"), err))?;
     let finished = wait_for_stack(target, &stack_id, seen, console).await?;
-    if let Some(status) = finished.status {
+    if let Some(status) = finished.status() {
         return Err(StackError::DeleteFailed {
             stack: stack.to_owned(),
             status,

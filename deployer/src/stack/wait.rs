@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use aws_sdk_cloudformation::types::StackEvent;
+use aws_sdk_cloudformation::types::{Stack, StackEvent};
 
 use super::{aws_error, describe_stack, poll_interval, status_of, ResourceFailure, StackError};
 use crate::console::Console;
@@ -14,10 +14,18 @@ const MAX_WAIT: Duration = Duration::from_secs(60 * 60);
 
 /// How an operation ended.
 pub(crate) struct Finished {
-    /// The stack's final status, `None` when it is gone (a completed delete).
-    pub status: Option<String>,
+    /// The stack as it ended (its status, outputs), `None` when it is gone (a completed
+    /// delete).
+    pub stack: Option<Stack>,
     /// Resources that failed during the operation.
     pub failures: Vec<ResourceFailure>,
+}
+
+impl Finished {
+    /// The stack's final status, `None` when it is gone.
+    pub fn status(&self) -> Option<String> {
+        self.stack.as_ref().map(status_of)
+    }
 }
 
 /// Streams the events of `stack_id` that are not in `seen` and returns them, oldest first.
@@ -132,8 +140,8 @@ pub(crate) async fn wait_for_stack(
             }
         }
         match &status {
-            None => return Ok(Finished { status, failures }),
-            Some(s) if !s.ends_with("_IN_PROGRESS") => return Ok(Finished { status, failures }),
+            None => return Ok(Finished { stack, failures }),
+            Some(s) if !s.ends_with("_IN_PROGRESS") => return Ok(Finished { stack, failures }),
             Some(s) => {
                 console.waiting(&format!("{s} ({}s)", started.elapsed().as_secs()));
                 if started.elapsed() > MAX_WAIT {
