@@ -57,6 +57,16 @@ pub async fn confirm_on_aws(
     }
 }
 
+/// Whether `bucket` exists; `true` when that cannot be told (the caller's own error stands).
+async fn bucket_exists(s3: &aws_sdk_s3::Client, bucket: &str) -> bool {
+    match s3.head_bucket().bucket(bucket).send().await {
+        Ok(_) => true,
+        Err(err) => err
+            .raw_response()
+            .is_none_or(|response| response.status().as_u16() != 404),
+    }
+}
+
 /// Makes sure the assets bucket exists, encrypted and with all public access blocked.
 async fn ensure_assets_bucket(
     target: &Target,
@@ -165,24 +175,28 @@ pub async fn upload_artifact(
     console.line(&format!(
         "uploading the function archive to s3://{bucket}/{key}"
     ));
-    s3.put_object()
+    let uploaded = s3
+        .put_object()
         .bucket(&bucket)
         .key(&key)
         .body(body)
         .server_side_encryption(ServerSideEncryption::Aes256)
         .send()
-        .await
-        .map_err(|err| {
-            if aws_sdk_s3::error::ProvideErrorMetadata::code(&err) == Some("NoSuchBucket") {
-                // It was made sure of a moment ago.
-                StackError::Vanished {
-                    what: format!("the assets bucket {bucket}"),
-                    step: "the function archive was uploaded".to_owned(),
-                }
-            } else {
-                aws_error(format!("upload s3://{bucket}/{key}"), err)
-            }
-        })?;
+        .await;
+    if let Err(err) = uploaded {
+        // A missing bucket may answer before the archive is sent and close the connection, so
+        // the error can be a broken connection as well as NoSuchBucket: the bucket tells.
+        let no_such_bucket =
+            aws_sdk_s3::error::ProvideErrorMetadata::code(&err) == Some("NoSuchBucket");
+        if no_such_bucket || !bucket_exists(&s3, &bucket).await {
+            // It was made sure of a moment ago.
+            return Err(StackError::Vanished {
+                what: format!("the assets bucket {bucket}"),
+                step: "the function archive was uploaded".to_owned(),
+            });
+        }
+        return Err(aws_error(format!("upload s3://{bucket}/{key}"), err));
+    }
     Ok(UploadedArtifact {
         bucket,
         key,
