@@ -1,18 +1,15 @@
-//! Everything behind `cargo xtask`: building the function artifact, synthesising the
-//! CloudFormation template, deploying and tearing down stacks, and running the stack locally.
+//! The deploy core: stack settings, the CloudFormation template, the function artifact, the
+//! target a command acts on, the stack's lifecycle, reading DynamoDB Streams, replaying the
+//! failure queue and checking the mirror. It knows nothing about emulators or benchmarks.
 
 pub mod artifact;
-pub mod bench;
 pub mod console;
-pub mod dev;
-pub mod fuzz;
-pub mod local;
 pub mod mirror_check;
 pub mod project;
 pub mod replay;
 pub mod settings;
 pub mod stack;
+pub mod streams;
 pub mod target;
 pub mod template;
-pub mod tools;
 pub mod workflow;

@@ -32,6 +32,24 @@ pub fn state_dir() -> PathBuf {
     target_dir().join("usersync")
 }
 
+/// usersync's cache of tools: `USERSYNC_CACHE_DIR`, else `$XDG_CACHE_HOME/usersync`, else
+/// `~/.cache/usersync`. Shared by every checkout on the machine.
+pub fn cache_dir() -> PathBuf {
+    let non_empty = |name: &str| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    if let Some(dir) = non_empty("USERSYNC_CACHE_DIR") {
+        return dir;
+    }
+    if let Some(dir) = non_empty("XDG_CACHE_HOME") {
+        return dir.join("usersync");
+    }
+    let home = non_empty("HOME").unwrap_or_else(std::env::temp_dir);
+    home.join(".cache").join("usersync")
+}
+
 /// The toolchain program named by the environment variable `variable` (`CARGO`, `RUSTC`: set
 /// when running under cargo, so the same toolchain is used), else `default` from `PATH`.
 pub fn toolchain_program(variable: &str, default: &str) -> OsString {

@@ -29,9 +29,9 @@ use serde::Serialize;
 use serde_json::Value;
 use usersync_function::{process_batch, Config, Mirror, ObjectStore, S3Store, StoreError};
 
-use crate::local::poller::{describe_shards, ShardListing};
-use crate::local::shard_reader::{ReadError, ReadPosition, ShardReader, MAX_RECORDS_PER_READ};
 use crate::stack::{aws_error, describe_stack, outputs_of, StackError};
+use crate::streams::reader::{ReadError, ReadPosition, ShardReader, MAX_RECORDS_PER_READ};
+use crate::streams::shards::{describe_shards, ShardListing};
 use crate::target::Target;
 use crate::template::output;
 
@@ -810,8 +810,8 @@ impl<S: ObjectStore + Send> ObjectStore for RecordingStore<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::local::on_failure::{discard_message, DiscardCondition, DiscardedBatch};
-    use crate::local::stream_event::StreamEventRecord;
+    use crate::streams::failure_record::{discard_message, DiscardCondition, DiscardedBatch};
+    use crate::streams::record::StreamEventRecord;
     use serde_json::json;
     use std::cmp::Ordering;
     use std::time::SystemTime;
@@ -836,6 +836,7 @@ mod tests {
                 shard_id: "shardId-1",
                 records: &records,
                 invoke_count: 3,
+                request_id: "req-0",
                 last_invocation: None,
             },
             SystemTime::now(),

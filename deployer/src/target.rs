@@ -1,11 +1,11 @@
-//! Where a command acts: real AWS, any AWS-compatible endpoint, or the embedded emulator.
+//! Where a command acts: real AWS, any AWS-compatible endpoint, or the embedded emulator at
+//! a known address. Starting that emulator is the local stack's job (`usersync_local::target`).
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_s3::config::Credentials;
-
-use crate::local::emulator::{self, EmulatorError, EmulatorState};
 
 /// The region used for emulators when none is given.
 pub const DEFAULT_LOCAL_REGION: &str = "us-east-1";
@@ -13,14 +13,13 @@ pub const DEFAULT_LOCAL_REGION: &str = "us-east-1";
 /// How long `--endpoint-url` may take to accept a connection before it counts as unreachable.
 pub const ENDPOINT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The target flags every command takes.
+/// The target flags every command takes (`--local` is the local stack's, which resolves it to
+/// an address before it gets here).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TargetOptions {
     pub region: Option<String>,
     pub profile: Option<String>,
     pub endpoint_url: Option<String>,
-    /// The embedded emulator, started or reused.
-    pub local: bool,
 }
 
 /// What kind of target a command acts on.
@@ -30,15 +29,13 @@ pub enum TargetKind {
     Aws,
     /// An AWS-compatible endpoint, such as LocalStack.
     Endpoint(String),
-    /// The embedded emulator on loopback.
-    Local(EmulatorState),
+    /// The embedded emulator on loopback, at this address.
+    Local(SocketAddr),
 }
 
 /// Failures of reaching a target.
 #[derive(Debug, thiserror::Error)]
 pub enum TargetError {
-    #[error("--local and --endpoint-url exclude each other: choose one")]
-    Conflict,
     #[error("--endpoint-url {0:?} is not an http(s) URL: pass one such as http://localhost:4566")]
     BadEndpoint(String),
     #[error(
@@ -50,8 +47,6 @@ pub enum TargetError {
         "no AWS region is configured: pass --region, or set AWS_REGION or a region in the profile"
     )]
     NoRegion,
-    #[error("failed to start the embedded emulator: {0}")]
-    Emulator(#[from] EmulatorError),
 }
 
 /// A connected target: SDK configuration for every client the deployer needs.
@@ -62,15 +57,11 @@ pub struct Target {
 }
 
 impl Target {
-    /// Resolves the target flags; `--local` starts (or reuses) the embedded emulator, installing
-    /// it first if needed, with `progress` told about each step.
-    pub async fn connect(
-        options: &TargetOptions,
-        progress: &mut dyn FnMut(&str),
-    ) -> Result<Self, TargetError> {
-        let kind = match (&options.endpoint_url, options.local) {
-            (Some(_), true) => return Err(TargetError::Conflict),
-            (Some(url), false) => {
+    /// Resolves the target flags to real AWS or an endpoint, checking that an endpoint
+    /// accepts connections before any request is sent.
+    pub async fn connect(options: &TargetOptions) -> Result<Self, TargetError> {
+        let kind = match &options.endpoint_url {
+            Some(url) => {
                 let Some((host, port)) = host_and_port(url) else {
                     return Err(TargetError::BadEndpoint(url.clone()));
                 };
@@ -80,19 +71,18 @@ impl Target {
                 check_reachable(&url, &host, port).await?;
                 TargetKind::Endpoint(url)
             }
-            (None, true) => {
-                let (state, started) =
-                    emulator::start_or_reuse(&emulator::state_file(), progress).await?;
-                if started {
-                    progress(&format!(
-                        "started the embedded emulator at http://{} (pid {})",
-                        state.addr, state.pid
-                    ));
-                }
-                TargetKind::Local(state)
-            }
-            (None, false) => TargetKind::Aws,
+            None => TargetKind::Aws,
         };
+        let sdk = sdk_config(&kind, options).await?;
+        Ok(Self { kind, sdk })
+    }
+
+    /// The embedded emulator that answers at `addr`, with the region and profile of `options`.
+    pub async fn local_emulator(
+        addr: SocketAddr,
+        options: &TargetOptions,
+    ) -> Result<Self, TargetError> {
+        let kind = TargetKind::Local(addr);
         let sdk = sdk_config(&kind, options).await?;
         Ok(Self { kind, sdk })
     }
@@ -122,7 +112,7 @@ impl Target {
         match &self.kind {
             TargetKind::Aws => None,
             TargetKind::Endpoint(url) => Some(url.clone()),
-            TargetKind::Local(state) => Some(format!("http://{}", state.addr)),
+            TargetKind::Local(addr) => Some(format!("http://{addr}")),
         }
     }
 
@@ -137,7 +127,7 @@ impl Target {
         match &self.kind {
             TargetKind::Aws => format!("AWS {}", self.region()),
             TargetKind::Endpoint(url) => format!("endpoint {url}"),
-            TargetKind::Local(state) => format!("local emulator http://{}", state.addr),
+            TargetKind::Local(addr) => format!("local emulator http://{addr}"),
         }
     }
 
@@ -256,9 +246,9 @@ async fn sdk_config(kind: &TargetKind, options: &TargetOptions) -> Result<SdkCon
                 loader = loader.credentials_provider(test_credentials());
             }
         }
-        TargetKind::Local(state) => {
+        TargetKind::Local(addr) => {
             loader = loader
-                .endpoint_url(format!("http://{}", state.addr))
+                .endpoint_url(format!("http://{addr}"))
                 .credentials_provider(test_credentials());
         }
     }
@@ -311,7 +301,7 @@ mod tests {
             ..TargetOptions::default()
         };
         let started = std::time::Instant::now();
-        let err = Target::connect(&options, &mut |_| {}).await.unwrap_err();
+        let err = Target::connect(&options).await.unwrap_err();
         assert!(started.elapsed() < Duration::from_secs(2));
         let message = err.to_string();
         assert!(matches!(err, TargetError::Unreachable { .. }), "{err:?}");

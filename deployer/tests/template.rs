@@ -733,11 +733,8 @@ fn find_checkov() -> Result<PathBuf, String> {
     find_tool(
         "CHECKOV",
         "checkov",
-        &format!(
-            "install it with `pip install checkov=={}` (or call deployer::tools::ensure_checkov, \
-             which installs it into usersync's cache), or point CHECKOV at the executable",
-            deployer::tools::CHECKOV_VERSION
-        ),
+        "run `cargo xtask test`, which installs the pinned checkov into usersync's cache \
+         (xtask/src/tools.rs names the version), or point CHECKOV at the executable",
     )
 }
 

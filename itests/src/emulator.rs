@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use aws_sdk_s3::config::{Credentials, Region};
-use deployer::local::emulator::{ensure_binary, Emulator};
+use usersync_local::emulator::{ensure_binary, Emulator};
 
 /// The region every test talks to.
 pub const REGION: &str = "us-east-1";

@@ -1,5 +1,5 @@
 //! A fault injector for the function's S3 traffic: a [`Interceptor`] for
-//! `deployer::local::proxy` that answers some requests with S3's `500 InternalError` or
+//! `usersync_local::emulator::proxy` that answers some requests with S3's `500 InternalError` or
 //! `503 SlowDown`, drops the connection before or after the request reached S3, or delays
 //! requests, at chosen rates; or makes S3 unreachable altogether until told otherwise.
 //!
@@ -17,10 +17,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use deployer::local::proxy::{
+use http::{Request, Response, StatusCode};
+use usersync_local::emulator::proxy::{
     full_body, BoxFuture, Intercepted, Interceptor, ProxyBody, ReverseProxy, Upstream,
 };
-use http::{Request, Response, StatusCode};
 
 /// SplitMix64 (Steele, Lea and Flood 2014; the seeding generator of xoshiro): tiny, fast, and
 /// statistically good enough for choosing faults.

@@ -10,14 +10,14 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use deployer::artifact::{self, Artifact, BuildOptions};
 use deployer::console::RecordingConsole;
-use deployer::local::emulator::Emulator;
-use deployer::local::function_host::OutputSink;
-use deployer::local::pipeline::{LocalPipeline, PipelineOptions};
-use deployer::local::poller::{PollerObserver, PollerOptions};
 use deployer::settings::StackSettings;
 use deployer::target::Target;
 use deployer::template::output;
 use deployer::workflow;
+use usersync_local::emulator::Emulator;
+use usersync_local::mapping::pipeline::{LocalPipeline, PipelineOptions};
+use usersync_local::mapping::poller::{PollerObserver, PollerOptions};
+use usersync_local::runtime::function_host::OutputSink;
 
 use crate::backend::endpoint::EndpointBackend;
 use crate::backend::localstack::{self, LocalStackBackend, LocalStackSpec};

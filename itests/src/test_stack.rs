@@ -8,13 +8,13 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use aws_sdk_dynamodb::types::{AttributeValue, DeleteRequest, PutRequest, WriteRequest};
 use deployer::console::RecordingConsole;
-use deployer::local::pipeline::LocalPipeline;
 use deployer::mirror_check::{self, KeyLayout, MirrorDiff, KEY_ATTRIBUTE};
 use deployer::settings::StackSettings;
 use deployer::stack::{self, TeardownOutcome};
 use deployer::target::Target;
 use deployer::template::output;
 use serde_json::Value;
+use usersync_local::mapping::pipeline::LocalPipeline;
 
 /// How long a scenario waits for the pipeline to catch up before it fails.
 pub const CONVERGE_TIMEOUT: Duration = Duration::from_secs(120);

@@ -25,18 +25,11 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_sqs::types::QueueAttributeName;
 use deployer::artifact::{self, Artifact, BuildOptions, Purpose};
 use deployer::console::RecordingConsole;
-use deployer::local::batch::{BatchEvent, DiscardReport, InvocationReport, RetryBackoff, Verdict};
-use deployer::local::emulator::Emulator;
-use deployer::local::function_host::OutputSink;
-use deployer::local::pipeline::{LocalPipeline, PipelineOptions};
-use deployer::local::poller::{describe_shards, PollerEvent, PollerObserver, PollerOptions};
-use deployer::local::proxy::{
-    BoxFuture, Intercepted, Interceptor, ProxyBody, ReverseProxy, Upstream,
-};
-use deployer::local::shard_reader::{ReadPosition, ShardReader};
 use deployer::mirror_check::{self, MirrorDiff};
 use deployer::replay::{self, compare_sequence_numbers, Outcome, ReplayOptions};
 use deployer::settings::StackSettings;
+use deployer::streams::reader::{ReadPosition, ShardReader};
+use deployer::streams::shards::describe_shards;
 use deployer::target::Target;
 use deployer::template::output;
 use deployer::workflow;
@@ -45,6 +38,16 @@ use itests::faults::{FaultConfig, FaultCounts, FaultProxy, FaultRates};
 use itests::test_stack::{n, s, user_item, TestStack};
 use serde_json::Value;
 use tokio::sync::OnceCell;
+use usersync_local::emulator::proxy::{
+    BoxFuture, Intercepted, Interceptor, ProxyBody, ReverseProxy, Upstream,
+};
+use usersync_local::emulator::Emulator;
+use usersync_local::mapping::batch::{
+    BatchEvent, DiscardReport, InvocationReport, RetryBackoff, Verdict,
+};
+use usersync_local::mapping::pipeline::{LocalPipeline, PipelineOptions};
+use usersync_local::mapping::poller::{PollerEvent, PollerObserver, PollerOptions};
+use usersync_local::runtime::function_host::OutputSink;
 
 /// The longest any single wait of these tests may take.
 const WAIT_LIMIT: Duration = Duration::from_secs(120);

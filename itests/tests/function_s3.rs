@@ -3,11 +3,11 @@
 use std::collections::BTreeMap;
 
 use aws_sdk_s3::Client;
-use deployer::local::emulator::Emulator;
 use itests::emulator::{s3_client, start, unique_bucket};
 use serde_json::{json, Value};
 use usersync_function::testing::{sequence_number, stream_event, stream_record};
 use usersync_function::{handle_event, Config, DeleteScope, Mirror, S3Store};
+use usersync_local::emulator::Emulator;
 
 struct Fixture {
     // Keeps the emulator alive for the test; dropped (stopped) with it.

@@ -11,16 +11,16 @@ use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
     ScalarAttributeType, StreamSpecification, StreamViewType,
 };
-use deployer::local::batch::{BatchEvent, RetryBackoff};
-use deployer::local::emulator::Emulator;
-use deployer::local::function_host::{FunctionHost, FunctionSpec, OutputSink};
-use deployer::local::invoke::{InvokeOutcome, Invoker};
-use deployer::local::mapping::{MappingSettings, StartingPosition};
-use deployer::local::poller::{Poller, PollerEvent, PollerOptions};
 use deployer::target::Target;
 use itests::emulator::{start, REGION};
 use serde_json::{json, Value};
 use tokio::sync::watch;
+use usersync_local::emulator::Emulator;
+use usersync_local::mapping::batch::{BatchEvent, RetryBackoff};
+use usersync_local::mapping::poller::{Poller, PollerEvent, PollerOptions};
+use usersync_local::mapping::settings::{MappingSettings, StartingPosition};
+use usersync_local::runtime::function_host::{FunctionHost, FunctionSpec, OutputSink};
+use usersync_local::runtime::invoke::{InvokeOutcome, Invoker};
 
 /// A table with a stream and a queue, on a private emulator.
 struct Fixture {
@@ -190,7 +190,7 @@ impl Fixture {
 struct RunningPoller {
     events: Arc<Mutex<Vec<PollerEvent>>>,
     stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<Result<(), deployer::local::poller::PollerError>>,
+    task: tokio::task::JoinHandle<Result<(), usersync_local::mapping::poller::PollerError>>,
 }
 
 impl RunningPoller {
@@ -488,7 +488,7 @@ async fn bisection_isolates_the_record_the_real_function_fails_on() {
         .filter_map(|e| match e {
             PollerEvent::Batch(BatchEvent::Invoked(r)) => Some((
                 r.records,
-                r.verdict == deployer::local::batch::Verdict::Success,
+                r.verdict == usersync_local::mapping::batch::Verdict::Success,
             )),
             _ => None,
         })

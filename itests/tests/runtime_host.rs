@@ -1,4 +1,4 @@
-//! Conformance of the local Lambda Runtime API host (`deployer::local::function_host` and
+//! Conformance of the local Lambda Runtime API host (`usersync_local::runtime::function_host` and
 //! `runtime_api`): the real `bootstrap` and the purpose-built `test-function` run as child
 //! processes on 127.0.0.1, through success, error response, timeout, crash and init error.
 //!
@@ -11,12 +11,14 @@ use std::process::Command;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use deployer::local::function_host::{
+use serde_json::{json, Value};
+use usersync_local::runtime::function_host::{
     FunctionHost, FunctionSpec, HostError, OutputLine, OutputSink, OutputStream,
 };
-use deployer::local::invoke::{InvokeOutcome, Invoker};
-use deployer::local::runtime_api::{Completion, ErrorReport, InitState, Invocation, RuntimeApi};
-use serde_json::{json, Value};
+use usersync_local::runtime::invoke::{InvokeOutcome, Invoker};
+use usersync_local::runtime::runtime_api::{
+    Completion, ErrorReport, InitState, Invocation, RuntimeApi,
+};
 
 const TEST_FUNCTION: &str = env!("CARGO_BIN_EXE_test-function");
 

@@ -51,9 +51,11 @@ impl TargetArgs {
     /// Connects to the target the flags name (printing what connecting tells, such as the
     /// emulator being started).
     pub async fn connect(&self) -> Result<Target> {
-        Target::connect(&self.target_options(), &mut |line| eprintln!("{line}"))
-            .await
-            .context("failed to reach the target")
+        usersync_local::target::connect(&self.target_options(), self.local, &mut |line| {
+            eprintln!("{line}")
+        })
+        .await
+        .context("failed to reach the target")
     }
 
     pub fn target_options(&self) -> TargetOptions {
@@ -61,7 +63,6 @@ impl TargetArgs {
             region: self.region.clone(),
             profile: self.profile.clone(),
             endpoint_url: self.endpoint_url.clone(),
-            local: self.local,
         }
     }
 

@@ -1,9 +1,9 @@
 //! `cargo xtask bench`: measures the function, the pipeline and the deployer; see
-//! `deployer::bench`.
+//! `usersync_bench`.
 
 use anyhow::{bail, Context, Result};
-use deployer::bench::{self, report, BenchOptions};
 use deployer::project::{cargo_command, project_root};
+use usersync_bench::{report, BenchOptions};
 
 use crate::args::{print_json, OutputFormat, TargetArgs};
 
@@ -46,7 +46,7 @@ pub async fn run(args: BenchArgs, target_args: &TargetArgs) -> Result<()> {
         options.endpoint = Some(target);
     }
 
-    let report = bench::run(&options, &mut |line| eprintln!("{line}"))
+    let report = usersync_bench::run(&options, &mut |line| eprintln!("{line}"))
         .await
         .context("failed to run the benchmark")?;
     let written = report::write(&report, &report::output_dir())

@@ -5,11 +5,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use deployer::dev::{self, DevSession, DevTarget};
-use deployer::local::batch::{BatchEvent, Verdict};
-use deployer::local::function_host::{OutputSink, OutputStream};
-use deployer::local::poller::{PollerEvent, PollerObserver};
 use deployer::mirror_check;
+use usersync_local::dev::{self, DevSession, DevTarget};
+use usersync_local::mapping::batch::{BatchEvent, Verdict};
+use usersync_local::mapping::poller::{PollerEvent, PollerObserver};
+use usersync_local::runtime::function_host::{OutputSink, OutputStream};
 
 use crate::args::{print_json, TargetArgs};
 use crate::console::TerminalConsole;

@@ -1,4 +1,4 @@
-//! `cargo xtask`: usersync's command line. Each subcommand is a thin layer over `deployer`.
+//! `cargo xtask`: usersync's command line. Each subcommand is a thin layer over the libraries (`deployer`, `usersync_local`, `usersync_bench`); the fuzz runner and the tool installers, which are CI tooling, live here.
 //!
 //! Exit codes: 0 success, 1 the operation failed, 2 bad usage (unknown flag, invalid value).
 
@@ -8,11 +8,13 @@ mod build;
 mod console;
 mod deploy;
 mod dev;
+mod fuzz;
 mod replay;
 mod status;
 mod synth;
 mod teardown;
 mod test;
+mod tools;
 
 use std::process::ExitCode;
 

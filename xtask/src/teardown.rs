@@ -2,8 +2,8 @@
 
 use anyhow::{Context, Result};
 use deployer::console::Console;
-use deployer::local::emulator;
 use deployer::stack::{self, TeardownOutcome};
+use usersync_local::emulator;
 
 use crate::args::{print_json, TargetArgs};
 use crate::console::TerminalConsole;

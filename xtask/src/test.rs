@@ -6,12 +6,12 @@ use std::ffi::OsString;
 use std::path::Path;
 use std::time::Instant;
 
+use crate::fuzz;
+use crate::tools::{ensure_cfn_lint, ensure_checkov};
 use anyhow::{bail, Context, Result};
-use deployer::fuzz;
-use deployer::local::emulator::ensure_binary;
 use deployer::project::{cargo_command, project_root, state_dir};
-use deployer::tools::{ensure_cfn_lint, ensure_checkov};
 use serde::Deserialize;
+use usersync_local::emulator::ensure_binary;
 
 /// How long the short fuzz pass runs each target.
 const FUZZ_SECONDS_PER_TARGET: u64 = 20;

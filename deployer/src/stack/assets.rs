@@ -220,5 +220,5 @@ pub(crate) async fn remove_artifacts(target: &Target, stack: &str) -> Result<usi
         }
         Err(err) => return Err(aws_error(format!("check the assets bucket {bucket}"), err)),
     }
-    super::teardown::delete_all_versions(target, &bucket, Some(&format!("{stack}/"))).await
+    super::bucket::delete_all_versions(target, &bucket, Some(&format!("{stack}/"))).await
 }

@@ -1,6 +1,7 @@
 //! The stack's lifecycle: deploy through change sets, status, teardown.
 
 mod assets;
+mod bucket;
 mod deploy;
 mod status;
 mod teardown;
@@ -15,9 +16,9 @@ use aws_sdk_cloudformation::types::Stack;
 pub use assets::{
     account_id, assets_bucket_name, confirm_on_aws, upload_artifact, UploadedArtifact,
 };
+pub use bucket::delete_all_versions;
 pub use deploy::{deploy, DeployOutcome};
 pub use status::{status, MappingReport, ResourceReport, StackReport};
-pub(crate) use teardown::delete_all_versions;
 pub use teardown::{teardown, TeardownOutcome};
 
 use crate::target::Target;
@@ -130,7 +131,7 @@ const CREDENTIAL_ERROR_CODES: [&str; 10] = [
 
 /// Wraps an SDK error with what was being done, as one line: the service's code and message;
 /// refused credentials, missing credentials and an unreachable service each with their fix.
-pub(crate) fn aws_error<E>(action: impl Into<String>, err: E) -> StackError
+pub fn aws_error<E>(action: impl Into<String>, err: E) -> StackError
 where
     E: std::error::Error + ProvideErrorMetadata,
 {
@@ -191,7 +192,7 @@ fn causes(err: &dyn std::error::Error) -> Vec<String> {
 }
 
 /// Wraps a request that could not be built (a missing required field: a bug, reported plainly).
-pub(crate) fn build_error(action: &str, err: impl std::fmt::Display) -> StackError {
+pub fn build_error(action: &str, err: impl std::fmt::Display) -> StackError {
     StackError::Aws {
         action: action.to_owned(),
         message: err.to_string(),
@@ -208,10 +209,7 @@ pub(crate) fn poll_interval(target: &Target) -> Duration {
 }
 
 /// The stack named `stack`, or `None` when it does not exist (or was deleted).
-pub(crate) async fn describe_stack(
-    target: &Target,
-    stack: &str,
-) -> Result<Option<Stack>, StackError> {
+pub async fn describe_stack(target: &Target, stack: &str) -> Result<Option<Stack>, StackError> {
     match target
         .cloudformation()
         .describe_stacks()
@@ -233,7 +231,7 @@ pub(crate) async fn describe_stack(
 }
 
 /// A stack's outputs as name → value.
-pub(crate) fn outputs_of(stack: &Stack) -> std::collections::BTreeMap<String, String> {
+pub fn outputs_of(stack: &Stack) -> std::collections::BTreeMap<String, String> {
     stack
         .outputs()
         .iter()
@@ -241,7 +239,7 @@ pub(crate) fn outputs_of(stack: &Stack) -> std::collections::BTreeMap<String, St
         .collect()
 }
 
-pub(crate) fn status_of(stack: &Stack) -> String {
+pub fn status_of(stack: &Stack) -> String {
     stack
         .stack_status()
         .map_or_else(|| "UNKNOWN".to_owned(), |s| s.as_str().to_owned())

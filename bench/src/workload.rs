@@ -8,7 +8,7 @@ use aws_sdk_dynamodbstreams::types::{
 use aws_smithy_types::DateTime;
 use serde_json::Value;
 
-use crate::local::stream_event::{event_payload, StreamEventRecord};
+use deployer::streams::record::{event_payload, StreamEventRecord};
 
 /// The stream the records claim to come from.
 const STREAM_ARN: &str =

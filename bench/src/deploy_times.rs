@@ -7,11 +7,11 @@ use serde::Serialize;
 
 use super::stats::Summary;
 use super::BenchError;
-use crate::console::RecordingConsole;
-use crate::settings::StackSettings;
-use crate::stack;
-use crate::target::Target;
-use crate::workflow::{self, DeployOptions};
+use deployer::console::RecordingConsole;
+use deployer::settings::StackSettings;
+use deployer::stack;
+use deployer::target::Target;
+use deployer::workflow::{self, DeployOptions};
 
 #[derive(Clone, Debug, Serialize)]
 pub struct DeployRun {

@@ -6,7 +6,7 @@ use aws_sdk_dynamodbstreams::operation::get_records::GetRecordsError;
 use aws_sdk_dynamodbstreams::operation::get_shard_iterator::GetShardIteratorError;
 use aws_sdk_dynamodbstreams::types::ShardIteratorType;
 
-use super::stream_event::StreamEventRecord;
+use super::record::StreamEventRecord;
 
 /// `GetRecords` returns at most this many records a call.
 pub const MAX_RECORDS_PER_READ: usize = 1000;

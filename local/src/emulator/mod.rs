@@ -13,7 +13,11 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::emulator_front::EmulatorFront;
+use deployer::project::cache_dir;
+use front::EmulatorFront;
+
+pub mod front;
+pub mod proxy;
 
 /// The fakecloud release usersync is tested against.
 pub const FAKECLOUD_VERSION: &str = "0.51.0";
@@ -93,24 +97,6 @@ pub enum BinarySource {
 pub struct EmulatorBinary {
     pub path: PathBuf,
     pub source: BinarySource,
-}
-
-/// usersync's cache of tools: `USERSYNC_CACHE_DIR`, else `$XDG_CACHE_HOME/usersync`, else
-/// `~/.cache/usersync`. Shared by every checkout on the machine.
-pub fn cache_dir() -> PathBuf {
-    let non_empty = |name: &str| {
-        std::env::var_os(name)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
-    if let Some(dir) = non_empty("USERSYNC_CACHE_DIR") {
-        return dir;
-    }
-    if let Some(dir) = non_empty("XDG_CACHE_HOME") {
-        return dir.join("usersync");
-    }
-    let home = non_empty("HOME").unwrap_or_else(std::env::temp_dir);
-    home.join(".cache").join("usersync")
 }
 
 /// The install root of the pinned version inside the cache.
@@ -197,7 +183,7 @@ pub fn install(progress: &mut dyn FnMut(&str)) -> Result<(), EmulatorError> {
         "installing fakecloud {FAKECLOUD_VERSION} into {} (once per machine; about 20-30 minutes on 2 cores)",
         root.display()
     ));
-    let mut command = crate::project::cargo_command();
+    let mut command = deployer::project::cargo_command();
     command
         .args([
             "install",
@@ -273,7 +259,7 @@ pub struct Emulator {
     binary: PathBuf,
     log: PathBuf,
     /// In front of an emulator this process owns: makes `BatchWriteItem` stream (see
-    /// [`super::emulator_front`]). A detached emulator, used by `--local` commands that deploy
+    /// [`crate::emulator::front`]). A detached emulator, used by `--local` commands that deploy
     /// and inspect but run no function, has none.
     front: Option<EmulatorFront>,
 }
@@ -559,7 +545,7 @@ fn tail_of(path: &Path, lines: usize) -> String {
 
 /// The state file of the detached emulator used by `--local` commands.
 pub fn state_file() -> PathBuf {
-    crate::project::state_dir().join("local-emulator.json")
+    deployer::project::state_dir().join("local-emulator.json")
 }
 
 /// Reads the state file; `None` when there is none or its emulator no longer answers.

@@ -16,9 +16,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use crate::local::emulator::cache_dir;
-use crate::project::{project_root, state_dir};
 use crate::tools::{describe, run, ToolError};
+use deployer::project::cache_dir;
+use deployer::project::{project_root, state_dir};
 
 /// The cargo-fuzz release used.
 pub const CARGO_FUZZ_VERSION: &str = "0.13.2";
@@ -118,7 +118,7 @@ pub fn ensure_cargo_fuzz(progress: &mut dyn FnMut(&str)) -> Result<PathBuf, Tool
         root.display()
     ));
     run(
-        crate::project::cargo_command()
+        deployer::project::cargo_command()
             .args(["install", "--locked", "--quiet", "cargo-fuzz", "--version"])
             .arg(CARGO_FUZZ_VERSION)
             .arg("--root")
@@ -232,7 +232,7 @@ fn prepare_scratch(scratch: &Path) -> std::io::Result<()> {
 
 fn cargo_fuzz_command(cargo_fuzz: &Path, root: &Path) -> Command {
     let mut command = Command::new(cargo_fuzz);
-    crate::project::clear_calling_crate_env(&mut command);
+    deployer::project::clear_calling_crate_env(&mut command);
     command.current_dir(root).stdin(Stdio::null());
     command
 }

@@ -12,17 +12,17 @@ use serde::Serialize;
 
 use super::stats::{percentile, Summary};
 use super::BenchError;
-use crate::artifact::Artifact;
-use crate::console::RecordingConsole;
-use crate::local::function_host::OutputSink;
-use crate::local::pipeline::{LocalPipeline, PipelineOptions};
-use crate::local::poller::PollerOptions;
-use crate::settings::StackSettings;
-use crate::stack;
-use crate::stack::aws_error;
-use crate::target::Target;
-use crate::template::output;
-use crate::workflow;
+use deployer::artifact::Artifact;
+use deployer::console::RecordingConsole;
+use deployer::settings::StackSettings;
+use deployer::stack;
+use deployer::stack::aws_error;
+use deployer::target::Target;
+use deployer::template::output;
+use deployer::workflow;
+use usersync_local::mapping::pipeline::{LocalPipeline, PipelineOptions};
+use usersync_local::mapping::poller::PollerOptions;
+use usersync_local::runtime::function_host::OutputSink;
 
 /// How often the bucket is listed while waiting.
 const LIST_INTERVAL: Duration = Duration::from_millis(50);

@@ -11,18 +11,18 @@ use std::time::Duration;
 use aws_sdk_dynamodb::types::AttributeValue;
 use serde_json::Value;
 
-use crate::artifact::{self, BuildError, BuildOptions, Purpose};
-use crate::console::Console;
-use crate::local::emulator::{ensure_binary, Emulator, EmulatorError};
-use crate::local::function_host::OutputSink;
-use crate::local::pipeline::{LocalPipeline, PipelineError, PipelineOptions};
-use crate::local::poller::{PollerObserver, PollerOptions};
-use crate::mirror_check::{self, KeyLayout, MirrorDiff};
-use crate::settings::StackSettings;
-use crate::stack::{self, aws_error, StackError, TeardownOutcome};
-use crate::target::{Target, TargetError, DEFAULT_LOCAL_REGION};
-use crate::template::output;
-use crate::workflow::{self, DeployError, DeployReport};
+use crate::emulator::{ensure_binary, Emulator, EmulatorError};
+use crate::mapping::pipeline::{LocalPipeline, PipelineError, PipelineOptions};
+use crate::mapping::poller::{PollerObserver, PollerOptions};
+use crate::runtime::function_host::OutputSink;
+use deployer::artifact::{self, BuildError, BuildOptions, Purpose};
+use deployer::console::Console;
+use deployer::mirror_check::{self, KeyLayout, MirrorDiff};
+use deployer::settings::StackSettings;
+use deployer::stack::{self, aws_error, StackError, TeardownOutcome};
+use deployer::target::{Target, TargetError, DEFAULT_LOCAL_REGION};
+use deployer::template::output;
+use deployer::workflow::{self, DeployError, DeployReport};
 
 /// Failures of a dev session, by stage.
 #[derive(Debug, thiserror::Error)]
@@ -81,7 +81,7 @@ impl DevSession {
                 let binary = tokio::task::block_in_place(|| {
                     ensure_binary(&mut |line| console.line(&format!("[fakecloud] {line}")))
                 })?;
-                let log = crate::project::state_dir().join("dev-fakecloud.log");
+                let log = deployer::project::state_dir().join("dev-fakecloud.log");
                 let emulator = Emulator::start(&binary, &log).await?;
                 console.line(&format!(
                     "started the embedded emulator at {} (pid {}, log {})",
@@ -404,7 +404,7 @@ mod tests {
             ("a/userdata".to_owned(), json!({"plan": "pro"})),
             ("c/userdata".to_owned(), json!({})),
         ]);
-        let mut console = crate::console::RecordingConsole::agreeing();
+        let mut console = deployer::console::RecordingConsole::agreeing();
         describe_changes(&before, &after, &mut console);
         assert_eq!(
             console.lines,

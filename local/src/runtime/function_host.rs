@@ -17,11 +17,9 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
-use std::hash::{BuildHasher, Hasher};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -31,8 +29,9 @@ use tokio::process::{Child, Command};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
-use super::invoke::{InvokeOutcome, Invoker};
-use super::runtime_api::{Completion, InitState, Invocation, RuntimeApi};
+use super::request_ids::{new_request_id, new_trace_id, random_u64};
+use crate::runtime::invoke::{InvokeOutcome, Invoker};
+use crate::runtime::runtime_api::{Completion, InitState, Invocation, RuntimeApi};
 
 /// How long Lambda gives a runtime to initialise before it asks for its first event.
 pub const DEFAULT_INIT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -815,42 +814,6 @@ fn response_value(body: &[u8]) -> Value {
         .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(body).into_owned()))
 }
 
-/// A random version 4 UUID, the form of Lambda's request ids.
-pub(crate) fn new_request_id() -> String {
-    let (high, low) = (random_u64(), random_u64());
-    format!(
-        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
-        high >> 32,
-        (high >> 16) & 0xffff,
-        high & 0x0fff,
-        0x8000 | ((low >> 48) & 0x3fff),
-        low & 0xffff_ffff_ffff
-    )
-}
-
-/// An X-Ray trace header in the form Lambda sends: `Root=1-<time>-<id>;Parent=<id>;Sampled=0`.
-fn new_trace_id() -> String {
-    let seconds = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| since.as_secs());
-    format!(
-        "Root=1-{:08x}-{:08x}{:016x};Parent={:016x};Sampled=0",
-        seconds & 0xffff_ffff,
-        random_u64() & 0xffff_ffff,
-        random_u64(),
-        random_u64()
-    )
-}
-
-/// 64 unpredictable bits without a dependency: the standard library's randomly keyed
-/// SipHash over a counter. Good enough for ids, not for secrets.
-fn random_u64() -> u64 {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-    hasher.finish()
-}
-
 /// Removes ANSI escape sequences (colours, cursor moves) from `text`.
 fn strip_ansi(text: &str) -> String {
     let mut plain = String::with_capacity(text.len());
@@ -882,16 +845,6 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn request_ids_look_like_uuids_and_differ() {
-        let first = new_request_id();
-        let second = new_request_id();
-        assert_ne!(first, second);
-        let groups: Vec<usize> = first.split('-').map(str::len).collect();
-        assert_eq!(groups, [8, 4, 4, 4, 12]);
-        assert!(first.chars().all(|c| c == '-' || c.is_ascii_hexdigit()));
-    }
 
     #[test]
     fn strip_ansi_removes_colours_only() {

@@ -1,6 +1,6 @@
 //! A loopback HTTP/1 reverse proxy in front of one upstream. Requests pass through unchanged
 //! unless its [`Interceptor`] takes them: the emulator's front rewrites `BatchWriteItem`
-//! ([`super::emulator_front`]), and the test suite's fault injector fails, delays or cuts S3
+//! ([`crate::emulator::front`]), and the test suite's fault injector fails, delays or cuts S3
 //! requests.
 //!
 //! Bodies are streamed, not buffered, so passing through costs one loopback hop.

@@ -22,13 +22,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
-use super::invoke::{InvokeOutcome, Invoker};
-use super::mapping::MappingSettings;
-use super::on_failure::{
-    discard_message, DestinationError, DiscardCondition, DiscardedBatch, LastInvocation,
-    QueueDestination,
+use super::destination::{DestinationError, QueueDestination};
+use crate::mapping::settings::MappingSettings;
+use crate::runtime::invoke::{InvokeOutcome, Invoker};
+use crate::runtime::request_ids::new_request_id;
+use deployer::streams::failure_record::{
+    discard_message, DiscardCondition, DiscardedBatch, LastInvocation,
 };
-use super::stream_event::{event_payload, StreamEventRecord};
+use deployer::streams::record::{event_payload, StreamEventRecord};
 
 /// Where discarded batches' messages go.
 pub trait Discards: Send + Sync {
@@ -233,7 +234,7 @@ impl<I: Invoker, D: Discards> BatchRunner<'_, I, D> {
                     break;
                 }
 
-                let request_id = super::function_host::new_request_id();
+                let request_id = new_request_id();
                 let started = Instant::now();
                 let outcome = self.invoker.invoke(event_payload(&run.records)).await;
                 let verdict = judge(
@@ -336,6 +337,8 @@ impl<I: Invoker, D: Discards> BatchRunner<'_, I, D> {
             sent_to: None,
         };
         if let Some(destination) = self.destination {
+            let request_id =
+                last_invocation.map_or_else(new_request_id, |last| last.request_id.clone());
             let message = discard_message(
                 &DiscardedBatch {
                     condition,
@@ -343,6 +346,7 @@ impl<I: Invoker, D: Discards> BatchRunner<'_, I, D> {
                     stream_arn: &self.settings.stream_arn,
                     shard_id: self.shard_id,
                     records,
+                    request_id: &request_id,
                     invoke_count,
                     last_invocation,
                 },
@@ -399,7 +403,7 @@ mod tests {
             stream_arn: "arn:aws:dynamodb:us-east-1:000000000000:table/t/stream/s".into(),
             batch_size: 100,
             batching_window: Duration::ZERO,
-            starting_position: super::super::mapping::StartingPosition::TrimHorizon,
+            starting_position: crate::mapping::settings::StartingPosition::TrimHorizon,
             max_retry_attempts: Some(2),
             max_record_age: None,
             bisect_on_error: false,

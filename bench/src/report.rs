@@ -275,7 +275,7 @@ fn spread(median: f64, min: f64, max: f64) -> String {
 
 /// Where a run's files go: `<target>/bench/`.
 pub fn output_dir() -> PathBuf {
-    crate::project::target_dir().join("bench")
+    deployer::project::target_dir().join("bench")
 }
 
 /// Writes `<dir>/<started_at>.json`, `<dir>/latest.json` and `<dir>/throughput.svg`; returns

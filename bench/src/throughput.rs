@@ -15,9 +15,9 @@ use super::process_stats;
 use super::stats::Summary;
 use super::workload::{S3Operation, Variant, Workload};
 use super::BenchError;
-use crate::local::function_host::{FunctionHost, FunctionSpec, OutputSink};
-use crate::local::invoke::{InvokeOutcome, Invoker};
-use crate::stack::aws_error;
+use deployer::stack::aws_error;
+use usersync_local::runtime::function_host::{FunctionHost, FunctionSpec, OutputSink};
+use usersync_local::runtime::invoke::{InvokeOutcome, Invoker};
 
 /// Where the function and the loop write.
 #[derive(Clone)]

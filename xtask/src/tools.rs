@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use crate::local::emulator::cache_dir;
+use deployer::project::cache_dir;
 
 /// The cfn-lint release the template is checked with.
 pub const CFN_LINT_VERSION: &str = "1.51.0";

@@ -2,7 +2,7 @@
 //! section runs and the report holds what the README promises. Timings are not asserted
 //! (performance is measured by `cargo xtask bench`, never by tests).
 
-use deployer::bench::{self, report, BenchOptions};
+use usersync_bench::{report, BenchOptions};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_section_of_the_benchmark_runs_and_is_reported() {
@@ -17,7 +17,7 @@ async fn every_section_of_the_benchmark_runs_and_is_reported() {
         ..BenchOptions::default()
     };
     let mut lines = Vec::new();
-    let report = bench::run(&options, &mut |line| lines.push(line.to_owned()))
+    let report = usersync_bench::run(&options, &mut |line| lines.push(line.to_owned()))
         .await
         .unwrap_or_else(|err| panic!("the benchmark failed: {err}\n{}", lines.join("\n")));
 

@@ -17,10 +17,10 @@ use aws_credential_types::provider::ProvideCredentials;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::function_host::{FunctionHost, FunctionSpec, HostError, OutputSink};
-use super::mapping::{MappingError, MappingSettings};
-use super::poller::{Poller, PollerError, PollerObserver, PollerOptions};
-use crate::target::Target;
+use crate::mapping::poller::{Poller, PollerError, PollerObserver, PollerOptions};
+use crate::mapping::settings::{MappingError, MappingSettings};
+use crate::runtime::function_host::{FunctionHost, FunctionSpec, HostError, OutputSink};
+use deployer::target::Target;
 
 /// Why the local pipeline could not start.
 #[derive(Debug, thiserror::Error)]

@@ -22,14 +22,14 @@ use aws_credential_types::provider::ProvideCredentials;
 use aws_smithy_types::date_time::Format;
 use aws_smithy_types::DateTime;
 
-use crate::artifact::{self, BuildError, BuildOptions, Purpose};
-use crate::local::emulator::{ensure_binary, Emulator, EmulatorError, FAKECLOUD_VERSION};
-use crate::local::function_host::HostError;
-use crate::stack::StackError;
-use crate::target::{Target, DEFAULT_LOCAL_REGION};
-use crate::workflow::DeployError;
+use deployer::artifact::{self, BuildError, BuildOptions, Purpose};
+use deployer::stack::StackError;
+use deployer::target::{Target, DEFAULT_LOCAL_REGION};
+use deployer::workflow::DeployError;
 use report::{BenchReport, Machine, RunSettings, Versions};
 use throughput::{LoopRuntime, S3Target, SizeResult};
+use usersync_local::emulator::{ensure_binary, Emulator, EmulatorError, FAKECLOUD_VERSION};
+use usersync_local::runtime::function_host::HostError;
 use workload::{Variant, Workload};
 
 /// Failures of a benchmark run; a run that fails measures nothing and writes nothing.
@@ -170,7 +170,7 @@ pub async fn run(
             let binary = tokio::task::block_in_place(|| {
                 ensure_binary(&mut |line| progress(&format!("[fakecloud] {line}")))
             })?;
-            let log = crate::project::state_dir().join("bench-fakecloud.log");
+            let log = deployer::project::state_dir().join("bench-fakecloud.log");
             let emulator = Emulator::start(&binary, &log).await?;
             progress(&format!(
                 "started the embedded emulator at {} (log {})",
@@ -465,7 +465,7 @@ where
 
 /// Empties and removes the benchmark's bucket; a leftover bucket is only reported.
 async fn cleanup_bucket(target: &Target, s3: &S3Target) {
-    let emptied = crate::stack::delete_all_versions(target, &s3.bucket, None).await;
+    let emptied = deployer::stack::delete_all_versions(target, &s3.bucket, None).await;
     let deleted = s3.client.delete_bucket().bucket(&s3.bucket).send().await;
     if emptied.is_err() || deleted.is_err() {
         eprintln!(
@@ -506,7 +506,7 @@ fn machine() -> Machine {
 }
 
 fn rustc_version() -> String {
-    std::process::Command::new(crate::project::toolchain_program("RUSTC", "rustc"))
+    std::process::Command::new(deployer::project::toolchain_program("RUSTC", "rustc"))
         .arg("--version")
         .output()
         .ok()

@@ -1,7 +1,7 @@
-//! The on-failure destination of a stream mapping: when a batch is discarded (its retries
-//! exhausted, or its records too old), Lambda sends the batch's coordinates, not its records,
-//! to an SQS queue, so an operator can read the records back from the stream while they are
-//! retained. This module builds that message in Lambda's shape and sends it.
+//! The record an event source mapping sends to its on-failure destination when it discards a
+//! batch: the batch's coordinates in the stream, not its records, so that an operator can read
+//! the records back while the stream retains them. Written by the local mapping, read by
+//! `replay-failures`: both sides of the format live here.
 
 use std::time::SystemTime;
 
@@ -9,8 +9,7 @@ use aws_smithy_types::date_time::Format;
 use aws_smithy_types::DateTime;
 use serde_json::{json, Value};
 
-use super::mapping::queue_name_and_account;
-use super::stream_event::StreamEventRecord;
+use super::record::StreamEventRecord;
 
 /// Why a batch was discarded: Lambda's `requestContext.condition`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,6 +46,8 @@ pub struct DiscardedBatch<'a> {
     pub stream_arn: &'a str,
     pub shard_id: &'a str,
     pub records: &'a [StreamEventRecord],
+    /// The last invocation's request id, or a fresh one when the records were never invoked.
+    pub request_id: &'a str,
     /// Invocations of these records so far.
     pub invoke_count: u32,
     pub last_invocation: Option<&'a LastInvocation>,
@@ -61,11 +62,6 @@ pub fn discard_message(batch: &DiscardedBatch<'_>, now: SystemTime) -> Value {
     };
     let first = batch.records.first();
     let last = batch.records.last();
-    let request_id = batch
-        .last_invocation
-        .map_or_else(super::function_host::new_request_id, |i| {
-            i.request_id.clone()
-        });
     let mut response_context = json!({
         "statusCode": if batch.last_invocation.is_some() { 200 } else { 0 },
         "executedVersion": if batch.last_invocation.is_some() { "$LATEST" } else { "" },
@@ -75,7 +71,7 @@ pub fn discard_message(batch: &DiscardedBatch<'_>, now: SystemTime) -> Value {
     }
     json!({
         "requestContext": {
-            "requestId": request_id,
+            "requestId": batch.request_id,
             "functionArn": batch.function_arn,
             "condition": batch.condition.as_str(),
             "approximateInvokeCount": batch.invoke_count,
@@ -93,72 +89,6 @@ pub fn discard_message(batch: &DiscardedBatch<'_>, now: SystemTime) -> Value {
             "streamArn": batch.stream_arn,
         }
     })
-}
-
-/// A discard message could not be delivered.
-#[derive(Debug, thiserror::Error)]
-pub enum DestinationError {
-    #[error("the on-failure destination {0} is not an SQS queue ARN (arn:aws:sqs:<region>:<account>:<name>)")]
-    NotAQueue(String),
-    #[error("failed to find the on-failure queue {arn}: {message}")]
-    QueueUrl { arn: String, message: String },
-    #[error("failed to send a discarded batch's information to {arn}: {message}")]
-    Send { arn: String, message: String },
-}
-
-/// An SQS on-failure destination, with its queue URL looked up once.
-#[derive(Clone, Debug)]
-pub struct QueueDestination {
-    client: aws_sdk_sqs::Client,
-    arn: String,
-    url: String,
-}
-
-impl QueueDestination {
-    /// Finds the queue `arn` names.
-    pub async fn resolve(client: aws_sdk_sqs::Client, arn: &str) -> Result<Self, DestinationError> {
-        let (name, account) =
-            queue_name_and_account(arn).ok_or_else(|| DestinationError::NotAQueue(arn.into()))?;
-        let url = client
-            .get_queue_url()
-            .queue_name(name)
-            .queue_owner_aws_account_id(account)
-            .send()
-            .await
-            .map_err(|err| DestinationError::QueueUrl {
-                arn: arn.into(),
-                message: aws_sdk_sqs::error::DisplayErrorContext(err).to_string(),
-            })?
-            .queue_url
-            .ok_or_else(|| DestinationError::QueueUrl {
-                arn: arn.into(),
-                message: "GetQueueUrl returned no URL".into(),
-            })?;
-        Ok(Self {
-            client,
-            arn: arn.into(),
-            url,
-        })
-    }
-
-    pub fn arn(&self) -> &str {
-        &self.arn
-    }
-
-    /// Sends one message.
-    pub async fn send(&self, message: &Value) -> Result<(), DestinationError> {
-        self.client
-            .send_message()
-            .queue_url(&self.url)
-            .message_body(message.to_string())
-            .send()
-            .await
-            .map_err(|err| DestinationError::Send {
-                arn: self.arn.clone(),
-                message: aws_sdk_sqs::error::DisplayErrorContext(err).to_string(),
-            })?;
-        Ok(())
-    }
 }
 
 #[cfg(test)]
@@ -193,6 +123,7 @@ mod tests {
                 shard_id: "shardId-1",
                 records: &records,
                 invoke_count: 3,
+                request_id: &last.request_id,
                 last_invocation: Some(&last),
             },
             UNIX_EPOCH + Duration::from_millis(1_764_633_610_021),
@@ -237,6 +168,7 @@ mod tests {
                 shard_id: "shard",
                 records: &records,
                 invoke_count: 0,
+                request_id: "req-0",
                 last_invocation: None,
             },
             SystemTime::now(),

@@ -9,7 +9,7 @@
 //! - A batch holds up to `BatchSize` records and Lambda's 6 MB payload limit; with a batching
 //!   window the poller keeps reading until the batch is full or the window has passed since
 //!   the batch's first record.
-//! - Failures follow [`super::batch`]: partial batch responses, bisection, bounded retries,
+//! - Failures follow [`crate::mapping::batch`]: partial batch responses, bisection, bounded retries,
 //!   maximum record age, on-failure destination.
 //! - `StartingPosition` applies to the shards open when the poller starts; shards that appear
 //!   later are read from their start, as Lambda does. Checkpoints live in memory: a restarted
@@ -20,16 +20,16 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aws_sdk_dynamodbstreams::error::DisplayErrorContext;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use super::batch::{BatchEvent, BatchRunner, RetryBackoff};
-use super::invoke::Invoker;
-use super::mapping::{MappingSettings, StartingPosition};
-use super::on_failure::{DestinationError, QueueDestination};
-use super::shard_reader::{ReadError, ReadPosition, ShardReader, MAX_RECORDS_PER_READ};
-use super::stream_event::StreamEventRecord;
+use crate::mapping::batch::{BatchEvent, BatchRunner, RetryBackoff};
+use crate::mapping::destination::{DestinationError, QueueDestination};
+use crate::mapping::settings::{MappingSettings, StartingPosition};
+use crate::runtime::invoke::Invoker;
+use deployer::streams::reader::{ReadError, ReadPosition, ShardReader, MAX_RECORDS_PER_READ};
+use deployer::streams::record::StreamEventRecord;
+use deployer::streams::shards::{describe_shards, ShardListing};
 
 /// Lambda's limit on a synchronous invocation's payload.
 pub const MAX_PAYLOAD_BYTES: usize = 6 * 1024 * 1024;
@@ -225,15 +225,6 @@ impl<I: Invoker + 'static> Poller<I> {
     }
 }
 
-/// A shard as `DescribeStream` lists it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ShardListing {
-    pub shard_id: String,
-    pub parent_shard_id: Option<String>,
-    /// The shard has an ending sequence number: it takes no new records.
-    pub closed: bool,
-}
-
 /// Every shard of the stream ever listed, and whether it is being read or done.
 #[derive(Default)]
 struct ShardTable {
@@ -289,61 +280,6 @@ impl ShardTable {
     fn finish(&mut self, shard_id: &str) {
         self.state.insert(shard_id.to_owned(), ShardState::Done);
     }
-}
-
-/// Lists every shard of the stream (`DescribeStream`, page by page).
-pub async fn describe_shards(
-    client: &aws_sdk_dynamodbstreams::Client,
-    stream_arn: &str,
-) -> Result<Vec<ShardListing>, ReadError> {
-    let mut shards = Vec::new();
-    let mut start: Option<String> = None;
-    loop {
-        let output = client
-            .describe_stream()
-            .stream_arn(stream_arn)
-            .set_exclusive_start_shard_id(start.take())
-            .send()
-            .await
-            .map_err(|err| {
-                let message = DisplayErrorContext(&err).to_string();
-                if err
-                    .as_service_error()
-                    .is_some_and(|e| e.is_resource_not_found_exception())
-                {
-                    ReadError::StreamGone {
-                        stream_arn: stream_arn.to_owned(),
-                        message,
-                    }
-                } else {
-                    ReadError::Transient {
-                        shard_id: "(listing)".into(),
-                        message: format!("failed to describe the stream {stream_arn}: {message}"),
-                    }
-                }
-            })?;
-        let Some(description) = output.stream_description() else {
-            break;
-        };
-        for shard in description.shards() {
-            let Some(shard_id) = shard.shard_id() else {
-                continue;
-            };
-            shards.push(ShardListing {
-                shard_id: shard_id.to_owned(),
-                parent_shard_id: shard.parent_shard_id().map(str::to_owned),
-                closed: shard
-                    .sequence_number_range()
-                    .and_then(|r| r.ending_sequence_number())
-                    .is_some(),
-            });
-        }
-        match description.last_evaluated_shard_id() {
-            Some(last) => start = Some(last.to_owned()),
-            None => break,
-        }
-    }
-    Ok(shards)
 }
 
 /// Reads one shard to its end (or until stopped), invoking the function batch by batch.

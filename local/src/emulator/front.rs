@@ -19,7 +19,7 @@ use http::{HeaderValue, Request, Response};
 use http_body_util::BodyExt;
 use serde_json::{json, Map, Value};
 
-use super::proxy::{
+use crate::emulator::proxy::{
     bad_gateway, full_body, BoxFuture, Intercepted, Interceptor, ProxyBody, ReverseProxy, Upstream,
 };
 
