@@ -7,6 +7,7 @@ use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
+use usersync_function::testing::{number_value, string_value, RecordBuilder};
 use usersync_fuzz::{check_batch, FAIL_MARKER};
 
 #[derive(Arbitrary, Debug)]
@@ -102,12 +103,19 @@ fn record(index: usize, op: &Op) -> Value {
         Event::Other(other) => other.as_str(),
     };
     let name = match &op.name {
-        Name::Known(i) => Some(json!({ "S": KNOWN[usize::from(*i) % KNOWN.len()] })),
-        Name::Text(text) => Some(json!({ "S": text })),
+        Name::Known(i) => Some(string_value(KNOWN[usize::from(*i) % KNOWN.len()])),
+        Name::Text(text) => Some(string_value(text)),
         Name::Missing => None,
-        Name::Number(n) => Some(json!({ "N": n.to_string() })),
+        Name::Number(n) => Some(number_value(n)),
     };
-    let mut keys = Map::new();
+    // Lambda's fields the function never reads are left out; the event ID is `event-<index>`.
+    let mut record = RecordBuilder::new(event, index as u64)
+        .without_event_source_arn()
+        .without_creation_time();
+    record = match op.sequence {
+        Some(sequence) => record.sequence_number(format!("{sequence:05}{index:05}")),
+        None => record.without_sequence_number(),
+    };
     let mut image: Map<String, Value> = op
         .image
         .iter()
@@ -118,37 +126,24 @@ fn record(index: usize, op: &Op) -> Value {
     for attribute in ["name", "id"] {
         if let Some(name) = &name {
             if op.in_keys {
-                keys.insert(attribute.to_owned(), name.clone());
+                record = record.key(attribute, name.clone());
             }
             image.insert(attribute.to_owned(), name.clone());
         }
     }
-    let mut dynamodb = json!({
-        "Keys": keys,
-        "SizeBytes": 64,
-        "StreamViewType": "NEW_AND_OLD_IMAGES",
-    });
-    if let Some(sequence) = op.sequence {
-        dynamodb["SequenceNumber"] = json!(format!("{sequence:05}{index:05}"));
-    }
+    let image = Value::Object(image);
     if op.image.is_some() {
-        let side = if event == "REMOVE" {
-            "OldImage"
+        // A REMOVE carries the item as it was; a write, as it is now.
+        if event == "REMOVE" {
+            record = record.old_image(image);
         } else {
-            "NewImage"
-        };
-        dynamodb[side] = Value::Object(image);
+            record = record.new_image(image);
+        }
     } else if !op.in_keys {
-        dynamodb["OldImage"] = Value::Object(image);
+        // No image and the name not in the keys: only the old image names the user.
+        record = record.old_image(image);
     }
-    json!({
-        "eventID": format!("event-{index}"),
-        "eventName": event,
-        "eventVersion": "1.1",
-        "eventSource": "aws:dynamodb",
-        "awsRegion": "us-east-1",
-        "dynamodb": dynamodb,
-    })
+    record.build()
 }
 
 fuzz_target!(|ops: Vec<Op>| {

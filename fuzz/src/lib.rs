@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::value::RawValue;
 use serde_json::Value;
+use usersync_function::config::vars;
 use usersync_function::key::{decode_name, encode_name, MAX_KEY_BYTES};
 use usersync_function::plan::{plan_records, Plan, Step};
 use usersync_function::testing::{InjectedFailures, MemoryStore};
@@ -53,11 +54,11 @@ pub fn configs() -> Vec<Config> {
         .map(|(scope, prefix, attribute)| {
             Config::from_lookup(|variable| {
                 let value = match variable {
-                    "BUCKET_NAME" => "fuzz-bucket",
-                    "DELETE_SCOPE" => scope,
-                    "KEY_PREFIX" => prefix,
-                    "KEY_ATTRIBUTE" => attribute,
-                    "MAX_CONCURRENCY" => "3",
+                    vars::BUCKET_NAME => "fuzz-bucket",
+                    vars::DELETE_SCOPE => scope,
+                    vars::KEY_PREFIX => prefix,
+                    vars::KEY_ATTRIBUTE => attribute,
+                    vars::MAX_CONCURRENCY => "3",
                     _ => return None,
                 };
                 Some(value.to_owned())

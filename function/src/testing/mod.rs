@@ -5,4 +5,6 @@ pub mod memory_store;
 pub mod records;
 
 pub use memory_store::{InjectedFailures, MemoryStore};
-pub use records::{sequence_number, stream_event, stream_record};
+pub use records::{
+    number_value, sequence_number, stream_event, stream_record, string_value, RecordBuilder,
+};
