@@ -11,7 +11,7 @@ use deployer::console::RecordingConsole;
 use deployer::settings::StackSettings;
 use deployer::stack;
 use deployer::target::Target;
-use deployer::workflow::{self, DeployOptions};
+use deployer::workflow::{self, DeployOptions, DeployResult};
 
 #[derive(Clone, Debug, Serialize)]
 pub struct DeployRun {
@@ -45,20 +45,22 @@ pub async fn measure(
         let started = Instant::now();
         let created = workflow::deploy(target, &settings, &options, &mut console).await?;
         create.push(started.elapsed().as_secs_f64() * 1000.0);
-        if created.result != "created" {
+        if created.result != DeployResult::Created {
             return Err(BenchError::Unexpected(format!(
                 "the first deploy of {} was {:?}, not a create",
-                settings.stack_name, created.result
+                settings.stack_name,
+                created.result.as_str()
             )));
         }
 
         let started = Instant::now();
         let again = workflow::deploy(target, &settings, &options, &mut console).await?;
         noop.push(started.elapsed().as_secs_f64() * 1000.0);
-        if again.result != "up_to_date" {
+        if again.result != DeployResult::UpToDate {
             return Err(BenchError::Unexpected(format!(
                 "the second deploy of {} was {:?}, not up to date",
-                settings.stack_name, again.result
+                settings.stack_name,
+                again.result.as_str()
             )));
         }
 

@@ -105,11 +105,11 @@ async fn run_on_stack(
         },
     )
     .await
-    .map_err(|err| BenchError::Pipeline(err.to_string()))?;
+    .map_err(|err| BenchError::Pipeline(deployer::errors::chain(&err)))?;
     let result = write_and_watch(target, &table, &bucket, users).await;
     let stopped = pipeline.stop().await;
     let mut run = result?;
-    stopped.map_err(|err| BenchError::Pipeline(err.to_string()))?;
+    stopped.map_err(|err| BenchError::Pipeline(deployer::errors::chain(&err)))?;
     run.batch_size = settings.batch_size;
     run.maximum_batching_window_seconds = settings.maximum_batching_window_seconds;
     Ok(run)

@@ -28,6 +28,7 @@ use deployer::target::{Target, DEFAULT_LOCAL_REGION};
 use deployer::workflow::DeployError;
 use report::{BenchReport, Machine, RunSettings, Versions};
 use throughput::{LoopRuntime, S3Target, SizeResult};
+use usersync_function::config;
 use usersync_local::emulator::{ensure_binary, Emulator, EmulatorError, FAKECLOUD_VERSION};
 use usersync_local::runtime::function_host::HostError;
 use workload::{Variant, Workload};
@@ -35,11 +36,11 @@ use workload::{Variant, Workload};
 /// Failures of a benchmark run; a run that fails measures nothing and writes nothing.
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
-    #[error("failed to provide the embedded emulator: {0}")]
+    #[error("failed to provide the embedded emulator")]
     Emulator(#[from] EmulatorError),
-    #[error("failed to build the function: {0}")]
+    #[error("failed to build the function")]
     Build(#[from] BuildError),
-    #[error("failed to start the function: {0}")]
+    #[error("failed to start the function")]
     Host(#[source] HostError),
     #[error("the function process went away during the benchmark")]
     FunctionGone,
@@ -49,7 +50,7 @@ pub enum BenchError {
     LimitFailed(String),
     #[error("failed to resolve credentials for the function: {0}")]
     Credentials(String),
-    #[error("failed to deploy the benchmark stack: {0}")]
+    #[error("failed to deploy the benchmark stack")]
     Deploy(#[from] DeployError),
     #[error(transparent)]
     Stack(#[from] StackError),
@@ -61,7 +62,7 @@ pub enum BenchError {
     Unexpected(String),
     #[error("failed to draw the chart: {0}")]
     Chart(String),
-    #[error("failed to write {}: {source}", path.display())]
+    #[error("failed to write {}", path.display())]
     Write {
         path: PathBuf,
         #[source]
@@ -137,7 +138,7 @@ impl BenchOptions {
         if self
             .function_concurrencies
             .iter()
-            .any(|&n| n == 0 || n > 1024)
+            .any(|&n| config::check_max_concurrency(n).is_err())
         {
             return bad("every MAX_CONCURRENCY to sweep", "between 1 and 1024");
         }

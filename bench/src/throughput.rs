@@ -16,6 +16,7 @@ use super::stats::Summary;
 use super::workload::{S3Operation, Variant, Workload};
 use super::BenchError;
 use deployer::stack::aws_error;
+use usersync_function::config::vars;
 use usersync_local::runtime::function_host::{FunctionHost, FunctionSpec, OutputSink};
 use usersync_local::runtime::invoke::{InvokeOutcome, Invoker};
 
@@ -148,14 +149,14 @@ pub async fn start_function(
     spec.timeout = Duration::from_secs(300);
     spec.environment = s3.credentials.clone();
     spec.environment.extend([
-        ("BUCKET_NAME".to_owned(), s3.bucket.clone()),
+        (vars::BUCKET_NAME.to_owned(), s3.bucket.clone()),
         ("AWS_ENDPOINT_URL".to_owned(), s3.endpoint_url.clone()),
-        ("S3_FORCE_PATH_STYLE".to_owned(), "true".to_owned()),
+        (vars::S3_FORCE_PATH_STYLE.to_owned(), "true".to_owned()),
         ("AWS_LAMBDA_LOG_FORMAT".to_owned(), "JSON".to_owned()),
     ]);
     if let Some(concurrency) = max_concurrency {
         spec.environment
-            .insert("MAX_CONCURRENCY".to_owned(), concurrency.to_string());
+            .insert(vars::MAX_CONCURRENCY.to_owned(), concurrency.to_string());
     }
     FunctionHost::start_with_output(spec, function_output())
         .await

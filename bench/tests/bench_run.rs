@@ -19,7 +19,13 @@ async fn every_section_of_the_benchmark_runs_and_is_reported() {
     let mut lines = Vec::new();
     let report = usersync_bench::run(&options, &mut |line| lines.push(line.to_owned()))
         .await
-        .unwrap_or_else(|err| panic!("the benchmark failed: {err}\n{}", lines.join("\n")));
+        .unwrap_or_else(|err| {
+            panic!(
+                "the benchmark failed: {}\n{}",
+                deployer::errors::chain(&err),
+                lines.join("\n")
+            )
+        });
 
     assert_eq!(report.throughput.len(), 2);
     for (size, records) in report.throughput.iter().zip([10, 50]) {

@@ -4,6 +4,7 @@
 
 pub mod artifact;
 pub mod console;
+pub mod errors;
 pub mod mirror_check;
 pub mod project;
 pub mod replay;

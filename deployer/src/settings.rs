@@ -20,8 +20,14 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
+use usersync_function::config;
 
 use crate::template::FUNCTION_NAME_SUFFIX;
+
+/// What a `REMOVE` from the table deletes in the bucket: the function's own type (its
+/// `DELETE_SCOPE`), spelt `object` or `prefix` in a settings file as in the variable. To parse
+/// one with a settings error, use [`parse_delete_scope`].
+pub use usersync_function::config::DeleteScope;
 
 /// Lambda's limit on function names, in characters.
 const MAX_FUNCTION_NAME_LEN: usize = 64;
@@ -39,8 +45,12 @@ pub const LOG_RETENTION_DAYS: [u32; 22] = [
     3288, 3653,
 ];
 
-/// The most users the function may work on at once (the function's own limit).
-pub const MAX_MAX_CONCURRENCY: u32 = 1024;
+/// The most users the function may work on at once: the function's own limit
+/// ([`config::MAX_MAX_CONCURRENCY`]), in the type of [`StackSettings::max_concurrency`].
+pub const MAX_MAX_CONCURRENCY: u32 = {
+    assert!(config::MAX_MAX_CONCURRENCY <= u32::MAX as usize);
+    config::MAX_MAX_CONCURRENCY as u32
+};
 
 const STACK_NAME_FORM: &str =
     "1 to 57 characters of letters, digits and '-', starting with a letter, such as \"usersync\"";
@@ -48,52 +58,16 @@ const PREFIX_FORM: &str =
     "a key prefix of at most 512 bytes without control characters, such as \"users/\"";
 const OBJECT_NAME_FORM: &str =
     "an object name of at most 255 bytes without '/' or control characters, not '.' or '..', such as \"userdata\"";
+const CONCURRENCY_FORM: &str = "1 to 1024";
 const RETENTION_FORM: &str = "one of 1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288 or 3653";
 const DELETE_SCOPE_FORM: &str = "\"object\" or \"prefix\"";
 const ARCHITECTURE_FORM: &str = "\"arm64\" or \"x86_64\"";
 
-/// What a `REMOVE` from the table deletes in the bucket (the function's `DELETE_SCOPE`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DeleteScope {
-    /// Only the user's object, `<key_prefix><name>/<object_name>`.
-    #[default]
-    Object,
-    /// Every object under the user's prefix, `<key_prefix><name>/`.
-    Prefix,
-}
-
-impl DeleteScope {
-    /// The value as the function and the config file spell it: `object` or `prefix`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Object => "object",
-            Self::Prefix => "prefix",
-        }
-    }
-}
-
-impl fmt::Display for DeleteScope {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for DeleteScope {
-    type Err = SettingsError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "object" => Ok(Self::Object),
-            "prefix" => Ok(Self::Prefix),
-            _ => Err(SettingsError::Invalid {
-                setting: "delete_scope",
-                value: s.to_owned(),
-                reason: "unknown scope",
-                expected: DELETE_SCOPE_FORM,
-            }),
-        }
-    }
+/// Parses a `delete_scope` given outside a settings file (a command-line flag, say) by the
+/// function's rule; the error names the setting, the value and the allowed form.
+pub fn parse_delete_scope(text: &str) -> Result<DeleteScope, SettingsError> {
+    text.parse()
+        .map_err(|reason| invalid("delete_scope", text, reason, DELETE_SCOPE_FORM))
 }
 
 /// The instruction set the function runs on; it must match the built `bootstrap`.
@@ -205,7 +179,7 @@ impl Default for StackSettings {
             timeout_seconds: 60,
             delete_scope: DeleteScope::Object,
             key_prefix: String::new(),
-            object_name: "userdata".to_owned(),
+            object_name: config::DEFAULT_OBJECT_NAME.to_owned(),
             max_concurrency: None,
             log_retention_days: 14,
             retain_data_on_teardown: false,
@@ -241,7 +215,7 @@ pub enum SettingsError {
         expected: &'static str,
     },
     /// The settings file could not be read.
-    #[error("cannot read settings file {}: {source}", path.display())]
+    #[error("cannot read settings file {}", path.display())]
     Read {
         /// The file.
         path: PathBuf,
@@ -319,16 +293,14 @@ impl StackSettings {
         }
         check_range("memory_mb", self.memory_mb, 128, 10_240, "128 to 10240")?;
         check_range("timeout_seconds", self.timeout_seconds, 1, 900, "1 to 900")?;
-        check_key_prefix(&self.key_prefix)?;
-        check_object_name(&self.object_name)?;
+        // The function's own rules, so that a stack that deploys also starts.
+        config::check_key_prefix(&self.key_prefix)
+            .map_err(|reason| invalid("key_prefix", &self.key_prefix, reason, PREFIX_FORM))?;
+        config::check_object_name(&self.object_name).map_err(|reason| {
+            invalid("object_name", &self.object_name, reason, OBJECT_NAME_FORM)
+        })?;
         if let Some(n) = self.max_concurrency {
-            check_range(
-                "max_concurrency",
-                n,
-                1,
-                MAX_MAX_CONCURRENCY.into(),
-                "1 to 1024",
-            )?;
+            check_max_concurrency(n)?;
         }
         if !LOG_RETENTION_DAYS.contains(&self.log_retention_days) {
             return Err(SettingsError::OutOfRange {
@@ -403,45 +375,17 @@ pub fn check_stack_name(name: &str) -> Result<(), SettingsError> {
     }
 }
 
-// The same rules as the function's `KEY_PREFIX` and `OBJECT_NAME`, so that a stack that
-// deploys also starts.
-fn check_key_prefix(prefix: &str) -> Result<(), SettingsError> {
-    if prefix.len() > 512 {
-        return Err(invalid(
-            "key_prefix",
-            prefix,
-            "longer than 512 bytes",
-            PREFIX_FORM,
-        ));
-    }
-    if prefix.chars().any(char::is_control) {
-        return Err(invalid(
-            "key_prefix",
-            prefix,
-            "contains a control character",
-            PREFIX_FORM,
-        ));
-    }
-    Ok(())
-}
-
-fn check_object_name(name: &str) -> Result<(), SettingsError> {
-    let problem = if name.is_empty() {
-        Some("empty")
-    } else if name.contains('/') {
-        Some("contains '/'")
-    } else if name == "." || name == ".." {
-        Some("is a relative path segment")
-    } else if name.chars().any(char::is_control) {
-        Some("contains a control character")
-    } else if name.len() > 255 {
-        Some("longer than 255 bytes")
+/// `max_concurrency` by the function's rule (its `MAX_CONCURRENCY`).
+fn check_max_concurrency(n: u32) -> Result<(), SettingsError> {
+    let accepted = usize::try_from(n).is_ok_and(|n| config::check_max_concurrency(n).is_ok());
+    if accepted {
+        Ok(())
     } else {
-        None
-    };
-    match problem {
-        Some(reason) => Err(invalid("object_name", name, reason, OBJECT_NAME_FORM)),
-        None => Ok(()),
+        Err(SettingsError::OutOfRange {
+            setting: "max_concurrency",
+            value: i64::from(n),
+            expected: CONCURRENCY_FORM,
+        })
     }
 }
 
@@ -564,6 +508,14 @@ mod tests {
                 "max_concurrency 0 is out of range: expected 1 to 1024",
             ),
             (
+                with(|s| s.max_concurrency = Some(1025)),
+                "max_concurrency 1025 is out of range: expected 1 to 1024",
+            ),
+            (
+                with(|s| s.max_concurrency = Some(u32::MAX)),
+                "max_concurrency 4294967295 is out of range: expected 1 to 1024",
+            ),
+            (
                 with(|s| s.log_retention_days = 10),
                 "log_retention_days 10 is out of range: expected one of 1, 3, 5, 7, 14,",
             ),
@@ -603,6 +555,10 @@ mod tests {
                 with(|s| s.object_name = "..".to_owned()),
                 "object_name \"..\" is invalid: is a relative path segment",
             ),
+            (
+                with(|s| s.object_name = "o".repeat(256)),
+                "is invalid: longer than 255 bytes; expected an object name",
+            ),
         ];
         for (settings, expected) in cases {
             let message = settings.validate().unwrap_err().to_string();
@@ -611,6 +567,29 @@ mod tests {
                 "{message:?} should contain {expected:?}"
             );
         }
+    }
+
+    #[test]
+    fn the_limits_and_defaults_are_the_function_s() {
+        assert_eq!(
+            usize::try_from(MAX_MAX_CONCURRENCY).unwrap(),
+            config::MAX_MAX_CONCURRENCY
+        );
+        assert_eq!(
+            CONCURRENCY_FORM,
+            format!(
+                "{} to {}",
+                config::MIN_MAX_CONCURRENCY,
+                config::MAX_MAX_CONCURRENCY
+            )
+        );
+        assert!(PREFIX_FORM.contains(&format!("at most {} bytes", config::MAX_KEY_PREFIX_BYTES)));
+        assert!(
+            OBJECT_NAME_FORM.contains(&format!("at most {} bytes", config::MAX_OBJECT_NAME_BYTES))
+        );
+        let defaults = StackSettings::default();
+        assert_eq!(defaults.object_name, config::DEFAULT_OBJECT_NAME);
+        assert_eq!(defaults.delete_scope, DeleteScope::default());
     }
 
     #[test]
@@ -739,13 +718,19 @@ mod tests {
         );
 
         let missing = dir.path().join("missing.toml");
-        let message = StackSettings::from_file(&missing).unwrap_err().to_string();
+        // The message names the file; the operating system's error is its source, which the
+        // chain prints after it.
+        let err = StackSettings::from_file(&missing).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("cannot read settings file {}", missing.display())
+        );
+        let source = std::error::Error::source(&err).expect("the I/O error is the source");
         assert!(
-            message.starts_with(&format!(
-                "cannot read settings file {}: ",
-                missing.display()
-            )),
-            "{message}"
+            source
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound),
+            "{source:?}"
         );
 
         let good = dir.path().join("good.toml");
@@ -772,8 +757,10 @@ mod tests {
         );
         assert_eq!(Architecture::Arm64.to_string(), "arm64");
         assert_eq!(DeleteScope::Prefix.to_string(), "prefix");
+        assert_eq!(parse_delete_scope("prefix").unwrap(), DeleteScope::Prefix);
+        assert_eq!(parse_delete_scope("object").unwrap(), DeleteScope::Object);
         assert_eq!(
-            "all".parse::<DeleteScope>().unwrap_err().to_string(),
+            parse_delete_scope("all").unwrap_err().to_string(),
             "delete_scope \"all\" is invalid: unknown scope; expected \"object\" or \"prefix\""
         );
         assert_eq!(

@@ -4,8 +4,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_config::{BehaviorVersion, ConfigLoader, Region, SdkConfig};
 use aws_sdk_s3::config::Credentials;
+use aws_types::service_config::{LoadServiceConfig, ServiceConfigKey};
 
 /// The region used for emulators when none is given.
 pub const DEFAULT_LOCAL_REGION: &str = "us-east-1";
@@ -54,6 +55,10 @@ pub enum TargetError {
 pub struct Target {
     pub kind: TargetKind,
     pub sdk: SdkConfig,
+    /// What the person should know about how the target was resolved, one line each: an
+    /// endpoint override in the environment or the AWS config file that was ignored. The
+    /// command prints them.
+    pub notices: Vec<String>,
 }
 
 impl Target {
@@ -73,8 +78,9 @@ impl Target {
             }
             None => TargetKind::Aws,
         };
-        let sdk = sdk_config(&kind, options).await?;
-        Ok(Self { kind, sdk })
+        let loader = aws_config::defaults(BehaviorVersion::latest());
+        let (sdk, notices) = sdk_config(loader, &kind, options, &process_environment()).await?;
+        Ok(Self { kind, sdk, notices })
     }
 
     /// The embedded emulator that answers at `addr`, with the region and profile of `options`.
@@ -83,8 +89,9 @@ impl Target {
         options: &TargetOptions,
     ) -> Result<Self, TargetError> {
         let kind = TargetKind::Local(addr);
-        let sdk = sdk_config(&kind, options).await?;
-        Ok(Self { kind, sdk })
+        let loader = aws_config::defaults(BehaviorVersion::latest());
+        let (sdk, notices) = sdk_config(loader, &kind, options, &process_environment()).await?;
+        Ok(Self { kind, sdk, notices })
     }
 
     /// A target for an already known endpoint with static test credentials; for tests and the
@@ -99,7 +106,11 @@ impl Target {
                 aws_credential_types::provider::SharedCredentialsProvider::new(test_credentials()),
             )
             .build();
-        Self { kind, sdk }
+        Self {
+            kind,
+            sdk,
+            notices: Vec::new(),
+        }
     }
 
     /// Whether this is real AWS, where changes cost money and ask for confirmation.
@@ -229,8 +240,171 @@ fn test_credentials() -> Credentials {
     Credentials::new("test", "test", None, None, "usersync-local")
 }
 
-async fn sdk_config(kind: &TargetKind, options: &TargetOptions) -> Result<SdkConfig, TargetError> {
-    let mut loader = aws_config::defaults(BehaviorVersion::latest());
+/// The variable that names an endpoint for every service; `AWS_ENDPOINT_URL_<SERVICE>` names
+/// one for a single service.
+pub const ENDPOINT_URL_VARIABLE: &str = "AWS_ENDPOINT_URL";
+
+/// The services the deployer talks to, by the service id the SDK resolves their configured
+/// endpoint under (each crate's `service_config_key(...)`), with the suffix of their
+/// `AWS_ENDPOINT_URL_<SERVICE>` variable: the id upper-cased, spaces as underscores
+/// (https://docs.aws.amazon.com/sdkref/latest/guide/ss-endpoints-table.html).
+const SERVICES: [(&str, &str); 7] = [
+    ("CloudFormation", "CLOUDFORMATION"),
+    ("S3", "S3"),
+    ("Lambda", "LAMBDA"),
+    ("SQS", "SQS"),
+    ("DynamoDB", "DYNAMODB"),
+    ("DynamoDB Streams", "DYNAMODB_STREAMS"),
+    ("STS", "STS"),
+];
+
+/// The endpoint variables set (to something) in `environment`, as `(name, value)` sorted by
+/// name: `AWS_ENDPOINT_URL` and every `AWS_ENDPOINT_URL_<SERVICE>`. The AWS SDKs send a
+/// service's requests to them when no endpoint is given in code
+/// (https://docs.aws.amazon.com/sdkref/latest/guide/feature-ss-endpoints.html), and aws-config
+/// does (aws-config 1.13 `default_provider::endpoint_url`, `env_service_config`).
+pub fn stray_endpoint_variables<I, K, V>(environment: I) -> Vec<(String, String)>
+where
+    I: IntoIterator<Item = (K, V)>,
+    K: AsRef<str>,
+    V: AsRef<str>,
+{
+    let mut found: Vec<(String, String)> = environment
+        .into_iter()
+        .filter(|(name, value)| {
+            let name = name.as_ref();
+            let endpoint_variable = name == ENDPOINT_URL_VARIABLE
+                || name
+                    .strip_prefix(ENDPOINT_URL_VARIABLE)
+                    .and_then(|rest| rest.strip_prefix('_'))
+                    .is_some_and(|service| !service.is_empty());
+            endpoint_variable && !value.as_ref().trim().is_empty()
+        })
+        .map(|(name, value)| (name.as_ref().to_owned(), value.as_ref().to_owned()))
+        .collect();
+    found.sort();
+    found
+}
+
+/// The process environment, as far as it is Unicode (the SDK reads no other).
+fn process_environment() -> Vec<(String, String)> {
+    std::env::vars_os()
+        .filter_map(|(name, value)| Some((name.into_string().ok()?, value.into_string().ok()?)))
+        .collect()
+}
+
+/// One notice per ignored endpoint setting: each variable of `variables`, and the config file's
+/// `endpoint_url` for `from_profile` (service id and URL).
+fn ignored_endpoint_notices(
+    variables: &[(String, String)],
+    from_profile: &[(&str, String)],
+) -> Vec<String> {
+    let notice = |setting: &str, url: &str| {
+        format!(
+            "{setting} is set ({url}) but ignored: without --endpoint-url the target is real AWS; \
+             pass --endpoint-url {url} to use that endpoint"
+        )
+    };
+    let mut notices: Vec<String> = variables
+        .iter()
+        .map(|(name, url)| notice(name, url))
+        .collect();
+    let mut by_url: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+    for (service, url) in from_profile {
+        by_url.entry(url).or_default().push(service);
+    }
+    for (url, services) in by_url {
+        notices.push(notice(
+            &format!(
+                "endpoint_url in the AWS config file (for {})",
+                services.join(", ")
+            ),
+            url,
+        ));
+    }
+    notices
+}
+
+/// The services whose endpoint `sdk` resolves from the AWS config file (`endpoint_url` in the
+/// profile or its `services` section) rather than from `environment`, where a variable would
+/// take precedence.
+fn endpoints_from_profile(
+    sdk: &SdkConfig,
+    environment: &[(String, String)],
+) -> Vec<(&'static str, String)> {
+    let Some(config) = sdk.service_config() else {
+        return Vec::new();
+    };
+    let variables = stray_endpoint_variables(environment.iter().map(|(k, v)| (k, v)));
+    let set = |name: &str| variables.iter().any(|(n, _)| n == name);
+    SERVICES
+        .iter()
+        .filter(|(_, suffix)| {
+            !set(ENDPOINT_URL_VARIABLE) && !set(&format!("{ENDPOINT_URL_VARIABLE}_{suffix}"))
+        })
+        .filter_map(|(service, _)| {
+            let url = config.load_config(endpoint_key(service))?;
+            Some((*service, url))
+        })
+        .collect()
+}
+
+/// The key under which the SDK looks up a service's configured endpoint.
+fn endpoint_key(service: &str) -> ServiceConfigKey<'_> {
+    ServiceConfigKey::builder()
+        .service_id(service)
+        .env(ENDPOINT_URL_VARIABLE)
+        .profile("endpoint_url")
+        .build()
+        .expect("service id, variable and profile key are all set")
+}
+
+/// The loaded configuration's service settings without its endpoints. aws-config applies the
+/// same filter when `ignore_configured_endpoint_urls` / `AWS_IGNORE_CONFIGURED_ENDPOINT_URLS`
+/// is set (aws-config 1.13 `env_service_config.rs`: it answers no key whose variable is
+/// `AWS_ENDPOINT_URL`, the key of every service's endpoint, whose service-specific variable and
+/// config-file section are derived from it); that flag can be set only in the environment or
+/// the profile, not in code.
+#[derive(Debug)]
+struct WithoutEndpointUrls(SdkConfig);
+
+impl LoadServiceConfig for WithoutEndpointUrls {
+    fn load_config(&self, key: ServiceConfigKey<'_>) -> Option<String> {
+        if key.env() == ENDPOINT_URL_VARIABLE {
+            return None;
+        }
+        self.0.service_config()?.load_config(key)
+    }
+}
+
+/// `sdk` as if `ignore_configured_endpoint_urls` were set: no endpoint from the environment or
+/// the config file, for the shared configuration nor for any service.
+///
+/// The credential providers aws-config builds (assume-role, SSO) resolve their own STS and
+/// SSO clients and are outside this: aws-config 1.13 `ProviderConfig::client_config` honours
+/// configured endpoints whatever the flag says.
+fn without_configured_endpoint_urls(sdk: SdkConfig) -> SdkConfig {
+    let mut builder = sdk.clone().into_builder();
+    builder.set_endpoint_url(None);
+    builder.set_service_config(Some(WithoutEndpointUrls(sdk)));
+    builder.build()
+}
+
+/// Loads the SDK configuration for `kind` through `loader` (the defaults; a scripted one in
+/// tests), with `environment` being what the loader reads. Returns the notices the person
+/// should see.
+///
+/// Real AWS (no --endpoint-url, no --local) ignores endpoints configured in the environment or
+/// the config file, saying so: a variable left over from work with an emulator would otherwise
+/// silently send real-AWS commands there. An endpoint given in code (--endpoint-url, --local)
+/// takes precedence over any configured one anyway
+/// (https://docs.aws.amazon.com/sdkref/latest/guide/feature-ss-endpoints.html).
+async fn sdk_config(
+    mut loader: ConfigLoader,
+    kind: &TargetKind,
+    options: &TargetOptions,
+    environment: &[(String, String)],
+) -> Result<(SdkConfig, Vec<String>), TargetError> {
     if let Some(profile) = &options.profile {
         loader = loader.profile_name(profile);
     }
@@ -242,7 +416,8 @@ async fn sdk_config(kind: &TargetKind, options: &TargetOptions) -> Result<SdkCon
         TargetKind::Endpoint(url) => {
             loader = loader.endpoint_url(url);
             // Emulators accept any credentials; use the environment's when it has some.
-            if std::env::var_os("AWS_ACCESS_KEY_ID").is_none() && options.profile.is_none() {
+            let has_keys = environment.iter().any(|(name, _)| name == "AWS_ACCESS_KEY_ID");
+            if !has_keys && options.profile.is_none() {
                 loader = loader.credentials_provider(test_credentials());
             }
         }
@@ -253,6 +428,14 @@ async fn sdk_config(kind: &TargetKind, options: &TargetOptions) -> Result<SdkCon
         }
     }
     let mut sdk = loader.load().await;
+    let mut notices = Vec::new();
+    if *kind == TargetKind::Aws {
+        notices = ignored_endpoint_notices(
+            &stray_endpoint_variables(environment.iter().map(|(k, v)| (k, v))),
+            &endpoints_from_profile(&sdk, environment),
+        );
+        sdk = without_configured_endpoint_urls(sdk);
+    }
     if sdk.region().is_none() {
         if *kind == TargetKind::Aws {
             return Err(TargetError::NoRegion);
@@ -262,7 +445,7 @@ async fn sdk_config(kind: &TargetKind, options: &TargetOptions) -> Result<SdkCon
             .region(Region::new(DEFAULT_LOCAL_REGION))
             .build();
     }
-    Ok(sdk)
+    Ok((sdk, notices))
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@
 //! reference.
 
 use serde_json::{json, Map, Value};
+use usersync_function::config::vars;
 
 use crate::settings::{ArtifactLocation, DeleteScope, StackSettings};
 
@@ -165,7 +166,7 @@ pub fn log_group_name(stack_name: &str) -> String {
 #[derive(Debug, thiserror::Error)]
 pub enum TemplateError {
     /// The YAML emitter failed.
-    #[error("cannot render the template as YAML: {0}")]
+    #[error("cannot render the template as YAML")]
     Yaml(#[from] serde_norway::Error),
     /// A string that the emitter would leave unquoted but a YAML 1.1 parser (such as
     /// CloudFormation's) would read as a boolean or number.
@@ -507,13 +508,19 @@ fn mirror_function(settings: &StackSettings, artifact: &ArtifactLocation) -> Val
     use logical_id::*;
 
     let mut variables = Map::new();
-    variables.insert("BUCKET_NAME".into(), reference(DATA_BUCKET));
-    variables.insert("KEY_PREFIX".into(), settings.key_prefix.clone().into());
-    variables.insert("OBJECT_NAME".into(), settings.object_name.clone().into());
-    variables.insert("DELETE_SCOPE".into(), settings.delete_scope.as_str().into());
+    variables.insert(vars::BUCKET_NAME.into(), reference(DATA_BUCKET));
+    variables.insert(vars::KEY_PREFIX.into(), settings.key_prefix.clone().into());
+    variables.insert(
+        vars::OBJECT_NAME.into(),
+        settings.object_name.clone().into(),
+    );
+    variables.insert(
+        vars::DELETE_SCOPE.into(),
+        settings.delete_scope.as_str().into(),
+    );
     // Unset means the function's own default, which may change with the function.
     if let Some(n) = settings.max_concurrency {
-        variables.insert("MAX_CONCURRENCY".into(), n.to_string().into());
+        variables.insert(vars::MAX_CONCURRENCY.into(), n.to_string().into());
     }
 
     json!({
@@ -527,6 +534,14 @@ fn mirror_function(settings: &StackSettings, artifact: &ArtifactLocation) -> Val
             "Architectures": [settings.architecture.as_str()],
             "MemorySize": settings.memory_mb,
             "Timeout": settings.timeout_seconds,
+            // CloudFormation hands these to Lambda, which reads the archive with no bucket owner
+            // condition: "The bucket can be in a different AWS account"
+            // (https://docs.aws.amazon.com/sdk-for-kotlin/api/latest/lambda/aws.sdk.kotlin.services.lambda.model/-update-function-code-request/s3-bucket.html).
+            // What protects it: `stack::upload_artifact` names the bucket here only after
+            // HeadBucket with ExpectedBucketOwner confirmed the account owns it, and the archive
+            // was checked (HeadObject) or written (PutObject) there with the same condition;
+            // the key is content-addressed and the bucket blocks public access, so only this
+            // account's own principals could replace the archive before Lambda reads it.
             "Code": { "S3Bucket": artifact.bucket, "S3Key": artifact.key },
             "Role": get_att(FUNCTION_ROLE, "Arn"),
             "Environment": { "Variables": variables },
@@ -557,4 +572,131 @@ fn event_source_mapping(settings: &StackSettings) -> Value {
             "ParallelizationFactor": 1,
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::num::NonZeroUsize;
+
+    use usersync_function::config::{self, Config, DeleteScope};
+
+    use super::*;
+
+    /// A name CloudFormation could give the data bucket: what its `Ref` resolves to.
+    const DATA_BUCKET_NAME: &str = "usersync-databucket-1a2b3c4d5e6f";
+
+    fn artifact() -> ArtifactLocation {
+        ArtifactLocation {
+            bucket: "usersync-assets-123456789012-eu-west-1".to_owned(),
+            key: "usersync/bootstrap-0123abcd.zip".to_owned(),
+        }
+    }
+
+    /// The function's environment as the template sets it, with the data bucket's `Ref`
+    /// resolved as CloudFormation would.
+    fn function_environment(template: &Value) -> BTreeMap<String, String> {
+        let function = &template["Resources"][logical_id::MIRROR_FUNCTION];
+        let variables = function["Properties"]["Environment"]["Variables"]
+            .as_object()
+            .expect("the function has environment variables");
+        variables
+            .iter()
+            .map(|(name, value)| {
+                let value = match value {
+                    Value::String(text) => text.clone(),
+                    _ if *value == reference(logical_id::DATA_BUCKET) => {
+                        DATA_BUCKET_NAME.to_owned()
+                    }
+                    other => panic!("{name} is neither text nor the data bucket's name: {other}"),
+                };
+                (name.clone(), value)
+            })
+            .collect()
+    }
+
+    /// The configuration the deployed function would read from the template `settings` give.
+    fn deployed_config(settings: &StackSettings) -> Config {
+        settings
+            .validate()
+            .unwrap_or_else(|err| panic!("{settings:?} should be valid: {err}"));
+        let template = synthesize(settings, &artifact());
+        let environment = function_environment(&template);
+        for name in environment.keys() {
+            assert!(
+                config::vars::ALL.contains(&name.as_str()),
+                "the template sets {name}, which the function does not read"
+            );
+        }
+        let read = Config::from_lookup(|name| environment.get(name).cloned())
+            .unwrap_or_else(|err| panic!("{settings:?} give the function a bad {err}"));
+
+        // The template leaves KEY_ATTRIBUTE to the function's default: it must be the
+        // table's hash key.
+        let key_schema = &template["Resources"][logical_id::USERS_TABLE]["Properties"]["KeySchema"];
+        assert_eq!(
+            key_schema,
+            &json!([{ "AttributeName": read.key_attribute, "KeyType": "HASH" }])
+        );
+        read
+    }
+
+    #[test]
+    fn the_default_settings_give_the_function_a_valid_configuration() {
+        let read = deployed_config(&StackSettings::default());
+        assert_eq!(
+            read,
+            Config {
+                bucket: DATA_BUCKET_NAME.to_owned(),
+                key_prefix: String::new(),
+                object_name: config::DEFAULT_OBJECT_NAME.to_owned(),
+                delete_scope: DeleteScope::Object,
+                max_concurrency: NonZeroUsize::new(config::DEFAULT_MAX_CONCURRENCY).unwrap(),
+                key_attribute: config::DEFAULT_KEY_ATTRIBUTE.to_owned(),
+                force_path_style: false,
+            }
+        );
+    }
+
+    #[test]
+    fn other_settings_reach_the_function_as_they_were_given() {
+        let cases = [
+            ("users/", "profile.json", DeleteScope::Prefix, Some(16)),
+            ("", ".hidden", DeleteScope::Object, Some(1)),
+            (
+                "p/ü é/",
+                "userdata",
+                DeleteScope::Prefix,
+                Some(crate::settings::MAX_MAX_CONCURRENCY),
+            ),
+        ];
+        let longest = (
+            "p".repeat(config::MAX_KEY_PREFIX_BYTES),
+            "o".repeat(config::MAX_OBJECT_NAME_BYTES),
+        );
+        let cases = cases
+            .into_iter()
+            .map(|(prefix, object, scope, n)| (prefix.to_owned(), object.to_owned(), scope, n))
+            .chain([(longest.0, longest.1, DeleteScope::Object, None)]);
+        for (key_prefix, object_name, delete_scope, max_concurrency) in cases {
+            let settings = StackSettings {
+                key_prefix,
+                object_name,
+                delete_scope,
+                max_concurrency,
+                ..StackSettings::default()
+            };
+            let read = deployed_config(&settings);
+            assert_eq!(read.bucket, DATA_BUCKET_NAME);
+            assert_eq!(read.key_prefix, settings.key_prefix);
+            assert_eq!(read.object_name, settings.object_name);
+            assert_eq!(read.delete_scope, settings.delete_scope);
+            let expected_concurrency = settings
+                .max_concurrency
+                .map_or(config::DEFAULT_MAX_CONCURRENCY, |n| {
+                    usize::try_from(n).unwrap()
+                });
+            assert_eq!(read.max_concurrency.get(), expected_concurrency);
+        }
+    }
 }

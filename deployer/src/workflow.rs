@@ -14,10 +14,37 @@ use crate::template;
 pub enum DeployError {
     #[error(transparent)]
     Settings(#[from] SettingsError),
-    #[error("failed to build the function: {0}")]
+    #[error("failed to build the function")]
     Build(#[from] BuildError),
     #[error(transparent)]
     Stack(#[from] StackError),
+}
+
+/// What a deploy did to the stack; serialised (`--output json`) as `up_to_date`, `created` or
+/// `updated`, the same words [`DeployResult::as_str`] and `Display` give.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeployResult {
+    /// The stack already ran the template: nothing was executed.
+    UpToDate,
+    Created,
+    Updated,
+}
+
+impl DeployResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeployResult::UpToDate => "up_to_date",
+            DeployResult::Created => "created",
+            DeployResult::Updated => "updated",
+        }
+    }
+}
+
+impl std::fmt::Display for DeployResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// What `deploy` reports, as text or JSON.
@@ -25,8 +52,7 @@ pub enum DeployError {
 pub struct DeployReport {
     pub stack_name: String,
     pub target: String,
-    /// `up_to_date`, `created` or `updated`.
-    pub result: &'static str,
+    pub result: DeployResult,
     pub changes: Vec<String>,
     pub outputs: BTreeMap<String, String>,
     pub artifact_bucket: String,
@@ -119,13 +145,13 @@ async fn deploy_artifact(
     let outcome = stack::deploy(target, stack_name, &body, console).await?;
 
     let (result, changes) = match &outcome {
-        DeployOutcome::UpToDate { .. } => ("up_to_date", Vec::new()),
+        DeployOutcome::UpToDate { .. } => (DeployResult::UpToDate, Vec::new()),
         DeployOutcome::Deployed {
             created: true,
             changes,
             ..
-        } => ("created", changes.clone()),
-        DeployOutcome::Deployed { changes, .. } => ("updated", changes.clone()),
+        } => (DeployResult::Created, changes.clone()),
+        DeployOutcome::Deployed { changes, .. } => (DeployResult::Updated, changes.clone()),
     };
     Ok(DeployReport {
         stack_name: stack_name.to_owned(),
@@ -161,6 +187,44 @@ fn build_options(to_aws: bool, settings: &StackSettings, options: &DeployOptions
 mod tests {
     use super::*;
     use crate::settings::Architecture;
+
+    #[test]
+    fn a_deploy_report_keeps_its_json_field_names_and_values() {
+        let report = DeployReport {
+            stack_name: "usersync".to_owned(),
+            target: "endpoint http://127.0.0.1:4566".to_owned(),
+            result: DeployResult::UpToDate,
+            changes: Vec::new(),
+            outputs: BTreeMap::from([("TableName".to_owned(), "users".to_owned())]),
+            artifact_bucket: "usersync-assets".to_owned(),
+            artifact_key: "bootstrap-abc.zip".to_owned(),
+            artifact_sha256: "abc".to_owned(),
+            artifact_uploaded: false,
+        };
+        assert_eq!(
+            serde_json::to_value(&report).unwrap(),
+            serde_json::json!({
+                "stack_name": "usersync",
+                "target": "endpoint http://127.0.0.1:4566",
+                "result": "up_to_date",
+                "changes": [],
+                "outputs": {"TableName": "users"},
+                "artifact_bucket": "usersync-assets",
+                "artifact_key": "bootstrap-abc.zip",
+                "artifact_sha256": "abc",
+                "artifact_uploaded": false,
+            })
+        );
+        for (result, text) in [
+            (DeployResult::UpToDate, "up_to_date"),
+            (DeployResult::Created, "created"),
+            (DeployResult::Updated, "updated"),
+        ] {
+            assert_eq!(serde_json::to_value(result).unwrap(), text);
+            assert_eq!(result.as_str(), text);
+            assert_eq!(result.to_string(), text);
+        }
+    }
 
     #[test]
     fn real_aws_always_gets_an_aws_build_of_the_settings_architecture() {

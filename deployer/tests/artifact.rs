@@ -391,7 +391,7 @@ fn build_for_local_use_packages_the_built_binary() {
         eprintln!("{step}");
         steps.push(step.to_owned());
     })
-    .unwrap_or_else(|err| panic!("build failed: {err}"));
+    .unwrap_or_else(|err| panic!("build failed: {}", deployer::errors::chain(&err)));
 
     assert_eq!(built.zip_path, artifact::zip_path());
     assert!(built.zip_path.ends_with("lambda/function/bootstrap.zip"));

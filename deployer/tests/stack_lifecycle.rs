@@ -8,7 +8,8 @@ mod support;
 use deployer::console::RecordingConsole;
 use deployer::settings::{ArtifactLocation, StackSettings};
 use deployer::stack::{
-    deploy, teardown, DeployOutcome, ResourceFailure, StackError, TeardownOutcome,
+    deploy, teardown, DeployOutcome, ResourceFailure, ResourceStatus, StackError, StackStatus,
+    TeardownOutcome,
 };
 use deployer::template::{synthesize, to_json_string};
 use support::{
@@ -149,13 +150,13 @@ fn expected_create_failures() -> Vec<ResourceFailure> {
         ResourceFailure {
             logical_id: "DataBucket".to_owned(),
             resource_type: BUCKET.to_owned(),
-            status: "CREATE_FAILED".to_owned(),
+            status: ResourceStatus::CreateFailed,
             reason: "usersync-test-data already exists".to_owned(),
         },
         ResourceFailure {
             logical_id: "UsersTable".to_owned(),
             resource_type: TABLE.to_owned(),
-            status: "CREATE_FAILED".to_owned(),
+            status: ResourceStatus::CreateFailed,
             reason: "Resource creation cancelled".to_owned(),
         },
     ]
@@ -305,7 +306,7 @@ async fn failed_create_reports_each_failed_resource() {
             failures,
         } => {
             assert_eq!(stack, STACK);
-            assert_eq!(status, "ROLLBACK_COMPLETE");
+            assert_eq!(status, &StackStatus::RollbackComplete);
             assert_eq!(failures, &expected_create_failures());
         }
         other => panic!("expected DeployFailed, got {other:?}"),
@@ -552,13 +553,13 @@ async fn failed_update_rolls_back_and_reports_the_failure() {
             failures,
         } => {
             assert_eq!(stack, STACK);
-            assert_eq!(status, "UPDATE_ROLLBACK_COMPLETE");
+            assert_eq!(status, &StackStatus::UpdateRollbackComplete);
             assert_eq!(
                 failures,
                 &[ResourceFailure {
                     logical_id: "MirrorFunction".to_owned(),
                     resource_type: FUNCTION.to_owned(),
-                    status: "UPDATE_FAILED".to_owned(),
+                    status: ResourceStatus::UpdateFailed,
                     reason: reason.to_owned(),
                 }]
             );
@@ -645,13 +646,14 @@ async fn teardown_of_a_missing_stack_has_nothing_to_tear_down() {
 #[tokio::test]
 async fn busy_stack_is_refused_by_deploy_and_teardown() {
     let body = template("bootstrap-v1.zip");
-    for status in [
-        "UPDATE_IN_PROGRESS",
-        "CREATE_IN_PROGRESS",
-        "UPDATE_ROLLBACK_IN_PROGRESS",
-        "UPDATE_COMPLETE_CLEANUP_IN_PROGRESS",
-        "DELETE_IN_PROGRESS",
+    for typed in [
+        StackStatus::UpdateInProgress,
+        StackStatus::CreateInProgress,
+        StackStatus::UpdateRollbackInProgress,
+        StackStatus::UpdateCompleteCleanupInProgress,
+        StackStatus::DeleteInProgress,
     ] {
+        let status = typed.as_str();
         let fake = FakeAws::new(Scenario {
             existing: Some(existing(status, &body)),
             ..Scenario::new(STACK)
@@ -666,7 +668,7 @@ async fn busy_stack_is_refused_by_deploy_and_teardown() {
             .await
             .expect_err("deploy refuses a busy stack");
         assert!(
-            matches!(&err, StackError::Busy { stack, status: s } if stack == STACK && s == status),
+            matches!(&err, StackError::Busy { stack, status: s } if stack == STACK && s == &typed),
             "{err:?}"
         );
         assert_eq!(err.to_string(), expected);
@@ -675,7 +677,7 @@ async fn busy_stack_is_refused_by_deploy_and_teardown() {
             .await
             .expect_err("teardown refuses a busy stack");
         assert!(
-            matches!(&err, StackError::Busy { stack, status: s } if stack == STACK && s == status),
+            matches!(&err, StackError::Busy { stack, status: s } if stack == STACK && s == &typed),
             "{err:?}"
         );
         assert_eq!(err.to_string(), expected);
@@ -723,7 +725,7 @@ async fn failure_finishing_between_a_polls_reads_is_still_reported() {
         StackError::DeployFailed {
             status, failures, ..
         } => {
-            assert_eq!(status, "ROLLBACK_COMPLETE");
+            assert_eq!(status, &StackStatus::RollbackComplete);
             assert_eq!(failures, &expected_create_failures());
         }
         other => panic!("expected DeployFailed, got {other:?}"),

@@ -1,7 +1,11 @@
-//! The synthesised CloudFormation template: resources, references, the role's exact
-//! permissions, the mapping's settings, rendering, and cfn-lint. No network.
+//! The synthesised CloudFormation template: the default template as a snapshot
+//! (`tests/golden/template.json`), then what the settings change, references, the policies and
+//! the role's exact permissions, rendering, cfn-lint and checkov. No network.
+//!
+//! After an intended change of the template, `UPDATE_EXPECT=1 cargo test -p deployer --test
+//! template` rewrites the snapshot; review its diff like code.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -10,6 +14,7 @@ use deployer::template::{
     self, logical_id, output, synthesize, to_json_string, to_yaml_string, CHECKOV_SKIPS,
     DESCRIPTION,
 };
+use expect_test::expect_file;
 use serde_json::{json, Value};
 
 fn artifact() -> ArtifactLocation {
@@ -66,55 +71,27 @@ fn sub(text: &str) -> Value {
     json!({ "Fn::Sub": text })
 }
 
+/// The whole default template, word for word: every resource, property, policy and output.
+/// The tests below check what varies with the settings and what each decision is for.
 #[test]
-fn resources_are_exactly_the_expected_ones() {
-    let template = default_template();
-    let types: BTreeMap<&str, &str> = template["Resources"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .map(|(id, r)| (id.as_str(), r["Type"].as_str().unwrap()))
-        .collect();
-    let expected = BTreeMap::from([
-        (logical_id::USERS_TABLE, "AWS::DynamoDB::Table"),
-        (logical_id::DATA_BUCKET, "AWS::S3::Bucket"),
-        (logical_id::DATA_BUCKET_POLICY, "AWS::S3::BucketPolicy"),
-        (logical_id::FAILURE_QUEUE, "AWS::SQS::Queue"),
-        (logical_id::FUNCTION_LOG_GROUP, "AWS::Logs::LogGroup"),
-        (logical_id::FUNCTION_ROLE, "AWS::IAM::Role"),
-        (logical_id::MIRROR_FUNCTION, "AWS::Lambda::Function"),
-        (
-            logical_id::EVENT_SOURCE_MAPPING,
-            "AWS::Lambda::EventSourceMapping",
-        ),
-    ]);
-    assert_eq!(types, expected);
-    let all: BTreeSet<&str> = logical_id::ALL.into_iter().collect();
-    assert_eq!(all, expected.keys().copied().collect());
-
-    assert_eq!(template["AWSTemplateFormatVersion"], "2010-09-09");
-    assert_eq!(template["Description"], DESCRIPTION);
-    assert!(DESCRIPTION.contains("usersync"));
-    assert!(template.get("Parameters").is_none());
+fn the_default_template_is_the_snapshot() {
+    expect_file!["golden/template.json"].assert_eq(&to_json_string(&default_template()));
 }
 
 #[test]
-fn users_table_is_keyed_by_name_on_demand_streamed_recoverable_and_encrypted() {
+fn the_logical_ids_and_the_description_are_the_crates_constants() {
     let template = default_template();
-    let table = resource(&template, logical_id::USERS_TABLE);
-    assert_eq!(table["DeletionPolicy"], "Delete");
-    assert_eq!(table["UpdateReplacePolicy"], "Delete");
-    assert_eq!(
-        table["Properties"],
-        json!({
-            "AttributeDefinitions": [{ "AttributeName": "name", "AttributeType": "S" }],
-            "KeySchema": [{ "AttributeName": "name", "KeyType": "HASH" }],
-            "BillingMode": "PAY_PER_REQUEST",
-            "StreamSpecification": { "StreamViewType": "NEW_AND_OLD_IMAGES" },
-            "PointInTimeRecoverySpecification": { "PointInTimeRecoveryEnabled": true },
-            "SSESpecification": { "SSEEnabled": true },
-        })
-    );
+    let ids: BTreeSet<&str> = template["Resources"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    let all: BTreeSet<&str> = logical_id::ALL.into_iter().collect();
+    assert_eq!(ids, all);
+    assert_eq!(template["Description"], DESCRIPTION);
+    assert!(DESCRIPTION.contains("usersync"));
+    assert!(template.get("Parameters").is_none());
 }
 
 #[test]
@@ -145,28 +122,6 @@ fn data_is_retained_only_when_asked() {
 }
 
 #[test]
-fn data_bucket_is_encrypted_private_and_owner_enforced() {
-    let template = default_template();
-    assert_eq!(
-        *props(&template, logical_id::DATA_BUCKET),
-        json!({
-            "BucketEncryption": {
-                "ServerSideEncryptionConfiguration": [{
-                    "ServerSideEncryptionByDefault": { "SSEAlgorithm": "AES256" }
-                }]
-            },
-            "PublicAccessBlockConfiguration": {
-                "BlockPublicAcls": true,
-                "BlockPublicPolicy": true,
-                "IgnorePublicAcls": true,
-                "RestrictPublicBuckets": true,
-            },
-            "OwnershipControls": { "Rules": [{ "ObjectOwnership": "BucketOwnerEnforced" }] },
-        })
-    );
-}
-
-#[test]
 fn bucket_policy_denies_every_request_without_tls() {
     let template = default_template();
     let policy = props(&template, logical_id::DATA_BUCKET_POLICY);
@@ -181,15 +136,6 @@ fn bucket_policy_denies_every_request_without_tls() {
             "Resource": [get_att("DataBucket", "Arn"), sub("${DataBucket.Arn}/*")],
             "Condition": { "Bool": { "aws:SecureTransport": "false" } },
         }])
-    );
-}
-
-#[test]
-fn failure_queue_is_encrypted_and_keeps_messages_fourteen_days() {
-    let template = default_template();
-    assert_eq!(
-        *props(&template, logical_id::FAILURE_QUEUE),
-        json!({ "SqsManagedSseEnabled": true, "MessageRetentionPeriod": 1_209_600 })
     );
 }
 
@@ -226,27 +172,13 @@ fn function_follows_the_settings_and_the_artifact() {
     // Lambda could create one without a retention period.
     assert!(function.get("DependsOn").is_none());
     assert_eq!(
-        function["Properties"],
-        json!({
-            "FunctionName": sub("${AWS::StackName}-mirror"),
-            "Runtime": "provided.al2023",
-            "Handler": "bootstrap",
-            "Architectures": ["arm64"],
-            "MemorySize": 256,
-            "Timeout": 60,
-            "Code": {
-                "S3Bucket": "usersync-assets-123456789012-eu-west-1",
-                "S3Key": "usersync/bootstrap-0123abcd.zip",
-            },
-            "Role": get_att("FunctionRole", "Arn"),
-            "Environment": { "Variables": {
-                "BUCKET_NAME": ref_("DataBucket"),
-                "KEY_PREFIX": "",
-                "OBJECT_NAME": "userdata",
-                "DELETE_SCOPE": "object",
-            }},
-            "LoggingConfig": { "LogFormat": "JSON", "LogGroup": ref_("FunctionLogGroup") },
-        })
+        function["Properties"]["LoggingConfig"]["LogGroup"],
+        ref_(logical_id::FUNCTION_LOG_GROUP)
+    );
+    let location = artifact();
+    assert_eq!(
+        function["Properties"]["Code"],
+        json!({ "S3Bucket": location.bucket, "S3Key": location.key })
     );
 
     let template = synthesize(&custom_settings(), &artifact());
@@ -282,25 +214,6 @@ fn every_environment_value_is_a_string_or_a_reference() {
 
 #[test]
 fn event_source_mapping_follows_the_settings() {
-    let template = default_template();
-    assert_eq!(
-        *props(&template, logical_id::EVENT_SOURCE_MAPPING),
-        json!({
-            "EventSourceArn": get_att("UsersTable", "StreamArn"),
-            "FunctionName": ref_("MirrorFunction"),
-            "StartingPosition": "TRIM_HORIZON",
-            "BatchSize": 100,
-            "MaximumBatchingWindowInSeconds": 1,
-            "BisectBatchOnFunctionError": true,
-            "MaximumRetryAttempts": 5,
-            "MaximumRecordAgeInSeconds": 3600,
-            "FunctionResponseTypes": ["ReportBatchItemFailures"],
-            "DestinationConfig": { "OnFailure": { "Destination": get_att("FailureQueue", "Arn") } },
-            "Enabled": true,
-            "ParallelizationFactor": 1,
-        })
-    );
-
     let settings = custom_settings();
     let template = synthesize(&settings, &artifact());
     let p = props(&template, logical_id::EVENT_SOURCE_MAPPING);
@@ -332,25 +245,12 @@ fn event_source_mapping_follows_the_settings() {
 }
 
 #[test]
-fn outputs_are_the_expected_ones_with_descriptions() {
+fn outputs_are_the_crates_constants_with_descriptions() {
     let template = default_template();
     let outputs = template["Outputs"].as_object().unwrap();
-    let expected = BTreeMap::from([
-        (output::TABLE_NAME, ref_("UsersTable")),
-        (output::STREAM_ARN, get_att("UsersTable", "StreamArn")),
-        (output::BUCKET_NAME, ref_("DataBucket")),
-        (output::FUNCTION_NAME, ref_("MirrorFunction")),
-        (output::FAILURE_QUEUE_URL, ref_("FailureQueue")),
-        (output::FAILURE_QUEUE_ARN, get_att("FailureQueue", "Arn")),
-        (output::EVENT_SOURCE_MAPPING_ID, ref_("EventSourceMapping")),
-    ]);
-    let actual: BTreeMap<&str, Value> = outputs
-        .iter()
-        .map(|(name, o)| (name.as_str(), o["Value"].clone()))
-        .collect();
-    assert_eq!(actual, expected);
+    let names: BTreeSet<&str> = outputs.keys().map(String::as_str).collect();
     let all: BTreeSet<&str> = output::ALL.into_iter().collect();
-    assert_eq!(all, expected.keys().copied().collect());
+    assert_eq!(names, all);
     for (name, o) in outputs {
         let description = o["Description"].as_str().unwrap_or_default();
         assert!(!description.is_empty(), "output {name} has no description");
@@ -679,7 +579,7 @@ fn yaml_output_refuses_values_that_yaml_1_1_would_retype() {
             ..StackSettings::default()
         };
         let yaml = to_yaml_string(&synthesize(&settings, &artifact()))
-            .unwrap_or_else(|err| panic!("{value}: {err}"));
+            .unwrap_or_else(|err| panic!("{value}: {}", deployer::errors::chain(&err)));
         let parsed: Value = serde_norway::from_str(&yaml).unwrap();
         assert_eq!(
             parsed["Resources"]["MirrorFunction"]["Properties"]["Environment"]["Variables"]

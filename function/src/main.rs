@@ -40,6 +40,10 @@ async fn main() -> Result<(), Error> {
 /// the process bigger. A fixed threshold keeps them mapped and returned on free (measured at
 /// 10,000 records: peak RSS 33-37 MiB before, 31 MiB after, every time).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[expect(
+    unsafe_code,
+    reason = "glibc's mallopt is a foreign function; why the call is sound is under SAFETY"
+)]
 fn keep_large_buffers_out_of_the_heap() {
     const THRESHOLD_BYTES: libc::c_int = 128 * 1024;
     // SAFETY: mallopt only sets a parameter of the allocator, which takes its own lock; no

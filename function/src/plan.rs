@@ -67,7 +67,7 @@ pub enum SkipReason {
     },
     #[error("key attribute {attribute:?} is an empty string")]
     KeyEmpty { attribute: String },
-    #[error("{0}")]
+    #[error(transparent)]
     KeyTooLong(#[from] KeyTooLong),
 }
 

@@ -4,6 +4,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use aws_sdk_s3::config::{Credentials, Region};
+use deployer::errors::chain;
 use usersync_local::emulator::{ensure_binary, Emulator};
 
 /// The region every test talks to.
@@ -19,14 +20,14 @@ pub async fn start() -> Emulator {
         tokio::task::spawn_blocking(|| ensure_binary(&mut |line| eprintln!("fakecloud: {line}")))
             .await
             .expect("the install task does not panic")
-            .unwrap_or_else(|err| panic!("failed to provide the emulator: {err}"));
+            .unwrap_or_else(|err| panic!("failed to provide the emulator: {}", chain(&err)));
     let n = STARTED.fetch_add(1, Ordering::Relaxed);
     let log = deployer::project::state_dir()
         .join("itests")
         .join(format!("fakecloud-{}-{n}.log", std::process::id()));
     Emulator::start(&binary, &log)
         .await
-        .unwrap_or_else(|err| panic!("failed to start the emulator: {err}"))
+        .unwrap_or_else(|err| panic!("failed to start the emulator: {}", chain(&err)))
 }
 
 /// An S3 client for the emulator, configured as the function is there: path-style addressing

@@ -99,7 +99,7 @@ impl Backend {
                     .outputs
                     .get(output::FUNCTION_NAME)
                     .context("the stack has no FunctionName output")?;
-                let (log, poller_log) = function_log(&settings.stack_name)?;
+                let (log, poller_log) = function_log(&settings.stack_name, None)?;
                 let pipeline = LocalPipeline::start(
                     &target,
                     function,
@@ -146,8 +146,12 @@ impl Backend {
 }
 
 /// The function's output and the poller's events for one stack, written to
-/// `target/usersync/itests/<stack>.function.log`: what to read when a scenario fails.
-fn function_log(stack_name: &str) -> Result<(OutputSink, PollerObserver)> {
+/// `target/usersync/itests/<stack>.function.log`: what to read when a scenario fails. Each
+/// event is also handed to `also`, if given.
+pub(crate) fn function_log(
+    stack_name: &str,
+    also: Option<PollerObserver>,
+) -> Result<(OutputSink, PollerObserver)> {
     let path = deployer::project::state_dir()
         .join("itests")
         .join(format!("{stack_name}.function.log"));
@@ -167,6 +171,9 @@ fn function_log(stack_name: &str) -> Result<(OutputSink, PollerObserver)> {
     let observer: PollerObserver = Arc::new(move |event| {
         if let Ok(mut file) = file.lock() {
             let _ = writeln!(file, "[poller] {event:?}");
+        }
+        if let Some(also) = &also {
+            also(event);
         }
     });
     Ok((output, observer))

@@ -228,7 +228,21 @@ impl TestStack {
     }
 
     /// Polls `check` until it holds or [`CONVERGE_TIMEOUT`] passes; returns how long it took.
-    pub async fn wait_for<F, Fut>(&self, what: &str, mut check: F) -> Result<Duration>
+    pub async fn wait_for<F, Fut>(&self, what: &str, check: F) -> Result<Duration>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<bool>>,
+    {
+        self.wait_for_within(what, CONVERGE_TIMEOUT, check).await
+    }
+
+    /// Polls `check` until it holds or `limit` passes; returns how long it took.
+    pub async fn wait_for_within<F, Fut>(
+        &self,
+        what: &str,
+        limit: Duration,
+        mut check: F,
+    ) -> Result<Duration>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<bool>>,
@@ -238,11 +252,8 @@ impl TestStack {
             if check().await? {
                 return Ok(started.elapsed());
             }
-            if started.elapsed() > CONVERGE_TIMEOUT {
-                bail!(
-                    "{what} did not happen within {}s",
-                    CONVERGE_TIMEOUT.as_secs()
-                );
+            if started.elapsed() > limit {
+                bail!("{what} did not happen within {}s", limit.as_secs());
             }
             tokio::time::sleep(POLL_INTERVAL).await;
         }
@@ -295,7 +306,10 @@ impl Drop for TestStack {
                 if let Err(err) =
                     stack::teardown(&target, &stack_name, false, false, &mut console).await
                 {
-                    eprintln!("cleanup: failed to tear down stack {stack_name}: {err}");
+                    eprintln!(
+                        "cleanup: failed to tear down stack {stack_name}: {}",
+                        deployer::errors::chain(&err)
+                    );
                 }
             });
         });

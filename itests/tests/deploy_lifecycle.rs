@@ -3,10 +3,10 @@
 
 use deployer::console::RecordingConsole;
 use deployer::settings::StackSettings;
-use deployer::stack::{self, TeardownOutcome};
+use deployer::stack::{self, ResourceStatus, StackStatus, TeardownOutcome};
 use deployer::target::Target;
 use deployer::template::output;
-use deployer::workflow;
+use deployer::workflow::{self, DeployResult};
 use itests::emulator::{start, REGION};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -29,7 +29,7 @@ async fn deploy_status_noop_deploy_and_teardown() {
     )
     .await
     .expect("first deploy");
-    assert_eq!(report.result, "created");
+    assert_eq!(report.result, DeployResult::Created);
     assert_eq!(
         report.changes.len(),
         8,
@@ -96,13 +96,13 @@ async fn deploy_status_noop_deploy_and_teardown() {
         .await
         .unwrap()
         .expect("the stack exists");
-    assert_eq!(status.status, "CREATE_COMPLETE");
+    assert_eq!(status.status, StackStatus::CreateComplete);
     assert_eq!(status.resources.len(), 8);
     assert!(
         status
             .resources
             .iter()
-            .all(|r| r.status == "CREATE_COMPLETE"),
+            .all(|r| r.status == Some(ResourceStatus::CreateComplete)),
         "{:?}",
         status.resources
     );
@@ -120,7 +120,7 @@ async fn deploy_status_noop_deploy_and_teardown() {
     )
     .await
     .expect("second deploy");
-    assert_eq!(again.result, "up_to_date");
+    assert_eq!(again.result, DeployResult::UpToDate);
     assert!(!again.artifact_uploaded);
     assert_eq!(again.outputs, report.outputs);
     assert!(

@@ -4,8 +4,8 @@
 //!
 //! Each test starts its own emulator, deploys its own stack with settings suited to it, and
 //! runs the real `bootstrap` in a local pipeline whose S3 traffic (and only that) goes through
-//! a fault-injecting proxy (`itests::faults`): the function's `AWS_ENDPOINT_URL_S3` names the
-//! proxy. Waits are bounded and polled. The stack is torn down, the function stopped and the
+//! a fault-injecting proxy (`usersync_local::emulator::faults`): the function's
+//! `AWS_ENDPOINT_URL_S3` names the proxy. The harness is `itests::faults`. Waits are bounded and polled. The stack is torn down, the function stopped and the
 //! emulator killed also when a test fails. Each test prints what it injected and what the
 //! mapping did (`--nocapture` shows it); the function's output and the poller's events are in
 //! `target/usersync/itests/<stack>.function.log`.
@@ -13,515 +13,22 @@
 //! With the `soak` feature (`cargo xtask test --soak`), `soak_ten_thousand_users_under_faults`
 //! runs the 30% case scaled to 10,000 users inserted and 3,000 deleted (about two minutes).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::fs::File;
-use std::future::Future;
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use aws_sdk_dynamodb::types::AttributeValue;
-use aws_sdk_sqs::types::QueueAttributeName;
-use deployer::artifact::{self, Artifact, BuildOptions, Purpose};
 use deployer::console::RecordingConsole;
-use deployer::mirror_check::{self, MirrorDiff};
 use deployer::replay::{self, compare_sequence_numbers, Outcome, ReplayOptions};
 use deployer::settings::StackSettings;
-use deployer::streams::reader::{ReadPosition, ShardReader};
-use deployer::streams::shards::describe_shards;
+use deployer::stack::{ResourceStatus, StackStatus};
 use deployer::target::Target;
 use deployer::template::output;
-use deployer::workflow;
+use deployer::workflow::{self, DeployResult};
 use itests::emulator::REGION;
-use itests::faults::{FaultConfig, FaultCounts, FaultProxy, FaultRates};
-use itests::test_stack::{n, s, user_item, TestStack};
-use serde_json::Value;
-use tokio::sync::OnceCell;
-use usersync_local::emulator::proxy::{
-    BoxFuture, Intercepted, Interceptor, ProxyBody, ReverseProxy, Upstream,
-};
-use usersync_local::emulator::Emulator;
-use usersync_local::mapping::batch::{
-    BatchEvent, DiscardReport, InvocationReport, RetryBackoff, Verdict,
-};
-use usersync_local::mapping::pipeline::{LocalPipeline, PipelineOptions};
-use usersync_local::mapping::poller::{PollerEvent, PollerObserver, PollerOptions};
-use usersync_local::runtime::function_host::OutputSink;
-
-/// The longest any single wait of these tests may take.
-const WAIT_LIMIT: Duration = Duration::from_secs(120);
-
-/// The function, built once for every test of this binary (builds side by side would race on
-/// the archive).
-async fn artifact() -> &'static Artifact {
-    static BUILT: OnceCell<Artifact> = OnceCell::const_new();
-    BUILT
-        .get_or_init(|| async {
-            tokio::task::spawn_blocking(|| {
-                let options = BuildOptions {
-                    architecture: None,
-                    purpose: Purpose::Local,
-                };
-                artifact::build(&options, &mut |line| eprintln!("[build] {line}"))
-            })
-            .await
-            .expect("the build task does not panic")
-            .unwrap_or_else(|err| panic!("failed to build the function: {err}"))
-        })
-        .await
-}
-
-fn stack_name(label: &str) -> String {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    static N: AtomicUsize = AtomicUsize::new(0);
-    format!(
-        "faults-{label}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-/// Everything the poller said, in order.
-#[derive(Clone, Default)]
-struct Events(Arc<Mutex<Vec<PollerEvent>>>);
-
-impl Events {
-    fn all(&self) -> Vec<PollerEvent> {
-        self.0.lock().unwrap().clone()
-    }
-
-    fn invocations(&self) -> Vec<InvocationReport> {
-        self.all()
-            .into_iter()
-            .filter_map(|e| match e {
-                PollerEvent::Batch(BatchEvent::Invoked(report)) => Some(report),
-                _ => None,
-            })
-            .collect()
-    }
-
-    fn discards(&self) -> Vec<DiscardReport> {
-        self.all()
-            .into_iter()
-            .filter_map(|e| match e {
-                PollerEvent::Batch(BatchEvent::Discarded(report)) => Some(report),
-                _ => None,
-            })
-            .collect()
-    }
-
-    /// Batch item failures the function reported, over every invocation.
-    fn reported_failures(&self) -> usize {
-        self.invocations()
-            .iter()
-            .map(|i| match i.verdict {
-                Verdict::PartialFailure { reported, .. } => reported,
-                _ => 0,
-            })
-            .sum()
-    }
-
-    /// Invocations whose records were all reported failed.
-    fn fully_failed(&self) -> Vec<InvocationReport> {
-        self.invocations()
-            .into_iter()
-            .filter(|i| {
-                matches!(
-                    i.verdict,
-                    Verdict::PartialFailure {
-                        first_failed: 0,
-                        ..
-                    }
-                ) || matches!(i.verdict, Verdict::Failure { .. })
-            })
-            .collect()
-    }
-
-    /// Whether the record `sequence` of `shard` is the last of a run that was applied or
-    /// discarded: the shard's single in-flight batch is done up to it.
-    fn done_up_to(&self, shard: &str, sequence: &str) -> bool {
-        self.all().iter().any(|e| match e {
-            PollerEvent::Batch(BatchEvent::Invoked(i)) => {
-                i.shard_id == shard && i.last_sequence == sequence && i.verdict == Verdict::Success
-            }
-            PollerEvent::Batch(BatchEvent::Discarded(d)) => {
-                d.shard_id == shard && d.last_sequence == sequence
-            }
-            _ => false,
-        })
-    }
-}
-
-/// What the mapping did, in numbers.
-struct MappingNumbers {
-    invocations: usize,
-    retried_invocations: usize,
-    partial_failures: usize,
-    reported_batch_item_failures: usize,
-    function_errors: usize,
-    discarded_batches: usize,
-    discarded_records: usize,
-}
-
-impl std::fmt::Display for MappingNumbers {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} invocations ({} retries), {} partial failures reporting {} batch item failures, \
-             {} function errors, {} batches ({} records) sent to the failure queue",
-            self.invocations,
-            self.retried_invocations,
-            self.partial_failures,
-            self.reported_batch_item_failures,
-            self.function_errors,
-            self.discarded_batches,
-            self.discarded_records
-        )
-    }
-}
-
-impl MappingNumbers {
-    fn of(events: &Events) -> Self {
-        let invocations = events.invocations();
-        let discards = events.discards();
-        MappingNumbers {
-            invocations: invocations.len(),
-            retried_invocations: invocations.iter().filter(|i| i.attempt > 1).count(),
-            partial_failures: invocations
-                .iter()
-                .filter(|i| matches!(i.verdict, Verdict::PartialFailure { .. }))
-                .count(),
-            reported_batch_item_failures: events.reported_failures(),
-            function_errors: invocations
-                .iter()
-                .filter(|i| matches!(i.verdict, Verdict::Failure { .. }))
-                .count(),
-            discarded_batches: discards.len(),
-            discarded_records: discards.iter().map(|d| d.records).sum(),
-        }
-    }
-}
-
-/// A private emulator, a stack on it, and the stack's function running here with its S3
-/// traffic through a fault proxy. Fields drop in order: the pipeline (its pollers stop and the
-/// function's process is killed), the stack (torn down) and then the emulator it lives on.
-struct Faulty {
-    pipeline: Option<LocalPipeline>,
-    stack: TestStack,
-    faults: FaultProxy,
-    events: Events,
-    started: Instant,
-    _emulator: Emulator,
-}
-
-struct Setup {
-    label: &'static str,
-    settings: StackSettings,
-    faults: FaultConfig,
-    backoff: RetryBackoff,
-}
-
-impl Setup {
-    fn new(label: &'static str, faults: FaultConfig) -> Self {
-        Setup {
-            label,
-            settings: StackSettings {
-                maximum_batching_window_seconds: 0,
-                ..StackSettings::default()
-            },
-            faults,
-            // Lambda's back-off between retries, scaled down.
-            backoff: RetryBackoff {
-                first: Duration::from_millis(50),
-                max: Duration::from_millis(500),
-            },
-        }
-    }
-
-    async fn start(self) -> Result<Faulty> {
-        let started = Instant::now();
-        let artifact = artifact().await;
-        let emulator = itests::emulator::start().await;
-        let target = Target::for_endpoint(&emulator.endpoint_url(), REGION);
-        let settings = StackSettings {
-            stack_name: stack_name(self.label),
-            ..self.settings
-        };
-        let mut console = RecordingConsole::agreeing();
-        let report = workflow::deploy_built(&target, &settings, artifact, &mut console)
-            .await
-            .with_context(|| format!("failed to deploy stack {}", settings.stack_name))?;
-        let function = report
-            .outputs
-            .get(output::FUNCTION_NAME)
-            .context("the stack has no FunctionName output")?
-            .clone();
-        // S3 behind the faults; everything else (the stream, the queue) reached directly.
-        let faults = FaultProxy::start(emulator.addr(), self.faults)
-            .await
-            .context("failed to start the fault proxy")?;
-        let events = Events::default();
-        let (output_sink, observer) = function_log(&settings.stack_name, &events)?;
-        let pipeline = LocalPipeline::start(
-            &target,
-            &function,
-            PipelineOptions {
-                binary: artifact.binary_path.clone(),
-                poller: PollerOptions {
-                    poll_interval: Duration::from_millis(50),
-                    discovery_interval: Duration::from_millis(500),
-                    retry_backoff: self.backoff,
-                },
-                output: output_sink,
-                observer,
-                extra_environment: BTreeMap::from([(
-                    "AWS_ENDPOINT_URL_S3".to_owned(),
-                    faults.url(),
-                )]),
-            },
-        )
-        .await
-        .context("failed to start the local pipeline")?;
-        let stack = TestStack::new(target, settings, report.outputs, None);
-        Ok(Faulty {
-            pipeline: Some(pipeline),
-            stack,
-            faults,
-            events,
-            started,
-            _emulator: emulator,
-        })
-    }
-}
-
-/// The function's output and the poller's events to the stack's log file; the events to
-/// `events` too.
-fn function_log(stack_name: &str, events: &Events) -> Result<(OutputSink, PollerObserver)> {
-    let path = deployer::project::state_dir()
-        .join("itests")
-        .join(format!("{stack_name}.function.log"));
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let file =
-        Arc::new(Mutex::new(File::create(&path).with_context(|| {
-            format!("failed to create {}", path.display())
-        })?));
-    let output_file = Arc::clone(&file);
-    let output = OutputSink::new(move |line| {
-        if let Ok(mut file) = output_file.lock() {
-            let _ = writeln!(file, "{line}");
-        }
-    });
-    let events = events.clone();
-    let observer: PollerObserver = Arc::new(move |event| {
-        if let Ok(mut file) = file.lock() {
-            let _ = writeln!(file, "[poller] {event:?}");
-        }
-        events.0.lock().unwrap().push(event);
-    });
-    Ok((output, observer))
-}
-
-/// Polls `check` until it holds; fails after `limit`.
-async fn wait_until<F, Fut>(what: &str, limit: Duration, mut check: F) -> Result<Duration>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<bool>>,
-{
-    let started = Instant::now();
-    loop {
-        if check().await? {
-            return Ok(started.elapsed());
-        }
-        if started.elapsed() > limit {
-            bail!("{what} did not happen within {}s", limit.as_secs());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-impl Faulty {
-    fn target(&self) -> &Target {
-        &self.stack.target
-    }
-
-    fn pipeline(&self) -> &LocalPipeline {
-        self.pipeline
-            .as_ref()
-            .expect("the pipeline runs until the test finishes")
-    }
-
-    /// Stops the function and the pollers (failing if a poller stopped on its own), then tears
-    /// the stack down.
-    async fn finish(mut self) -> Result<()> {
-        if let Some(pipeline) = self.pipeline.take() {
-            pipeline
-                .stop()
-                .await
-                .context("a poller stopped with an error")?;
-        }
-        self.stack.teardown().await?;
-        Ok(())
-    }
-
-    fn output(&self, name: &str) -> &str {
-        self.stack.outputs.get(name).map_or("", String::as_str)
-    }
-
-    fn counts(&self) -> FaultCounts {
-        self.faults.injector().counts()
-    }
-
-    async fn diff(&self) -> Result<MirrorDiff> {
-        Ok(mirror_check::check(
-            self.target(),
-            self.stack.table(),
-            self.stack.bucket(),
-            &self.stack.layout(),
-        )
-        .await?)
-    }
-
-    /// Every record of the stream, per shard, in order: (sequence number, user, event name).
-    async fn stream(&self) -> Result<BTreeMap<String, Vec<(String, String, String)>>> {
-        let streams = self.target().dynamodb_streams();
-        let stream_arn = self.output(output::STREAM_ARN);
-        let mut all = BTreeMap::new();
-        for shard in describe_shards(&streams, stream_arn)
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?
-        {
-            let mut reader = ShardReader::new(
-                streams.clone(),
-                stream_arn,
-                &shard.shard_id,
-                ReadPosition::TrimHorizon,
-            );
-            let mut records = Vec::new();
-            loop {
-                let read = reader
-                    .read(1000)
-                    .await
-                    .map_err(|e| anyhow::anyhow!("{e}"))?;
-                if read.is_empty() {
-                    break;
-                }
-                for record in read {
-                    let text = |pointer: &str| {
-                        record
-                            .event
-                            .pointer(pointer)
-                            .and_then(Value::as_str)
-                            .unwrap_or_default()
-                            .to_owned()
-                    };
-                    records.push((
-                        record.sequence_number.clone(),
-                        text("/dynamodb/Keys/name/S"),
-                        text("/eventName"),
-                    ));
-                }
-            }
-            all.insert(shard.shard_id, records);
-        }
-        Ok(all)
-    }
-
-    /// Waits until every record in the stream now has been applied or discarded.
-    async fn wait_settled(&self, after: &str) -> Result<Duration> {
-        self.wait_settled_within(after, WAIT_LIMIT).await
-    }
-
-    async fn wait_settled_within(&self, after: &str, limit: Duration) -> Result<Duration> {
-        let tips: Vec<(String, String)> = self
-            .stream()
-            .await?
-            .into_iter()
-            .filter_map(|(shard, records)| records.last().map(|(seq, ..)| (shard, seq.clone())))
-            .collect();
-        wait_until(
-            &format!("the mapping finishing every record after {after}"),
-            limit,
-            || {
-                let done = tips
-                    .iter()
-                    .all(|(shard, seq)| self.events.done_up_to(shard, seq));
-                async move { Ok(done) }
-            },
-        )
-        .await
-    }
-
-    /// The failure queue's depth, visible and in flight.
-    async fn queue_depth(&self) -> Result<u64> {
-        let attributes = self
-            .target()
-            .sqs()
-            .get_queue_attributes()
-            .queue_url(self.output(output::FAILURE_QUEUE_URL))
-            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
-            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
-            .send()
-            .await?;
-        let read = |name: QueueAttributeName| {
-            attributes
-                .attributes()
-                .and_then(|a| a.get(&name))
-                .and_then(|n| n.parse::<u64>().ok())
-                .unwrap_or(0)
-        };
-        Ok(read(QueueAttributeName::ApproximateNumberOfMessages)
-            + read(QueueAttributeName::ApproximateNumberOfMessagesNotVisible))
-    }
-
-    /// Every message of the failure queue, read and made visible again at once.
-    async fn peek_queue(&self) -> Result<Vec<Value>> {
-        let sqs = self.target().sqs();
-        let url = self.output(output::FAILURE_QUEUE_URL);
-        let mut bodies = Vec::new();
-        let mut receipts = Vec::new();
-        loop {
-            let received = sqs
-                .receive_message()
-                .queue_url(url)
-                .max_number_of_messages(10)
-                .visibility_timeout(60)
-                .send()
-                .await?;
-            if received.messages().is_empty() {
-                break;
-            }
-            for message in received.messages() {
-                bodies.push(serde_json::from_str(message.body().unwrap_or("null"))?);
-                receipts.extend(message.receipt_handle().map(str::to_owned));
-            }
-        }
-        for receipt in receipts {
-            sqs.change_message_visibility()
-                .queue_url(url)
-                .receipt_handle(receipt)
-                .visibility_timeout(0)
-                .send()
-                .await?;
-        }
-        Ok(bodies)
-    }
-
-    fn report(&self, test: &str) {
-        eprintln!(
-            "{test}: {:.1}s; faults {:?}; mapping: {}",
-            self.started.elapsed().as_secs_f64(),
-            self.counts(),
-            MappingNumbers::of(&self.events)
-        );
-    }
-}
-
-fn user(name: &str, plan: &str, version: u32) -> HashMap<String, AttributeValue> {
-    user_item(name, &[("plan", s(plan)), ("version", n(version))])
-}
+use itests::faults::{artifact, user, DeployPhase, MappingNumbers, RestartDuringDeploy, Setup};
+use itests::test_stack::{n, s, unique_stack_name, CONVERGE_TIMEOUT};
+use usersync_local::emulator::faults::{FaultConfig, FaultRates};
+use usersync_local::mapping::batch::Verdict;
 
 /// `users` users inserted and `deleted` of them deleted with `rate` of
 /// the function's S3 requests failing: the bucket ends exactly like the table, nothing reaches
@@ -556,7 +63,7 @@ async fn inserts_and_deletes_under_faults(
     test.stack.batch_delete(&doomed).await?;
 
     // Every record applied or given up on; then the bucket must be exactly the table.
-    let limit = WAIT_LIMIT.max(Duration::from_millis(100) * users as u32);
+    let limit = CONVERGE_TIMEOUT.max(Duration::from_millis(100) * users as u32);
     let settled = test
         .wait_settled_within("the inserts and deletes", limit)
         .await;
@@ -636,11 +143,12 @@ async fn s3_unreachable_for_less_than_the_retry_budget_recovers_without_discards
         .batch_put(names.iter().map(|name| user(name, "pro", 1)).collect())
         .await?;
     // S3 comes back after three failed attempts of a batch: well inside 10 retries.
-    wait_until("three failed invocations", WAIT_LIMIT, || {
-        let failed = test.events.fully_failed().len();
-        async move { Ok(failed >= 3) }
-    })
-    .await?;
+    test.stack
+        .wait_for("three failed invocations", || {
+            let failed = test.events.fully_failed().len();
+            async move { Ok(failed >= 3) }
+        })
+        .await?;
     test.faults.injector().set_unreachable(false);
     let outage = outage.elapsed();
 
@@ -895,16 +403,7 @@ async fn killing_the_function_in_the_middle_of_a_batch_retries_it_and_ends_corre
     // takes about two seconds, and the kill lands inside it.
     let mut setup = Setup::new(
         "kill",
-        FaultConfig {
-            latency: Duration::from_millis(150),
-            ..FaultConfig::new(
-                4,
-                FaultRates {
-                    latency: 1.0,
-                    ..FaultRates::NONE
-                },
-            )
-        },
+        FaultConfig::new(4, FaultRates::NONE).with_latency(Duration::from_millis(150)),
     );
     setup.settings.batch_size = 50;
     setup.settings.maximum_batching_window_seconds = 2;
@@ -917,12 +416,13 @@ async fn killing_the_function_in_the_middle_of_a_batch_retries_it_and_ends_corre
         .batch_put(names.iter().map(|name| user(name, "pro", 1)).collect())
         .await?;
     // Some users applied, others in flight.
-    wait_until("the batch half-way", WAIT_LIMIT, || {
-        let counts = test.counts();
-        let in_flight = test.faults.injector().in_flight();
-        async move { Ok(counts.requests >= 12 && in_flight > 0) }
-    })
-    .await?;
+    test.stack
+        .wait_for("the batch half-way", || {
+            let counts = test.counts();
+            let in_flight = test.faults.injector().in_flight();
+            async move { Ok(counts.requests >= 12 && in_flight > 0) }
+        })
+        .await?;
     let pid = host.pid().context("the function runs")?;
     let applied_before = test.counts().requests;
     let killed = std::process::Command::new("kill")
@@ -963,109 +463,14 @@ async fn killing_the_function_in_the_middle_of_a_batch_retries_it_and_ends_corre
     Ok(())
 }
 
-/// Where in a deploy the emulator is restarted.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum DeployPhase {
-    /// As the function archive is uploaded (the assets bucket was just made sure of).
-    Upload,
-    /// After the change set was created, while it is read back.
-    ChangeSet,
-    /// After the change set was executed, while the deploy waits for the stack.
-    Execution,
-}
-
-/// Restarts the emulator before passing on the first request of a deploy that arrives in the
-/// armed phase; the request then reaches an emulator that has forgotten everything.
-struct RestartDuringDeploy {
-    emulator: tokio::sync::Mutex<Emulator>,
-    /// The emulator itself, not through this proxy: for looking at the stack.
-    probe: Target,
-    armed: Mutex<Option<(DeployPhase, String)>>,
-    restarts: std::sync::atomic::AtomicUsize,
-}
-
-impl RestartDuringDeploy {
-    fn arm(&self, phase: DeployPhase, stack: &str) {
-        *self.armed.lock().unwrap() = Some((phase, stack.to_owned()));
-    }
-
-    fn disarm(&self) {
-        *self.armed.lock().unwrap() = None;
-    }
-
-    async fn in_phase(
-        &self,
-        phase: DeployPhase,
-        stack: &str,
-        request: &http::Request<ProxyBody>,
-    ) -> bool {
-        let status = || async {
-            self.probe
-                .cloudformation()
-                .describe_stacks()
-                .stack_name(stack)
-                .send()
-                .await
-                .ok()
-                .and_then(|out| out.stacks().first().and_then(|s| s.stack_status().cloned()))
-                .map(|status| status.as_str().to_owned())
-        };
-        match phase {
-            // The deployer looks for the archive before uploading it.
-            DeployPhase::Upload => {
-                request.method() == http::Method::HEAD
-                    && request.uri().path().starts_with("/usersync-assets-")
-                    && request.uri().path().ends_with(".zip")
-            }
-            // CloudFormation's requests are POSTs to `/`; the stack is looked at before each.
-            _ if request.method() != http::Method::POST => false,
-            DeployPhase::ChangeSet => status().await.as_deref() == Some("REVIEW_IN_PROGRESS"),
-            DeployPhase::Execution => status().await.is_some_and(|s| s.starts_with("CREATE_")),
-        }
-    }
-}
-
-impl Interceptor for RestartDuringDeploy {
-    fn intercept<'a>(
-        &'a self,
-        request: http::Request<ProxyBody>,
-        _upstream: &'a Upstream,
-    ) -> BoxFuture<'a, Intercepted> {
-        Box::pin(async move {
-            let armed = self.armed.lock().unwrap().clone();
-            if let Some((phase, stack)) = armed {
-                if self.in_phase(phase, &stack, &request).await {
-                    self.disarm();
-                    let mut emulator = self.emulator.lock().await;
-                    emulator
-                        .restart()
-                        .await
-                        .unwrap_or_else(|err| panic!("failed to restart the emulator: {err}"));
-                    self.restarts
-                        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                }
-            }
-            Intercepted::Forward(request)
-        })
-    }
-}
-
 /// Deploys a new stack per phase with the emulator restarted in that phase, then deploys it
 /// again; returns each phase's error message (as `cargo xtask deploy` prints it) and fails if a
 /// deploy that saw a restart reported success, or the second deploy did not create the stack.
 async fn deploys_with_a_restart() -> Result<Vec<(DeployPhase, String, String)>> {
     let artifact = artifact().await;
-    let emulator = itests::emulator::start().await;
-    let addr = emulator.addr();
-    let restarter = Arc::new(RestartDuringDeploy {
-        probe: Target::for_endpoint(&emulator.direct_url(), REGION),
-        emulator: tokio::sync::Mutex::new(emulator),
-        armed: Mutex::new(None),
-        restarts: Default::default(),
-    });
-    let proxy = ReverseProxy::start(addr, Arc::clone(&restarter) as Arc<dyn Interceptor>).await?;
+    let (restarter, proxy) = RestartDuringDeploy::start(itests::emulator::start().await).await?;
     let target = Target::for_endpoint(&proxy.url(), REGION);
-    let restarts = || restarter.restarts.load(std::sync::atomic::Ordering::SeqCst);
+    let restarts = || restarter.restarts();
 
     let mut messages = Vec::new();
     for phase in [
@@ -1074,7 +479,7 @@ async fn deploys_with_a_restart() -> Result<Vec<(DeployPhase, String, String)>> 
         DeployPhase::Execution,
     ] {
         let settings = StackSettings {
-            stack_name: stack_name("restart"),
+            stack_name: unique_stack_name("faults-restart"),
             ..StackSettings::default()
         };
         let stack = settings.stack_name.clone();
@@ -1104,7 +509,10 @@ async fn deploys_with_a_restart() -> Result<Vec<(DeployPhase, String, String)>> 
         let report = workflow::deploy_built(&target, &settings, artifact, &mut console)
             .await
             .with_context(|| format!("{phase:?}: the second deploy failed"))?;
-        ensure!(report.result == "created", "{phase:?}: {report:?}");
+        ensure!(
+            report.result == DeployResult::Created,
+            "{phase:?}: {report:?}"
+        );
         ensure!(report.artifact_uploaded, "{phase:?}: {report:?}");
         for name in output::ALL {
             ensure!(
@@ -1115,12 +523,15 @@ async fn deploys_with_a_restart() -> Result<Vec<(DeployPhase, String, String)>> 
         let status = deployer::stack::status(&target, &stack)
             .await?
             .context("the stack exists after the second deploy")?;
-        ensure!(status.status == "CREATE_COMPLETE", "{phase:?}: {status:?}");
+        ensure!(
+            status.status == StackStatus::CreateComplete,
+            "{phase:?}: {status:?}"
+        );
         ensure!(
             status
                 .resources
                 .iter()
-                .all(|r| r.status == "CREATE_COMPLETE"),
+                .all(|r| r.status == Some(ResourceStatus::CreateComplete)),
             "{phase:?}: {status:?}"
         );
         messages.push((phase, stack, message));

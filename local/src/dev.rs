@@ -22,22 +22,22 @@ use deployer::settings::StackSettings;
 use deployer::stack::{self, aws_error, StackError, TeardownOutcome};
 use deployer::target::{Target, TargetError, DEFAULT_LOCAL_REGION};
 use deployer::template::output;
-use deployer::workflow::{self, DeployError, DeployReport};
+use deployer::workflow::{self, DeployError, DeployReport, DeployResult};
 
 /// Failures of a dev session, by stage.
 #[derive(Debug, thiserror::Error)]
 pub enum DevError {
-    #[error("failed to provide the embedded emulator: {0}")]
+    #[error("failed to provide the embedded emulator")]
     Emulator(#[from] EmulatorError),
     #[error(transparent)]
     Target(#[from] TargetError),
-    #[error("failed to deploy the stack: {0}")]
+    #[error("failed to deploy the stack")]
     Deploy(#[from] DeployError),
-    #[error("failed to build the function for this machine: {0}")]
+    #[error("failed to build the function for this machine")]
     Build(#[from] BuildError),
     #[error("the deployed stack has no output {0}: deploy it again")]
     MissingOutput(&'static str),
-    #[error("failed to start the local pipeline: {0}")]
+    #[error("failed to start the local pipeline")]
     Pipeline(#[from] PipelineError),
     #[error(transparent)]
     Stack(#[from] StackError),
@@ -103,7 +103,7 @@ impl DevSession {
         )
         .await?;
         console.line(&match deploy.result {
-            "up_to_date" => format!("stack {} is up to date", deploy.stack_name),
+            DeployResult::UpToDate => format!("stack {} is up to date", deploy.stack_name),
             result => format!("stack {} {result} on {}", deploy.stack_name, deploy.target),
         });
         let function = deploy

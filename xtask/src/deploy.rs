@@ -1,8 +1,8 @@
 //! `cargo xtask deploy`: build, upload, create or update the stack.
 
 use anyhow::{Context, Result};
-use deployer::settings::DeleteScope;
-use deployer::workflow;
+use deployer::settings::parse_delete_scope;
+use deployer::workflow::{self, DeployResult};
 
 use crate::args::{number_in, print_json, TargetArgs};
 use crate::console::TerminalConsole;
@@ -38,11 +38,7 @@ pub async fn run(args: DeployArgs, target_args: &TargetArgs) -> Result<()> {
         settings.memory_mb = n;
     }
     if let Some(scope) = args.delete_scope.as_deref() {
-        settings.delete_scope = if scope == "prefix" {
-            DeleteScope::Prefix
-        } else {
-            DeleteScope::Object
-        };
+        settings.delete_scope = parse_delete_scope(scope)?;
     }
     settings.retain_data_on_teardown |= args.retain_data;
     settings.validate().context("invalid stack settings")?;
@@ -63,7 +59,7 @@ pub async fn run(args: DeployArgs, target_args: &TargetArgs) -> Result<()> {
         return print_json(&report);
     }
     match report.result {
-        "up_to_date" => println!(
+        DeployResult::UpToDate => println!(
             "stack {} is up to date on {}: nothing to do",
             report.stack_name, report.target
         ),

@@ -42,15 +42,15 @@ const MAX_SCRATCH_INPUTS: usize = 20_000;
 /// Failures of a fuzz pass.
 #[derive(Debug, thiserror::Error)]
 pub enum FuzzError {
-    #[error("failed to provide cargo-fuzz: {0}")]
+    #[error("failed to provide cargo-fuzz")]
     Tool(#[from] ToolError),
-    #[error("failed to prepare the fuzz corpus directory {path}: {source}")]
+    #[error("failed to prepare the fuzz corpus directory {path}")]
     Corpus {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("failed to run {program}: {source}")]
+    #[error("failed to run {program}")]
     Spawn {
         program: String,
         #[source]

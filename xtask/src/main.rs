@@ -8,6 +8,8 @@ mod build;
 mod console;
 mod deploy;
 mod dev;
+#[cfg(test)]
+mod error_chains;
 mod fuzz;
 mod replay;
 mod status;
@@ -85,9 +87,15 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            // The whole chain once, ripgrep-style: "error: failed to X: because Y: because Z".
-            eprintln!("error: {err:#}");
+            eprintln!("{}", error_line(&err));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The line printed for a failed command: the whole chain once, ripgrep-style, "error: failed
+/// to X: because Y: because Z". Each error's message leaves its source out, so that each cause
+/// appears once (checked by `error_chains.rs`).
+fn error_line(err: &anyhow::Error) -> String {
+    format!("error: {err:#}")
 }

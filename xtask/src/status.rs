@@ -43,7 +43,7 @@ pub async fn run(target_args: &TargetArgs) -> Result<()> {
             "  {:<22} {:<34} {:<20} {}",
             resource.logical_id,
             resource.resource_type,
-            resource.status,
+            resource.status_text(),
             resource.physical_id.as_deref().unwrap_or("-")
         );
     }

@@ -13,12 +13,12 @@ pub const CHECKOV_VERSION: &str = "3.3.30";
 
 /// What to do when Python cannot be run.
 const PYTHON_FIX: &str =
-    "install Python 3 with the venv module (Debian: apt-get install python3-venv)";
+    "install Python 3 with the venv module; on Debian, `apt-get install python3-venv`";
 
 /// Failures of providing a tool.
 #[derive(Debug, thiserror::Error)]
 pub enum ToolError {
-    #[error("failed to run {program}: {source}; {fix}")]
+    #[error("failed to run {program} ({fix})")]
     Spawn {
         program: String,
         #[source]

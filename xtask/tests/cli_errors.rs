@@ -187,6 +187,30 @@ fn expired_or_invalid_credentials_are_named_with_the_fix_without_retrying() {
 }
 
 #[test]
+fn a_missing_toolchain_is_named_once_with_the_fix() {
+    let (output, elapsed) = xtask(
+        &["build"],
+        &[
+            ("CARGO", "/nonexistent/cargo"),
+            ("RUSTC", "/nonexistent/rustc"),
+        ],
+    );
+    let line = assert_one_line_failure(
+        &output,
+        elapsed,
+        &[
+            "failed to build the function",
+            "/nonexistent/rustc",
+            "set CARGO / RUSTC",
+        ],
+    );
+    // The OS error is the chain's last layer: printed once, not also inside the message.
+    let cause = std::io::Error::from_raw_os_error(2).to_string();
+    assert_eq!(line.matches(&cause).count(), 1, "{line}");
+    assert!(line.ends_with(&format!("): {cause}")), "{line}");
+}
+
+#[test]
 fn exit_code_zero_on_success() {
     let (output, _) = xtask(&["synth"], &[]);
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));

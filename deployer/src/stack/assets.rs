@@ -57,30 +57,62 @@ pub async fn confirm_on_aws(
     }
 }
 
-/// Whether `bucket` exists; `true` when that cannot be told (the caller's own error stands).
-async fn bucket_exists(s3: &aws_sdk_s3::Client, bucket: &str) -> bool {
-    match s3.head_bucket().bucket(bucket).send().await {
-        Ok(_) => true,
-        Err(err) => err
-            .raw_response()
-            .is_none_or(|response| response.status().as_u16() != 404),
+/// The assets bucket as S3 reports it to a request that expects the account to own it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AssetsBucket {
+    /// It exists and the account owns it.
+    Ours,
+    Missing,
+}
+
+/// Checks the assets bucket with `HeadBucket` and `ExpectedBucketOwner`: 200 when it exists and
+/// `account` owns it, 404 when it does not exist. A 403 is either another owner ("If the account
+/// ID that you provide does not match the actual owner of the bucket, the request fails with the
+/// HTTP status code 403 Forbidden") or credentials without `s3:ListBucket`, which HeadBucket
+/// needs (https://docs.aws.amazon.com/AmazonS3/latest/API/API_HeadBucket.html); a HEAD answer
+/// has no body to tell them apart, so the error names both.
+async fn check_assets_bucket(
+    s3: &aws_sdk_s3::Client,
+    bucket: &str,
+    account: &str,
+) -> Result<AssetsBucket, StackError> {
+    match s3
+        .head_bucket()
+        .bucket(bucket)
+        .expected_bucket_owner(account)
+        .send()
+        .await
+    {
+        Ok(_) => Ok(AssetsBucket::Ours),
+        Err(err) => match err.raw_response().map(|r| r.status().as_u16()) {
+            Some(404) => Ok(AssetsBucket::Missing),
+            Some(403) => Err(StackError::AssetsBucketForbidden {
+                bucket: bucket.to_owned(),
+                account: account.to_owned(),
+            }),
+            _ => Err(aws_error(format!("check the assets bucket {bucket}"), err)),
+        },
     }
 }
 
-/// Makes sure the assets bucket exists, encrypted and with all public access blocked.
+/// Makes sure the assets bucket exists, is owned by `account`, and is encrypted with all public
+/// access blocked.
+///
+/// The bucket's name, `usersync-assets-<account>-<region>`, can be guessed, so another account
+/// could create it first. Every request on it but `CreateBucket` carries `ExpectedBucketOwner`,
+/// which makes S3 refuse (403) a bucket another account owns
+/// (https://docs.aws.amazon.com/AmazonS3/latest/userguide/bucket-owner-condition.html);
+/// `CreateBucket` is one of the operations that take no bucket owner condition (same page,
+/// "Restrictions and limitations"), so the bucket is checked again right after it is created.
 async fn ensure_assets_bucket(
     target: &Target,
     bucket: &str,
+    account: &str,
     console: &mut dyn Console,
 ) -> Result<(), StackError> {
     let s3 = target.s3();
-    match s3.head_bucket().bucket(bucket).send().await {
-        Ok(_) => return Ok(()),
-        Err(err)
-            if err
-                .raw_response()
-                .is_some_and(|r| r.status().as_u16() == 404) => {}
-        Err(err) => return Err(aws_error(format!("check the assets bucket {bucket}"), err)),
+    if check_assets_bucket(&s3, bucket, account).await? == AssetsBucket::Ours {
+        return Ok(());
     }
     console.line(&format!("creating assets bucket {bucket}"));
     let region = target.region();
@@ -94,9 +126,23 @@ async fn ensure_assets_bucket(
         );
     }
     if let Err(err) = create.send().await {
-        if err.code() != Some("BucketAlreadyOwnedByYou") {
-            return Err(aws_error(format!("create the assets bucket {bucket}"), err));
+        match err.code() {
+            Some("BucketAlreadyOwnedByYou") => {}
+            // Taken since the check a moment ago, by another account.
+            Some("BucketAlreadyExists") => {
+                return Err(StackError::AssetsBucketTaken {
+                    bucket: bucket.to_owned(),
+                })
+            }
+            _ => return Err(aws_error(format!("create the assets bucket {bucket}"), err)),
         }
+    }
+    // Ours? CreateBucket could not be asked.
+    if check_assets_bucket(&s3, bucket, account).await? == AssetsBucket::Missing {
+        return Err(StackError::Vanished {
+            what: format!("the assets bucket {bucket}"),
+            step: "it was being created".to_owned(),
+        });
     }
     let encryption = ServerSideEncryptionConfiguration::builder()
         .rules(
@@ -113,12 +159,14 @@ async fn ensure_assets_bucket(
         .map_err(|err| build_error("build the encryption configuration", err))?;
     s3.put_bucket_encryption()
         .bucket(bucket)
+        .expected_bucket_owner(account)
         .server_side_encryption_configuration(encryption)
         .send()
         .await
         .map_err(|err| aws_error(format!("encrypt the assets bucket {bucket}"), err))?;
     s3.put_public_access_block()
         .bucket(bucket)
+        .expected_bucket_owner(account)
         .public_access_block_configuration(
             PublicAccessBlockConfiguration::builder()
                 .block_public_acls(true)
@@ -149,10 +197,17 @@ pub async fn upload_artifact(
 ) -> Result<UploadedArtifact, StackError> {
     let account = account_id(target).await?;
     let bucket = assets_bucket_name(&account, &target.region());
-    ensure_assets_bucket(target, &bucket, console).await?;
+    ensure_assets_bucket(target, &bucket, &account, console).await?;
     let key = format!("{stack}/{content_name}");
     let s3 = target.s3();
-    match s3.head_object().bucket(&bucket).key(&key).send().await {
+    match s3
+        .head_object()
+        .bucket(&bucket)
+        .key(&key)
+        .expected_bucket_owner(&account)
+        .send()
+        .await
+    {
         Ok(_) => {
             return Ok(UploadedArtifact {
                 bucket,
@@ -179,6 +234,7 @@ pub async fn upload_artifact(
         .put_object()
         .bucket(&bucket)
         .key(&key)
+        .expected_bucket_owner(&account)
         .body(body)
         .server_side_encryption(ServerSideEncryption::Aes256)
         .send()
@@ -188,14 +244,23 @@ pub async fn upload_artifact(
         // the error can be a broken connection as well as NoSuchBucket: the bucket tells.
         let no_such_bucket =
             aws_sdk_s3::error::ProvideErrorMetadata::code(&err) == Some("NoSuchBucket");
-        if no_such_bucket || !bucket_exists(&s3, &bucket).await {
+        let checked = if no_such_bucket {
+            Ok(AssetsBucket::Missing)
+        } else {
+            check_assets_bucket(&s3, &bucket, &account).await
+        };
+        return Err(match checked {
             // It was made sure of a moment ago.
-            return Err(StackError::Vanished {
+            Ok(AssetsBucket::Missing) => StackError::Vanished {
                 what: format!("the assets bucket {bucket}"),
                 step: "the function archive was uploaded".to_owned(),
-            });
-        }
-        return Err(aws_error(format!("upload s3://{bucket}/{key}"), err));
+            },
+            // Says more than the upload's own 403.
+            Err(forbidden @ StackError::AssetsBucketForbidden { .. }) => forbidden,
+            Ok(AssetsBucket::Ours) | Err(_) => {
+                aws_error(format!("upload s3://{bucket}/{key}"), err)
+            }
+        });
     }
     Ok(UploadedArtifact {
         bucket,
@@ -208,17 +273,11 @@ pub async fn upload_artifact(
 pub(crate) async fn remove_artifacts(target: &Target, stack: &str) -> Result<usize, StackError> {
     let account = account_id(target).await?;
     let bucket = assets_bucket_name(&account, &target.region());
-    let s3 = target.s3();
-    match s3.head_bucket().bucket(&bucket).send().await {
-        Ok(_) => {}
-        Err(err)
-            if err
-                .raw_response()
-                .is_some_and(|r| r.status().as_u16() == 404) =>
-        {
-            return Ok(0)
-        }
-        Err(err) => return Err(aws_error(format!("check the assets bucket {bucket}"), err)),
+    if check_assets_bucket(&target.s3(), &bucket, &account).await? == AssetsBucket::Missing {
+        return Ok(0);
     }
-    super::bucket::delete_all_versions(target, &bucket, Some(&format!("{stack}/"))).await
+    // Listing and deleting carry the owner too: nothing is removed from a bucket someone else
+    // owns, should it change hands between the check and the deletion.
+    super::bucket::delete_versions(target, &bucket, Some(&format!("{stack}/")), Some(&account))
+        .await
 }

@@ -13,7 +13,20 @@ pub async fn delete_all_versions(
     bucket: &str,
     prefix: Option<&str>,
 ) -> Result<usize, StackError> {
+    delete_versions(target, bucket, prefix, None).await
+}
+
+/// [`delete_all_versions`], with every request carrying `expected_owner` as
+/// `ExpectedBucketOwner` when given: S3 then refuses (403 Access Denied) to act on a bucket
+/// another account owns (https://docs.aws.amazon.com/AmazonS3/latest/userguide/bucket-owner-condition.html).
+pub(crate) async fn delete_versions(
+    target: &Target,
+    bucket: &str,
+    prefix: Option<&str>,
+    expected_owner: Option<&str>,
+) -> Result<usize, StackError> {
     let s3 = target.s3();
+    let owner = expected_owner.map(str::to_owned);
     let mut removed = 0;
     // Deleting while paging would move the markers; list a page, delete it, list again.
     loop {
@@ -21,6 +34,7 @@ pub async fn delete_all_versions(
             .list_object_versions()
             .bucket(bucket)
             .set_prefix(prefix.map(str::to_owned))
+            .set_expected_bucket_owner(owner.clone())
             .send()
             .await;
         let listed = match listed {
@@ -67,6 +81,7 @@ pub async fn delete_all_versions(
                 .delete_objects()
                 .bucket(bucket)
                 .delete(delete)
+                .set_expected_bucket_owner(owner.clone())
                 .send()
                 .await
                 .map_err(|err| aws_error(format!("delete objects of bucket {bucket}"), err))?;

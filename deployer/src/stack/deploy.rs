@@ -5,11 +5,15 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use aws_sdk_cloudformation::error::ProvideErrorMetadata;
 use aws_sdk_cloudformation::types::{
-    Capability, Change, ChangeSetStatus, ChangeSetType, TemplateStage,
+    Capability, Change, ChangeAction, ChangeSetStatus, ChangeSetType, Replacement, StackStatus,
+    TemplateStage,
 };
 
+use super::stuck::{is_stuck, stuck};
 use super::wait::{seen_events, wait_for_stack};
-use super::{aws_error, describe_stack, outputs_of, poll_interval, status_of, StackError};
+use super::{
+    aws_error, describe_stack, in_progress, outputs_of, poll_interval, status_of, StackError,
+};
 use crate::console::Console;
 use crate::target::Target;
 
@@ -51,9 +55,9 @@ pub async fn deploy(
     console: &mut dyn Console,
 ) -> Result<DeployOutcome, StackError> {
     let existing = describe_stack(target, stack).await?;
-    let change_set_type = match existing.as_ref().map(status_of).as_deref() {
-        None | Some("REVIEW_IN_PROGRESS") => ChangeSetType::Create,
-        Some("ROLLBACK_COMPLETE") => {
+    let change_set_type = match existing.as_ref().map(status_of) {
+        None | Some(StackStatus::ReviewInProgress) => ChangeSetType::Create,
+        Some(StackStatus::RollbackComplete) => {
             let question = format!(
                 "stack {stack} is in ROLLBACK_COMPLETE after a failed create and must be deleted before it can be created again; delete it?"
             );
@@ -71,12 +75,15 @@ pub async fn deploy(
             .await?;
             ChangeSetType::Create
         }
-        Some(status) if status.ends_with("_IN_PROGRESS") => {
+        Some(status) if in_progress(&status) => {
             return Err(StackError::Busy {
                 stack: stack.to_owned(),
-                status: status.to_owned(),
+                status,
             })
         }
+        // No change set can be created for these; name the way out instead of CloudFormation's
+        // refusal.
+        Some(status) if is_stuck(&status) => return Err(stuck(target, stack, status).await),
         Some(_) => ChangeSetType::Update,
     };
     let creating = change_set_type == ChangeSetType::Create;
@@ -123,11 +130,16 @@ pub async fn deploy(
             });
         }
     };
+    let count = if changes.is_empty() {
+        // Executable with no resource change: only the outputs change (see wait_for_change_set).
+        "no resource changes, only outputs".to_owned()
+    } else {
+        format!("{} change(s)", changes.len())
+    };
     console.line(&format!(
-        "{} stack {stack} on {}: {} change(s)",
+        "{} stack {stack} on {}: {count}",
         if creating { "creating" } else { "updating" },
         target.describe(),
-        changes.len()
     ));
     for change in &changes {
         console.line(change);
@@ -155,7 +167,10 @@ pub async fn deploy(
         return Err(vanished(stack, "it was being deployed"));
     };
     let status = status_of(stack_now);
-    if status != "CREATE_COMPLETE" && status != "UPDATE_COMPLETE" {
+    if !matches!(
+        status,
+        StackStatus::CreateComplete | StackStatus::UpdateComplete
+    ) {
         return Err(StackError::DeployFailed {
             stack: stack.to_owned(),
             status,
@@ -205,7 +220,8 @@ async fn deployed_template_matches(
     )
 }
 
-/// Waits for the change set; `None` when it holds no changes.
+/// Waits for the change set; `None` when CloudFormation found nothing to do. A change set
+/// computed with no resource change is still executable: it updates the stack's outputs.
 async fn wait_for_change_set(
     target: &Target,
     stack: &str,
@@ -248,11 +264,17 @@ async fn wait_for_change_set(
                     changes.extend(page.changes().iter().map(describe_change));
                     token = page.next_token().map(str::to_owned);
                 }
-                return Ok((!changes.is_empty()).then_some(changes));
+                // Computed, even with zero changes: when only Outputs differ, CloudFormation
+                // creates an executable change set that lists no change, and only executing it
+                // updates the outputs (aws/aws-cdk#2029,
+                // https://github.com/aws/aws-cdk/pull/2029; reported in aws/aws-cdk#186 and #778).
+                return Ok(Some(changes));
             }
             Some(ChangeSetStatus::Failed) => {
                 let reason = described.status_reason().unwrap_or("no reason given");
-                // AWS's way of saying "nothing to do".
+                // AWS's way of saying "nothing to do": the change set FAILS with one of these
+                // reasons (aws/aws-cdk#2029 tells the two cases apart by this status; both
+                // wordings: aws/aws-cdk#1048, ansible-collections/amazon.aws#507).
                 if reason.contains("didn't contain changes")
                     || reason.contains("No updates are to be performed")
                 {
@@ -280,19 +302,19 @@ fn describe_change(change: &Change) -> String {
     let Some(resource) = change.resource_change() else {
         return "  ? (a change CloudFormation did not describe)".to_owned();
     };
-    let action = resource.action().map(|a| a.as_str()).unwrap_or("?");
-    let sign = match action {
-        "Add" => '+',
-        "Remove" => '-',
-        "Modify" => '~',
+    let sign = match resource.action() {
+        Some(ChangeAction::Add) => '+',
+        Some(ChangeAction::Remove) => '-',
+        Some(ChangeAction::Modify) => '~',
         _ => '?',
     };
+    let action = resource.action().map_or("?", ChangeAction::as_str);
     let mut line = format!(
         "  {sign} {action:<7} {:<22} {}",
         resource.logical_resource_id().unwrap_or("-"),
         resource.resource_type().unwrap_or("-")
     );
-    if let Some(replacement) = resource.replacement().filter(|r| r.as_str() != "False") {
+    if let Some(replacement) = resource.replacement().filter(|r| **r != Replacement::False) {
         line.push_str(&format!("  (replacement: {})", replacement.as_str()));
     }
     line

@@ -3,7 +3,9 @@
 mod assets;
 mod bucket;
 mod deploy;
+mod mapping;
 mod status;
+mod stuck;
 mod teardown;
 mod wait;
 
@@ -12,6 +14,7 @@ use std::time::Duration;
 
 use aws_sdk_cloudformation::error::ProvideErrorMetadata;
 use aws_sdk_cloudformation::types::Stack;
+pub use aws_sdk_cloudformation::types::{ResourceStatus, StackStatus};
 
 pub use assets::{
     account_id, assets_bucket_name, confirm_on_aws, upload_artifact, UploadedArtifact,
@@ -28,7 +31,8 @@ use crate::target::Target;
 pub struct ResourceFailure {
     pub logical_id: String,
     pub resource_type: String,
-    pub status: String,
+    #[serde(serialize_with = "as_text")]
+    pub status: ResourceStatus,
     pub reason: String,
 }
 
@@ -79,21 +83,49 @@ pub enum StackError {
     )]
     Unreachable { action: String, reason: String },
     #[error("stack {stack} is busy ({status}): wait for the running operation to finish, then run the command again")]
-    Busy { stack: String, status: String },
+    Busy { stack: String, status: StackStatus },
     #[error("failed to plan the changes to stack {stack}: {reason}")]
     ChangeSetFailed { stack: String, reason: String },
     #[error("deploy of stack {stack} failed, the stack is {status}; failed resources:\n{}", list(.failures))]
     DeployFailed {
         stack: String,
-        status: String,
+        status: StackStatus,
         failures: Vec<ResourceFailure>,
     },
-    #[error("deleting stack {stack} failed ({status}); failed resources:\n{}", list(.failures))]
+    #[error(
+        "deleting stack {stack} failed ({status}); failed resources:\n{}\nfix what keeps them \
+         from being deleted (the reasons above) and run the teardown again, or delete the stack \
+         keeping them with `{}` (then remove them yourself)",
+        list(.failures),
+        stuck::retain_command(.stack, .failures)
+    )]
     DeleteFailed {
         stack: String,
-        status: String,
+        status: StackStatus,
         failures: Vec<ResourceFailure>,
     },
+    /// The stack is in `UPDATE_ROLLBACK_FAILED`, `ROLLBACK_FAILED` or `DELETE_FAILED`, which
+    /// only a manual step leaves; the message names it.
+    #[error("stack {stack} is {status}: {}", stuck::stuck_message(.stack, .status, .failures))]
+    Stuck {
+        stack: String,
+        status: StackStatus,
+        failures: Vec<ResourceFailure>,
+    },
+    #[error(
+        "the assets bucket {bucket} answered 403 Forbidden to a request that expects account \
+         {account} to own it: either these credentials lack s3:ListBucket on it (grant \
+         s3:ListBucket on arn:aws:s3:::{bucket}), or another AWS account owns it (its name is \
+         predictable; nothing is written to or read from it: have its owner delete it, or deploy \
+         to another region)"
+    )]
+    AssetsBucketForbidden { bucket: String, account: String },
+    #[error(
+        "the assets bucket {bucket} belongs to another AWS account (its name is predictable and \
+         was taken first); nothing is written to or read from it: have its owner delete it, or \
+         deploy to another region"
+    )]
+    AssetsBucketTaken { bucket: String },
     #[error("{0}: not confirmed, nothing was changed (pass --yes to confirm in scripts)")]
     Declined(String),
     #[error("timed out after {waited:?} waiting for stack {stack} (last status {status}); check it with `cargo xtask status`")]
@@ -107,7 +139,7 @@ pub enum StackError {
          restarts; run the deploy again, which creates it afresh"
     )]
     Vanished { what: String, step: String },
-    #[error("failed to read the function archive {path}: {source}; run `cargo xtask build`")]
+    #[error("failed to read the function archive {path} (run `cargo xtask build`)")]
     Artifact {
         path: std::path::PathBuf,
         #[source]
@@ -220,10 +252,7 @@ pub async fn describe_stack(target: &Target, stack: &str) -> Result<Option<Stack
         Ok(output) => Ok(output
             .stacks()
             .iter()
-            .find(|s| {
-                s.stack_status()
-                    .is_none_or(|status| status.as_str() != "DELETE_COMPLETE")
-            })
+            .find(|s| s.stack_status() != Some(&StackStatus::DeleteComplete))
             .cloned()),
         Err(err) if err.message().is_some_and(|m| m.contains("does not exist")) => Ok(None),
         Err(err) => Err(aws_error(format!("describe stack {stack}"), err)),
@@ -239,10 +268,56 @@ pub fn outputs_of(stack: &Stack) -> std::collections::BTreeMap<String, String> {
         .collect()
 }
 
-pub fn status_of(stack: &Stack) -> String {
+/// A stack's status; one CloudFormation did not give reads as `UNKNOWN`.
+pub fn status_of(stack: &Stack) -> StackStatus {
     stack
         .stack_status()
-        .map_or_else(|| "UNKNOWN".to_owned(), |s| s.as_str().to_owned())
+        .cloned()
+        .unwrap_or_else(|| StackStatus::from("UNKNOWN"))
+}
+
+/// Whether an operation is still running on a stack in `status` (its `*_IN_PROGRESS` states).
+pub fn in_progress(status: &StackStatus) -> bool {
+    match status {
+        StackStatus::CreateInProgress
+        | StackStatus::DeleteInProgress
+        | StackStatus::ImportInProgress
+        | StackStatus::ImportRollbackInProgress
+        | StackStatus::ReviewInProgress
+        | StackStatus::RollbackInProgress
+        | StackStatus::UpdateCompleteCleanupInProgress
+        | StackStatus::UpdateInProgress
+        | StackStatus::UpdateRollbackCompleteCleanupInProgress
+        | StackStatus::UpdateRollbackInProgress => true,
+        // A status newer than this SDK: CloudFormation names every running state so.
+        other => other.as_str().ends_with("_IN_PROGRESS"),
+    }
+}
+
+/// Whether a resource in `status` failed (its `*_FAILED` states).
+pub fn resource_failed(status: &ResourceStatus) -> bool {
+    match status {
+        ResourceStatus::CreateFailed
+        | ResourceStatus::DeleteFailed
+        | ResourceStatus::ExportFailed
+        | ResourceStatus::ExportRollbackFailed
+        | ResourceStatus::ImportFailed
+        | ResourceStatus::ImportRollbackFailed
+        | ResourceStatus::RollbackFailed
+        | ResourceStatus::UpdateFailed
+        | ResourceStatus::UpdateRollbackFailed => true,
+        // A status newer than this SDK: CloudFormation names every failed state so.
+        other => other.as_str().ends_with("_FAILED"),
+    }
+}
+
+/// Serialises a status as CloudFormation spells it (`CREATE_COMPLETE`), for `--output json`.
+pub(crate) fn as_text<S, T>(status: &T, serializer: S) -> Result<S::Ok, S::Error>
+where
+    S: serde::Serializer,
+    T: AsRef<str>,
+{
+    serializer.serialize_str(status.as_ref())
 }
 
 #[cfg(test)]
@@ -270,6 +345,61 @@ mod tests {
         let message = aws_error("describe stack s", err).to_string();
         assert_eq!(message.lines().count(), 1, "one line: {message}");
         message
+    }
+
+    #[test]
+    fn typed_statuses_read_as_their_text_did() {
+        for text in StackStatus::values() {
+            let status = StackStatus::from(*text);
+            assert_eq!(
+                in_progress(&status),
+                text.ends_with("_IN_PROGRESS"),
+                "{text}"
+            );
+        }
+        for text in ResourceStatus::values() {
+            let status = ResourceStatus::from(*text);
+            assert_eq!(
+                resource_failed(&status),
+                text.ends_with("_FAILED"),
+                "{text}"
+            );
+        }
+        // Values this SDK does not know yet.
+        assert!(in_progress(&StackStatus::from("EXPORT_IN_PROGRESS")));
+        assert!(!in_progress(&StackStatus::from("UNKNOWN")));
+        assert!(resource_failed(&ResourceStatus::from("MOVE_FAILED")));
+        assert!(!resource_failed(&ResourceStatus::from("MOVE_COMPLETE")));
+    }
+
+    #[test]
+    fn a_stack_without_a_status_reads_as_unknown() {
+        let stack = Stack::builder().build();
+        assert_eq!(status_of(&stack).as_str(), "UNKNOWN");
+        assert_eq!(status_of(&stack).to_string(), "UNKNOWN");
+    }
+
+    #[test]
+    fn a_resource_failure_keeps_its_json_and_text() {
+        let failure = ResourceFailure {
+            logical_id: "DataBucket".to_owned(),
+            resource_type: "AWS::S3::Bucket".to_owned(),
+            status: ResourceStatus::CreateFailed,
+            reason: "already exists".to_owned(),
+        };
+        assert_eq!(
+            serde_json::to_value(&failure).unwrap(),
+            serde_json::json!({
+                "logical_id": "DataBucket",
+                "resource_type": "AWS::S3::Bucket",
+                "status": "CREATE_FAILED",
+                "reason": "already exists",
+            })
+        );
+        assert_eq!(
+            failure.to_string(),
+            "DataBucket (AWS::S3::Bucket) CREATE_FAILED: already exists"
+        );
     }
 
     #[test]

@@ -4,7 +4,10 @@ use std::collections::BTreeMap;
 
 use aws_sdk_sqs::types::QueueAttributeName;
 
-use super::{aws_error, describe_stack, outputs_of, status_of, StackError};
+use super::{
+    as_text, aws_error, describe_stack, outputs_of, status_of, ResourceStatus, StackError,
+    StackStatus,
+};
 use crate::target::Target;
 use crate::template::output;
 
@@ -14,7 +17,23 @@ pub struct ResourceReport {
     pub logical_id: String,
     pub resource_type: String,
     pub physical_id: Option<String>,
-    pub status: String,
+    /// `None` when CloudFormation gave none; printed and serialised as an empty text.
+    #[serde(serialize_with = "resource_status_text")]
+    pub status: Option<ResourceStatus>,
+}
+
+impl ResourceReport {
+    /// The status as CloudFormation spells it, empty when it gave none.
+    pub fn status_text(&self) -> &str {
+        self.status.as_ref().map_or("", ResourceStatus::as_str)
+    }
+}
+
+fn resource_status_text<S: serde::Serializer>(
+    status: &Option<ResourceStatus>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(status.as_ref().map_or("", ResourceStatus::as_str))
 }
 
 /// The event source mapping as Lambda reports it.
@@ -30,7 +49,9 @@ pub struct MappingReport {
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct StackReport {
     pub stack_name: String,
-    pub status: String,
+    /// Serialised as CloudFormation spells it (`CREATE_COMPLETE`).
+    #[serde(serialize_with = "as_text")]
+    pub status: StackStatus,
     pub status_reason: Option<String>,
     pub outputs: BTreeMap<String, String>,
     pub resources: Vec<ResourceReport>,
@@ -58,9 +79,7 @@ pub async fn status(target: &Target, stack: &str) -> Result<Option<StackReport>,
             logical_id: r.logical_resource_id().unwrap_or_default().to_owned(),
             resource_type: r.resource_type().unwrap_or_default().to_owned(),
             physical_id: r.physical_resource_id().map(str::to_owned),
-            status: r
-                .resource_status()
-                .map_or_else(String::new, |s| s.as_str().to_owned()),
+            status: r.resource_status().cloned(),
         })
         .collect();
 
@@ -139,4 +158,89 @@ async fn count_objects(target: &Target, bucket: &str) -> Result<u64, StackError>
         count += page.contents().len() as u64;
     }
     Ok(count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stack_report_keeps_its_json_field_names_and_values() {
+        let report = StackReport {
+            stack_name: "usersync".to_owned(),
+            status: StackStatus::CreateComplete,
+            status_reason: None,
+            outputs: BTreeMap::from([("TableName".to_owned(), "users".to_owned())]),
+            resources: vec![
+                ResourceReport {
+                    logical_id: "UsersTable".to_owned(),
+                    resource_type: "AWS::DynamoDB::Table".to_owned(),
+                    physical_id: Some("users".to_owned()),
+                    status: Some(ResourceStatus::UpdateComplete),
+                },
+                ResourceReport {
+                    logical_id: "DataBucket".to_owned(),
+                    resource_type: "AWS::S3::Bucket".to_owned(),
+                    physical_id: None,
+                    status: None,
+                },
+            ],
+            event_source_mappings: vec![MappingReport {
+                uuid: "1234".to_owned(),
+                state: "Enabled".to_owned(),
+                last_processing_result: None,
+                batch_size: Some(100),
+            }],
+            failure_queue_depth: Some(0),
+            bucket_objects: None,
+        };
+        assert_eq!(
+            serde_json::to_value(&report).unwrap(),
+            serde_json::json!({
+                "stack_name": "usersync",
+                "status": "CREATE_COMPLETE",
+                "status_reason": null,
+                "outputs": {"TableName": "users"},
+                "resources": [
+                    {
+                        "logical_id": "UsersTable",
+                        "resource_type": "AWS::DynamoDB::Table",
+                        "physical_id": "users",
+                        "status": "UPDATE_COMPLETE",
+                    },
+                    {
+                        "logical_id": "DataBucket",
+                        "resource_type": "AWS::S3::Bucket",
+                        "physical_id": null,
+                        "status": "",
+                    },
+                ],
+                "event_source_mappings": [{
+                    "uuid": "1234",
+                    "state": "Enabled",
+                    "last_processing_result": null,
+                    "batch_size": 100,
+                }],
+                "failure_queue_depth": 0,
+                "bucket_objects": null,
+            })
+        );
+    }
+
+    #[test]
+    fn statuses_unknown_to_the_sdk_serialise_as_given() {
+        for text in ["UNKNOWN", "SOME_NEW_STATUS_IN_PROGRESS"] {
+            let report = StackReport {
+                stack_name: "s".to_owned(),
+                status: StackStatus::from(text),
+                status_reason: None,
+                outputs: BTreeMap::new(),
+                resources: Vec::new(),
+                event_source_mappings: Vec::new(),
+                failure_queue_depth: None,
+                bucket_objects: None,
+            };
+            assert_eq!(serde_json::to_value(&report).unwrap()["status"], text);
+        }
+    }
 }

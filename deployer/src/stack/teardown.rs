@@ -1,13 +1,22 @@
-//! Deleting the stack: empty the data bucket, delete the stack, remove uploaded archives.
+//! Deleting the stack: quiet the event source mapping, empty the data bucket, delete the stack,
+//! remove uploaded archives.
 
 use super::assets::remove_artifacts;
 use super::bucket::delete_all_versions;
+use super::mapping::{disable_mapping, Quieted};
+use super::stuck::stuck;
 use super::wait::{seen_events, wait_for_stack};
-use super::{aws_error, describe_stack, StackError};
+use super::{
+    aws_error, describe_stack, in_progress, ResourceFailure, ResourceStatus, StackError,
+    StackStatus,
+};
 use crate::console::Console;
 use crate::target::Target;
 use crate::template::logical_id;
 
+/// How many times the stack's deletion is tried when it fails only because the data bucket was
+/// written to after it was emptied.
+const MAX_DELETE_ATTEMPTS: usize = 3;
 /// What a teardown did.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
@@ -23,9 +32,14 @@ pub enum TeardownOutcome {
     },
 }
 
-/// Tears `stack` down. Unless `retain_data`, the data bucket is emptied first (every version and
-/// delete marker: CloudFormation cannot delete a bucket that holds anything). Unless
-/// `keep_assets`, the archives uploaded for the stack are removed afterwards.
+/// Tears `stack` down. Unless `retain_data`, the event source mapping is disabled first (and
+/// waited for until `Disabled`), so that no invocation writes to the data bucket, then the bucket
+/// is emptied (every version and delete marker: CloudFormation cannot delete a bucket that holds
+/// anything). Unless `keep_assets`, the archives uploaded for the stack are removed afterwards.
+///
+/// A stack in `ROLLBACK_FAILED` or `DELETE_FAILED` can only be deleted, which is what this does;
+/// one in `UPDATE_ROLLBACK_FAILED` must have its rollback continued first
+/// ([`StackError::Stuck`] says how).
 pub async fn teardown(
     target: &Target,
     stack: &str,
@@ -41,37 +55,66 @@ pub async fn teardown(
         };
         return Ok(TeardownOutcome::NothingToTearDown { removed_artifacts });
     };
-    if let Some(status) = existing.stack_status().map(|s| s.as_str()) {
-        if status.ends_with("_IN_PROGRESS") && status != "REVIEW_IN_PROGRESS" {
+    if let Some(status) = existing.stack_status() {
+        if in_progress(status) && *status != StackStatus::ReviewInProgress {
             return Err(StackError::Busy {
                 stack: stack.to_owned(),
-                status: status.to_owned(),
+                status: status.clone(),
             });
+        }
+        // The rollback must be continued before anything else; the other two stuck states
+        // (ROLLBACK_FAILED, DELETE_FAILED) are deleted as any other stack.
+        if *status == StackStatus::UpdateRollbackFailed {
+            return Err(stuck(target, stack, status.clone()).await);
         }
     }
     let stack_id = existing.stack_id().unwrap_or(stack).to_owned();
 
     let mut emptied_objects = 0;
-    if !retain_data {
-        if let Some(bucket) = data_bucket(target, stack).await? {
-            console.waiting(&format!("emptying bucket {bucket}"));
-            emptied_objects = delete_all_versions(target, &bucket, None).await?;
-            console.line(&format!(
-                "emptied bucket {bucket}: {emptied_objects} object version(s) removed"
-            ));
-        }
+    let data_bucket = if retain_data {
+        None
+    } else {
+        quiet_mapping(target, stack, console).await?;
+        live_resource(target, stack, logical_id::DATA_BUCKET).await?
+    };
+    if let Some(bucket) = &data_bucket {
+        emptied_objects += empty_bucket(target, bucket, console).await?;
     }
 
-    let seen = seen_events(target, &stack_id).await?;
-    target
-        .cloudformation()
-        .delete_stack()
-        .stack_name(&stack_id)
-        .send()
-        .await
-        .map_err(|err| aws_error(format!("delete stack {stack}"), err))?;
-    let finished = wait_for_stack(target, &stack_id, seen, console).await?;
-    if let Some(status) = finished.status() {
+    let mut attempt = 1;
+    loop {
+        let seen = seen_events(target, &stack_id).await?;
+        target
+            .cloudformation()
+            .delete_stack()
+            .stack_name(&stack_id)
+            .send()
+            .await
+            .map_err(|err| aws_error(format!("delete stack {stack}"), err))?;
+        let finished = wait_for_stack(target, &stack_id, seen, console).await?;
+        let Some(status) = finished.status() else {
+            break;
+        };
+        // An invocation still running when the mapping reached Disabled can write to the bucket
+        // after it was emptied, and CloudFormation then cannot delete it: "For Amazon S3
+        // buckets, you must delete all objects in the bucket for deletion to succeed"
+        // (https://docs.aws.amazon.com/AWSCloudFormation/latest/UserGuide/aws-attribute-deletionpolicy.html).
+        // Empty it again and delete again, a bounded number of times, rather than wait out a
+        // whole function timeout before the first try.
+        let written_after_emptying = data_bucket.is_some()
+            && !finished.failures.is_empty()
+            && finished.failures.iter().all(bucket_not_empty);
+        if let (true, Some(bucket)) = (
+            written_after_emptying && attempt < MAX_DELETE_ATTEMPTS,
+            &data_bucket,
+        ) {
+            console.line(&format!(
+                "bucket {bucket} was written to after it was emptied; emptying it again"
+            ));
+            emptied_objects += empty_bucket(target, bucket, console).await?;
+            attempt += 1;
+            continue;
+        }
         return Err(StackError::DeleteFailed {
             stack: stack.to_owned(),
             status,
@@ -91,13 +134,67 @@ pub async fn teardown(
     })
 }
 
-/// The physical name of the stack's data bucket, if the stack has one that exists.
-async fn data_bucket(target: &Target, stack: &str) -> Result<Option<String>, StackError> {
+/// Whether `failure` is the data bucket refusing deletion because it holds objects: S3's
+/// `BucketNotEmpty`, "The bucket you tried to delete is not empty"
+/// (https://docs.aws.amazon.com/AmazonS3/latest/API/API_DeleteBucket.html: every object
+/// version and delete marker must be deleted first).
+fn bucket_not_empty(failure: &ResourceFailure) -> bool {
+    failure.logical_id == logical_id::DATA_BUCKET
+        && (failure.reason.contains("BucketNotEmpty") || failure.reason.contains("not empty"))
+}
+
+/// Empties `bucket`, saying so; returns how many versions and delete markers were removed.
+async fn empty_bucket(
+    target: &Target,
+    bucket: &str,
+    console: &mut dyn Console,
+) -> Result<usize, StackError> {
+    console.waiting(&format!("emptying bucket {bucket}"));
+    let removed = delete_all_versions(target, bucket, None).await?;
+    console.line(&format!(
+        "emptied bucket {bucket}: {removed} object version(s) removed"
+    ));
+    Ok(removed)
+}
+
+/// Disables the stack's event source mapping and waits for it, if the stack has one that is
+/// enabled and the target serves the API.
+async fn quiet_mapping(
+    target: &Target,
+    stack: &str,
+    console: &mut dyn Console,
+) -> Result<(), StackError> {
+    // Its physical id is the mapping's UUID.
+    let Some(uuid) = live_resource(target, stack, logical_id::EVENT_SOURCE_MAPPING).await? else {
+        return Ok(());
+    };
+    match disable_mapping(target, &uuid, console).await? {
+        Quieted::Disabled => console.line(&format!("event source mapping {uuid} is disabled")),
+        Quieted::AlreadyQuiet => {}
+        Quieted::NotServed => console.line(&format!(
+            "{} does not serve Lambda event source mappings; mapping {uuid} was left as it is",
+            target.describe()
+        )),
+        Quieted::StillDisabling => console.line(&format!(
+            "event source mapping {uuid} is still disabling; going on (a late write to the bucket \
+             is emptied again)"
+        )),
+    }
+    Ok(())
+}
+
+/// The physical id of the stack's resource `logical` (a bucket's name, a mapping's UUID), if
+/// the stack has one that was not deleted.
+async fn live_resource(
+    target: &Target,
+    stack: &str,
+    logical: &str,
+) -> Result<Option<String>, StackError> {
     let resources = target
         .cloudformation()
         .describe_stack_resources()
         .stack_name(stack)
-        .logical_resource_id(logical_id::DATA_BUCKET)
+        .logical_resource_id(logical)
         .send()
         .await;
     let resources = match resources {
@@ -119,9 +216,6 @@ async fn data_bucket(target: &Target, stack: &str) -> Result<Option<String>, Sta
     Ok(resources
         .stack_resources()
         .iter()
-        .filter(|r| {
-            r.resource_status()
-                .is_none_or(|s| s.as_str() != "DELETE_COMPLETE")
-        })
+        .filter(|r| r.resource_status() != Some(&ResourceStatus::DeleteComplete))
         .find_map(|r| r.physical_resource_id().map(str::to_owned)))
 }

@@ -3,9 +3,12 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use aws_sdk_cloudformation::types::{Stack, StackEvent};
+use aws_sdk_cloudformation::types::{Stack, StackEvent, StackStatus};
 
-use super::{aws_error, describe_stack, poll_interval, status_of, ResourceFailure, StackError};
+use super::{
+    aws_error, describe_stack, in_progress, poll_interval, resource_failed, status_of,
+    ResourceFailure, StackError,
+};
 use crate::console::Console;
 use crate::target::Target;
 
@@ -23,7 +26,7 @@ pub(crate) struct Finished {
 
 impl Finished {
     /// The stack's final status, `None` when it is gone.
-    pub fn status(&self) -> Option<String> {
+    pub fn status(&self) -> Option<StackStatus> {
         self.stack.as_ref().map(status_of)
     }
 }
@@ -103,14 +106,14 @@ fn describe_event(event: &StackEvent) -> String {
 }
 
 fn failure_of(event: &StackEvent) -> Option<ResourceFailure> {
-    let status = event.resource_status()?.as_str();
-    if !status.ends_with("_FAILED") {
+    let status = event.resource_status()?;
+    if !resource_failed(status) {
         return None;
     }
     Some(ResourceFailure {
         logical_id: event.logical_resource_id().unwrap_or("-").to_owned(),
         resource_type: event.resource_type().unwrap_or("-").to_owned(),
-        status: status.to_owned(),
+        status: status.clone(),
         reason: event
             .resource_status_reason()
             .unwrap_or("no reason given")
@@ -141,13 +144,13 @@ pub(crate) async fn wait_for_stack(
         }
         match &status {
             None => return Ok(Finished { stack, failures }),
-            Some(s) if !s.ends_with("_IN_PROGRESS") => return Ok(Finished { stack, failures }),
+            Some(s) if !in_progress(s) => return Ok(Finished { stack, failures }),
             Some(s) => {
                 console.waiting(&format!("{s} ({}s)", started.elapsed().as_secs()));
                 if started.elapsed() > MAX_WAIT {
                     return Err(StackError::Timeout {
                         stack: stack_id.to_owned(),
-                        status: s.clone(),
+                        status: s.to_string(),
                         waited: MAX_WAIT,
                     });
                 }

@@ -15,7 +15,7 @@
 //! during the sleep between polls. [`Clock::EachStatusRead`] instead advances on `DescribeStacks`,
 //! modelling an operation that moves on between a poll's two reads.
 
-#![allow(dead_code)] // Each test binary uses its own part of the fake.
+#![allow(dead_code, reason = "each test binary uses its own part of the fake")]
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};

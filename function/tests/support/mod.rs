@@ -1,7 +1,10 @@
 //! Test helpers: configurations and fixtures; the in-memory bucket and the record builder
 //! are the function's own (`usersync_function::testing`).
 
-#![allow(dead_code)]
+#![allow(
+    dead_code,
+    reason = "each test binary uses its own part of the helpers"
+)]
 
 use serde_json::Value;
 pub use usersync_function::testing::{sequence_number, stream_record, MemoryStore};

@@ -2,43 +2,41 @@
 //! stack's own event source mapping invokes the function in Lambda's `provided.al2023` image.
 //!
 //! The container is described by a plain [`LocalStackSpec`], built from the environment by a
-//! pure function, so that its image, environment, mounts and wait condition are testable
-//! without Docker; [`start`] turns it into a testcontainers request and runs it.
+//! pure function, so that its image, environment, services, mounts, wait condition and log
+//! file are testable without Docker; [`start`] turns it into a testcontainers request and runs
+//! it.
+//!
+//! What this module expects of LocalStack is read from its source at the tag `v4.14.0`
+//! (github.com/localstack/localstack); each expectation names the file, relative to
+//! `localstack-core/localstack/`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use deployer::settings::{ArtifactLocation, StackSettings};
+use serde_json::Value;
 use testcontainers::core::{IntoContainerPort, Mount, WaitFor};
 use testcontainers::runners::AsyncRunner;
 use testcontainers::{ContainerAsync, ContainerRequest, GenericImage, ImageExt};
 
-use super::{docker, BackendError};
+use super::docker::{self, DockerEnvironment, DockerHost, DockerProbe};
+use super::BackendError;
 
 /// The variable that overrides the image, as `name:tag`.
 pub const IMAGE_VARIABLE: &str = "ITESTS_LOCALSTACK_IMAGE";
 /// LocalStack's community image.
 pub const DEFAULT_IMAGE: &str = "localstack/localstack";
-/// Pinned because LocalStack 4.15 and later refuse to start without `LOCALSTACK_AUTH_TOKEN`
-/// (an account's token); 4.14 is the last line that runs these services without one. The
-/// minor tag follows 4.14's patch releases.
-pub const DEFAULT_TAG: &str = "4.14";
+/// Pinned to a release, not the moving `4.14` tag, so that every run uses the LocalStack whose
+/// source this module cites. 4.14 is also the last line that runs these services without
+/// `LOCALSTACK_AUTH_TOKEN` (an account's token); 4.15 and later refuse to start without one.
+pub const DEFAULT_TAG: &str = "4.14.0";
 /// LocalStack's licence token; passed into the container when set, for images that need it.
 pub const AUTH_TOKEN_VARIABLE: &str = "LOCALSTACK_AUTH_TOKEN";
 /// LocalStack's single gateway port for every service.
 pub const GATEWAY_PORT: u16 = 4566;
-/// What the stack uses, and nothing else, so LocalStack starts only these.
-pub const SERVICES: [&str; 9] = [
-    "cloudformation",
-    "dynamodb",
-    "dynamodbstreams",
-    "s3",
-    "iam",
-    "lambda",
-    "sqs",
-    "sts",
-    "logs",
-];
 /// The line LocalStack prints on standard output once it serves requests.
 pub const READY_LINE: &str = "Ready.";
 /// How long LocalStack may take from container start to [`READY_LINE`] (pulling the image
@@ -53,6 +51,239 @@ pub const LAMBDA_RUNTIME_ENVIRONMENT_TIMEOUT_SECONDS: u32 = 180;
 /// How long a graceful [`LocalStackBackend::stop`] lets LocalStack remove its Lambda
 /// containers before it is killed.
 pub const STOP_TIMEOUT_SECONDS: i32 = 30;
+/// The end of the log file's name: `<run>.localstack.log`.
+pub const LOG_SUFFIX: &str = ".localstack.log";
+
+/// `0` makes LocalStack's CloudFormation fail a stack that uses a resource type it has no
+/// provider for, instead of reporting the resource created while creating nothing (its
+/// default). `config.py` reads it with `is_env_not_false` (so unset means "ignore", and only
+/// `0`/`false`/`False` turn it off). With it off, `services/cloudformation/v2/provider.py`
+/// (`_setup_change_set_model`, behind CreateChangeSet, CreateStack and UpdateStack) runs
+/// `services/cloudformation/engine/v2/change_set_resource_support_checker.py` on the change
+/// set, which fails it, and the stack, naming each unsupported type; and
+/// `services/cloudformation/engine/v2/change_set_model_executor.py` fails such a resource
+/// instead of faking it. The checker asks LocalStack's catalog, which is downloaded from
+/// api.localstack.cloud (`utils/catalog/catalog_loader.py`); without network access LocalStack
+/// falls back to a catalog that knows no type (`utils/catalog/plugins.py`,
+/// `utils/catalog/catalog.py`), and every stack fails, naming all its types. The container
+/// needs network access anyway (see [`INTERNAL_DEPENDENCIES`], kinesis).
+pub const CFN_IGNORE_UNSUPPORTED_RESOURCE_TYPES: (&str, &str) =
+    ("CFN_IGNORE_UNSUPPORTED_RESOURCE_TYPES", "0");
+
+/// That one LocalStack service needs another: it calls it through LocalStack's internal
+/// client, and a service missing from `SERVICES` answers "Service '…' is not enabled. Please
+/// check your 'SERVICES' configuration variable." (`aws/handlers/service_plugin.py`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dependency {
+    pub service: &'static str,
+    pub needs: &'static str,
+    /// Where LocalStack's source shows it, and what for.
+    pub why: &'static str,
+}
+
+/// LocalStack's calls between the services the stack uses. LocalStack itself adds only its
+/// mandatory `API_DEPENDENCIES` (`utils/bootstrap.py`, `resolve_apis`); the optional ones
+/// (`API_DEPENDENCIES_OPTIONAL`) and dependencies it does not list, such as DynamoDB's KMS key,
+/// must be named in `SERVICES`.
+pub const INTERNAL_DEPENDENCIES: &[Dependency] = &[
+    Dependency {
+        service: "dynamodb",
+        needs: "kms",
+        why: "a table with SSESpecification.SSEEnabled gets a KMS key LocalStack creates through its internal client (services/dynamodb/provider.py, SSEUtils.get_sse_kms_managed_key); not in API_DEPENDENCIES",
+    },
+    Dependency {
+        service: "dynamodb",
+        needs: "dynamodbstreams",
+        why: "the table's stream (utils/bootstrap.py, API_DEPENDENCIES)",
+    },
+    Dependency {
+        service: "dynamodbstreams",
+        needs: "kinesis",
+        why: "each stream is a Kinesis stream in kinesis-mock (services/dynamodbstreams/dynamodbstreams_api.py, add_dynamodb_stream; API_DEPENDENCIES), which LocalStack downloads from npm the first time it is needed (services/kinesis/kinesis_mock_server.py, services/kinesis/packages.py)",
+    },
+    Dependency {
+        service: "cloudformation",
+        needs: "s3",
+        why: "utils/bootstrap.py, API_DEPENDENCIES",
+    },
+    Dependency {
+        service: "cloudformation",
+        needs: "sts",
+        why: "utils/bootstrap.py, API_DEPENDENCIES",
+    },
+    Dependency {
+        service: "lambda",
+        needs: "s3",
+        why: "the function's code archive (utils/bootstrap.py, API_DEPENDENCIES)",
+    },
+    Dependency {
+        service: "lambda",
+        needs: "sts",
+        why: "the function's credentials (utils/bootstrap.py, API_DEPENDENCIES)",
+    },
+    Dependency {
+        service: "lambda",
+        needs: "logs",
+        why: "the function's output goes to CloudWatch Logs (services/lambda_/invocation/logs.py; API_DEPENDENCIES_OPTIONAL)",
+    },
+    Dependency {
+        service: "lambda",
+        needs: "dynamodbstreams",
+        why: "the event source mapping reads the stream (services/lambda_/event_source_mapping/pollers/dynamodb_poller.py; API_DEPENDENCIES_OPTIONAL)",
+    },
+    Dependency {
+        service: "lambda",
+        needs: "sqs",
+        why: "the mapping's on-failure destination (services/lambda_/event_source_mapping/pollers/stream_poller.py sends to it; API_DEPENDENCIES_OPTIONAL)",
+    },
+    Dependency {
+        service: "lambda",
+        needs: "cloudwatch",
+        why: "invocation metrics (services/lambda_/invocation/metrics.py; API_DEPENDENCIES_OPTIONAL)",
+    },
+    Dependency {
+        service: "iam",
+        needs: "sts",
+        why: "utils/bootstrap.py, API_DEPENDENCIES_OPTIONAL: IAM and STS are tightly coupled",
+    },
+    Dependency {
+        service: "sts",
+        needs: "iam",
+        why: "utils/bootstrap.py, API_DEPENDENCIES_OPTIONAL: IAM and STS are tightly coupled",
+    },
+];
+
+/// What the deployer and the suite call themselves, with why.
+pub const CALLED_DIRECTLY: &[(&str, &str)] = &[
+    ("cloudformation", "the deployer's stack lifecycle"),
+    (
+        "s3",
+        "the deployer uploads the function's archive; the scenarios read the bucket",
+    ),
+    (
+        "sts",
+        "the deployer names the assets bucket after the account (sts:GetCallerIdentity)",
+    ),
+    ("dynamodb", "the scenarios write and read users"),
+    (
+        "dynamodbstreams",
+        "the deployer's stream reader and replay (deployer/src/streams, deployer/src/replay)",
+    ),
+    (
+        "lambda",
+        "the deployer's status reads the function and its mapping",
+    ),
+    (
+        "sqs",
+        "the deployer's status and replay read the failure queue",
+    ),
+];
+
+/// Services the stack is about to use, started ahead of the template.
+pub const PLANNED: &[(&str, &str)] = &[
+    ("cloudwatch", "the stack's alarms"),
+    ("sns", "the alarms' notifications"),
+];
+
+/// LocalStack's name for the service of a CloudFormation resource type, derived as its
+/// CloudFormation engine derives it (`_get_service_name` in
+/// `services/cloudformation/engine/v2/change_set_resource_support_checker.py`): the `X` of
+/// `AWS::X::Y` in lower case, except for a few renamed services. `None` for a type without
+/// `::`.
+pub fn service_of_resource_type(resource_type: &str) -> Option<String> {
+    let parts: Vec<&str> = resource_type.split("::").collect();
+    let service = *parts.get(1)?;
+    let contains = |part: &str| resource_type.contains(part);
+    let renamed = if contains("Cognito::IdentityPool") {
+        "cognito-identity"
+    } else if service == "Cognito" {
+        "cognito-idp"
+    } else if service == "Elasticsearch" {
+        "es"
+    } else if service == "OpenSearchService" {
+        "opensearch"
+    } else if service == "KinesisFirehose" {
+        "firehose"
+    } else if service == "ResourceGroups" {
+        "resource-groups"
+    } else if service == "CertificateManager" {
+        "acm"
+    } else if contains("ElasticLoadBalancing::") {
+        "elb"
+    } else if contains("ElasticLoadBalancingV2::") {
+        "elbv2"
+    } else if contains("ApplicationAutoScaling::") {
+        "application-autoscaling"
+    } else if contains("MSK::") {
+        "kafka"
+    } else if contains("Timestream::") {
+        "timestream-write"
+    } else {
+        return Some(service.to_lowercase());
+    };
+    Some(renamed.to_owned())
+}
+
+/// Every resource type of a template, sorted.
+pub fn resource_types(template: &Value) -> BTreeSet<String> {
+    template["Resources"]
+        .as_object()
+        .into_iter()
+        .flat_map(|resources| resources.values())
+        .filter_map(|resource| resource["Type"].as_str())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The template of a stack with default settings: the resources a scenario's stack has.
+pub fn default_template() -> Value {
+    let artifact = ArtifactLocation {
+        bucket: "usersync-assets".to_owned(),
+        key: "bootstrap.zip".to_owned(),
+    };
+    deployer::template::synthesize(&StackSettings::default(), &artifact)
+}
+
+/// The services LocalStack must run for `template`: the service of each resource type, what
+/// the deployer and the suite call ([`CALLED_DIRECTLY`]), [`PLANNED`], and, repeatedly, what
+/// each of those needs inside LocalStack ([`INTERNAL_DEPENDENCIES`]). Sorted.
+pub fn required_services(template: &Value) -> Result<BTreeSet<String>, BackendError> {
+    let mut services = BTreeSet::new();
+    for resource_type in resource_types(template) {
+        let service = service_of_resource_type(&resource_type)
+            .ok_or(BackendError::UnknownResourceType { resource_type })?;
+        services.insert(service);
+    }
+    services.extend(
+        CALLED_DIRECTLY
+            .iter()
+            .chain(PLANNED)
+            .map(|(service, _)| (*service).to_owned()),
+    );
+    loop {
+        let needed: Vec<String> = INTERNAL_DEPENDENCIES
+            .iter()
+            .filter(|dependency| services.contains(dependency.service))
+            .filter(|dependency| !services.contains(dependency.needs))
+            .map(|dependency| dependency.needs.to_owned())
+            .collect();
+        if needed.is_empty() {
+            return Ok(services);
+        }
+        services.extend(needed);
+    }
+}
+
+/// A run's name, after this test process: `e2e-<pid>`, as its stacks are `e2e-<label>-<pid>-<n>`.
+pub fn run_name(pid: u32) -> String {
+    format!("e2e-{pid}")
+}
+
+/// Where LocalStack's log of `run` is written: `<state_dir>/itests/<run>.localstack.log`
+/// (`target/usersync/itests/…` by default), next to the function logs of the local backend.
+pub fn log_path(state_dir: &Path, run: &str) -> PathBuf {
+    state_dir.join("itests").join(format!("{run}{LOG_SUFFIX}"))
+}
 
 /// A bind mount from the Docker daemon's machine into the container.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -77,7 +308,7 @@ pub struct LocalStackWait {
 pub struct LocalStackSpec {
     /// Image name, such as `localstack/localstack`.
     pub image: String,
-    /// Image tag, such as `4.14`.
+    /// Image tag, such as `4.14.0`.
     pub tag: String,
     /// The container's environment.
     pub env: BTreeMap<String, String>,
@@ -88,8 +319,12 @@ pub struct LocalStackSpec {
     pub network: String,
     /// The ready condition.
     pub wait: LocalStackWait,
-    /// The daemon to run on (`DOCKER_HOST`, or the default socket); [`start`] pings it first.
-    pub docker_host: String,
+    /// The daemon testcontainers runs it on.
+    pub docker_host: DockerHost,
+    /// The run's name, such as `e2e-4242`.
+    pub run: String,
+    /// Where [`LocalStackBackend::stop`] writes LocalStack's log.
+    pub log_path: PathBuf,
 }
 
 impl fmt::Debug for LocalStackSpec {
@@ -115,29 +350,47 @@ impl fmt::Debug for LocalStackSpec {
             .field("network", &self.network)
             .field("wait", &self.wait)
             .field("docker_host", &self.docker_host)
+            .field("run", &self.run)
+            .field("log_path", &self.log_path)
             .finish()
     }
 }
 
 impl LocalStackSpec {
-    /// The container for this run from `lookup` (environment variables by name):
-    /// `ITESTS_LOCALSTACK_IMAGE`, `LOCALSTACK_AUTH_TOKEN` and `DOCKER_HOST`.
-    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, BackendError> {
+    /// The container for this run from `lookup` (environment variables by name:
+    /// `ITESTS_LOCALSTACK_IMAGE` and `LOCALSTACK_AUTH_TOKEN`), the daemon testcontainers uses
+    /// and the directory logs go to.
+    pub fn from_lookup(
+        lookup: impl Fn(&str) -> Option<String>,
+        docker_host: DockerHost,
+        state_dir: &Path,
+    ) -> Result<Self, BackendError> {
         let (image, tag) = match lookup(IMAGE_VARIABLE).filter(|v| !v.trim().is_empty()) {
             Some(value) => parse_image(&value)?,
             None => (DEFAULT_IMAGE.to_owned(), DEFAULT_TAG.to_owned()),
         };
-        let docker_host = docker::docker_host(&lookup);
+        let pid = std::process::id();
         // One network per test process: concurrent runs do not share (or remove) each
         // other's.
-        let network = format!("usersync-itests-{}", std::process::id());
+        let network = format!("usersync-itests-{pid}");
+        let run = run_name(pid);
+        let services = required_services(&default_template())?;
 
         let mut env = BTreeMap::new();
         let mut set = |name: &str, value: String| env.insert(name.to_owned(), value);
-        set("SERVICES", SERVICES.join(","));
+        // Only these start (`STRICT_SERVICE_LOADING` is on by default: utils/bootstrap.py,
+        // get_enabled_apis); anything else answers "not enabled".
+        set(
+            "SERVICES",
+            services.into_iter().collect::<Vec<_>>().join(","),
+        );
         // Start those services before printing "Ready.", so that ready means ready.
         set("EAGER_SERVICE_LOADING", "1".to_owned());
         set("DEBUG", "0".to_owned());
+        set(
+            CFN_IGNORE_UNSUPPORTED_RESOURCE_TYPES.0,
+            CFN_IGNORE_UNSUPPORTED_RESOURCE_TYPES.1.to_owned(),
+        );
         set("LAMBDA_DOCKER_NETWORK", network.clone());
         set(
             "LAMBDA_RUNTIME_ENVIRONMENT_TIMEOUT",
@@ -147,11 +400,8 @@ impl LocalStackSpec {
             set(AUTH_TOKEN_VARIABLE, token.trim().to_owned());
         }
 
-        // Bind mounts name paths on the daemon's machine: a local daemon's socket is where
-        // DOCKER_HOST points; a remote daemon's is at the standard path over there.
-        let socket = docker::unix_socket_path(&docker_host).unwrap_or(CONTAINER_DOCKER_SOCKET);
         let mounts = vec![BindMount {
-            source: socket.to_owned(),
+            source: docker_host.socket_to_mount(),
             target: CONTAINER_DOCKER_SOCKET.to_owned(),
         }];
 
@@ -166,17 +416,32 @@ impl LocalStackSpec {
                 startup_timeout: STARTUP_TIMEOUT,
             },
             docker_host,
+            log_path: log_path(state_dir, &run),
+            run,
         })
     }
 
-    /// [`LocalStackSpec::from_lookup`] over this process's environment.
+    /// [`LocalStackSpec::from_lookup`] over this process's environment, the daemon address
+    /// testcontainers resolves, and `target/usersync`.
     pub fn from_env() -> Result<Self, BackendError> {
-        Self::from_lookup(|name| std::env::var(name).ok())
+        Self::from_lookup(
+            |name| std::env::var(name).ok(),
+            DockerEnvironment::from_system().resolve(Path::exists),
+            &deployer::project::state_dir(),
+        )
     }
 
     /// `image:tag`.
     pub fn image_reference(&self) -> String {
         format!("{}:{}", self.image, self.tag)
+    }
+
+    /// The services `SERVICES` starts.
+    pub fn services(&self) -> Vec<&str> {
+        self.env
+            .get("SERVICES")
+            .map(|services| services.split(',').collect())
+            .unwrap_or_default()
     }
 
     /// The testcontainers request that runs this spec.
@@ -198,7 +463,7 @@ impl LocalStackSpec {
 }
 
 /// Splits an image reference `name:tag` (the name may carry a registry with a port, such as
-/// `localhost:5000/localstack/localstack:4.14`).
+/// `localhost:5000/localstack/localstack:4.14.0`).
 pub fn parse_image(value: &str) -> Result<(String, String), BackendError> {
     let bad = || BackendError::BadLocalStackImage {
         value: value.to_owned(),
@@ -225,11 +490,12 @@ pub fn parse_image(value: &str) -> Result<(String, String), BackendError> {
 
 /// A running LocalStack container. Dropping it removes the container (inside a Tokio
 /// runtime, as testcontainers requires); [`LocalStackBackend::stop`] first lets LocalStack
-/// remove the Lambda containers it started.
+/// remove the Lambda containers it started and keeps its log.
 pub struct LocalStackBackend {
     container: ContainerAsync<GenericImage>,
     image: String,
     endpoint_url: String,
+    log_path: PathBuf,
 }
 
 impl fmt::Debug for LocalStackBackend {
@@ -238,16 +504,27 @@ impl fmt::Debug for LocalStackBackend {
             .field("container", &self.container.id())
             .field("image", &self.image)
             .field("endpoint_url", &self.endpoint_url)
+            .field("log_path", &self.log_path)
             .finish()
     }
 }
 
 /// Starts LocalStack as `spec` says and waits until it is ready. Fails at once, with what to
-/// do, when no Docker daemon answers at `spec.docker_host`.
+/// do, when testcontainers finds no Docker daemon that answers.
 pub async fn start(spec: &LocalStackSpec) -> Result<LocalStackBackend, BackendError> {
-    if !docker::daemon_answers_at(&spec.docker_host, docker::PING_TIMEOUT).await {
+    start_after(spec, docker::probe()).await
+}
+
+/// [`start`], once `probe` has said whether a daemon answers.
+async fn start_after(
+    spec: &LocalStackSpec,
+    probe: impl Future<Output = DockerProbe>,
+) -> Result<LocalStackBackend, BackendError> {
+    let probe = probe.await;
+    if let Err(why) = probe.outcome {
         return Err(BackendError::DockerUnavailable {
-            docker_host: spec.docker_host.clone(),
+            docker_host: probe.host.to_string(),
+            why,
         });
     }
     let image = spec.image_reference();
@@ -286,6 +563,45 @@ pub async fn start(spec: &LocalStackSpec) -> Result<LocalStackBackend, BackendEr
         container,
         endpoint_url: format!("http://{host}:{port}"),
         image,
+        log_path: spec.log_path.clone(),
+    })
+}
+
+/// A container's output so far: standard output, then standard error.
+async fn read_logs(
+    container: &ContainerAsync<GenericImage>,
+    image: &str,
+) -> Result<String, BackendError> {
+    let read = |action| {
+        let image = image.to_owned();
+        move |source| BackendError::LocalStackContainer {
+            image,
+            action,
+            source: Box::new(source),
+        }
+    };
+    let stdout = container
+        .stdout_to_vec()
+        .await
+        .map_err(read("reading its standard output"))?;
+    let stderr = container
+        .stderr_to_vec()
+        .await
+        .map_err(read("reading its standard error"))?;
+    let mut logs = String::from_utf8_lossy(&stdout).into_owned();
+    logs.push_str(&String::from_utf8_lossy(&stderr));
+    Ok(logs)
+}
+
+/// Writes `logs` to `path`, creating its directory.
+fn write_log(path: &Path, logs: &str) -> Result<(), BackendError> {
+    let written = path
+        .parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|()| std::fs::write(path, logs));
+    written.map_err(|source| BackendError::LocalStackLog {
+        path: path.to_owned(),
+        source,
     })
 }
 
@@ -300,80 +616,90 @@ impl LocalStackBackend {
         &self.image
     }
 
+    /// Where [`Self::stop`] writes LocalStack's log.
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+
     /// LocalStack's output so far (standard output, then standard error), for a failing
     /// test to show.
     pub async fn logs(&self) -> Result<String, BackendError> {
-        let read = |action| {
-            let image = self.image.clone();
-            move |source| BackendError::LocalStackContainer {
-                image,
-                action,
-                source: Box::new(source),
-            }
-        };
-        let stdout = self
-            .container
-            .stdout_to_vec()
-            .await
-            .map_err(read("reading its standard output"))?;
-        let stderr = self
-            .container
-            .stderr_to_vec()
-            .await
-            .map_err(read("reading its standard error"))?;
-        let mut logs = String::from_utf8_lossy(&stdout).into_owned();
-        logs.push_str(&String::from_utf8_lossy(&stderr));
-        Ok(logs)
+        read_logs(&self.container, &self.image).await
     }
 
     /// Stops LocalStack gracefully, so that it removes the Lambda containers it started
-    /// (killing it would leave them behind), then removes its container.
+    /// (killing it would leave them behind), writes its whole log (shutdown included) to
+    /// [`Self::log_path`], then removes its container. The container is removed even when
+    /// stopping it or keeping its log failed; the first failure is returned.
     pub async fn stop(self) -> Result<(), BackendError> {
+        let Self {
+            container,
+            image,
+            log_path,
+            ..
+        } = self;
         let failed = |action| {
-            let image = self.image.clone();
+            let image = image.clone();
             move |source| BackendError::LocalStackContainer {
                 image,
                 action,
                 source: Box::new(source),
             }
         };
-        self.container
+        let stopped = container
             .stop_with_timeout(Some(STOP_TIMEOUT_SECONDS))
             .await
-            .map_err(failed("stopping it"))?;
-        let remove_failed = failed("removing it");
-        self.container.rm().await.map_err(remove_failed)
+            .map_err(failed("stopping it"));
+        let logged = match read_logs(&container, &image).await {
+            Ok(logs) => write_log(&log_path, &logs),
+            Err(err) => Err(err),
+        };
+        match &logged {
+            Ok(()) => eprintln!("localstack: its log is in {}", log_path.display()),
+            Err(err) => eprintln!("localstack: its log was not kept: {err}"),
+        }
+        let removed = container.rm().await.map_err(failed("removing it"));
+        stopped.and(logged).and(removed)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::docker::HostSource;
     use crate::backend::tests::env;
 
+    fn spec_from(pairs: &[(&str, &str)]) -> LocalStackSpec {
+        LocalStackSpec::from_lookup(
+            env(pairs),
+            DockerHost::default_socket(),
+            Path::new("/work/target/usersync"),
+        )
+        .unwrap()
+    }
+
     fn default_spec() -> LocalStackSpec {
-        LocalStackSpec::from_lookup(env(&[])).unwrap()
+        spec_from(&[])
     }
 
     #[test]
     fn the_default_image_is_the_pinned_community_release() {
         let spec = default_spec();
         assert_eq!(spec.image, "localstack/localstack");
-        assert_eq!(spec.tag, "4.14");
-        assert_eq!(spec.image_reference(), "localstack/localstack:4.14");
+        assert_eq!(spec.tag, "4.14.0");
+        assert_eq!(spec.image_reference(), "localstack/localstack:4.14.0");
         assert_eq!(
             spec.container_request().descriptor(),
-            "localstack/localstack:4.14"
+            "localstack/localstack:4.14.0"
         );
     }
 
     #[test]
     fn the_image_variable_overrides_name_and_tag() {
-        let spec = LocalStackSpec::from_lookup(env(&[(
+        let spec = spec_from(&[(
             "ITESTS_LOCALSTACK_IMAGE",
             "localstack/localstack-pro:4.15.0",
-        )]))
-        .unwrap();
+        )]);
         assert_eq!(spec.image, "localstack/localstack-pro");
         assert_eq!(spec.tag, "4.15.0");
         assert_eq!(
@@ -392,8 +718,8 @@ mod tests {
             )
         );
         assert_eq!(
-            parse_image("mirror.example/localstack:4.14").unwrap(),
-            ("mirror.example/localstack".to_owned(), "4.14".to_owned())
+            parse_image("mirror.example/localstack:4.14.0").unwrap(),
+            ("mirror.example/localstack".to_owned(), "4.14.0".to_owned())
         );
     }
 
@@ -403,19 +729,23 @@ mod tests {
             "localstack/localstack",
             "localhost:5000/localstack",
             "localstack/localstack:",
-            ":4.14",
+            ":4.14.0",
             "localstack/localstack@sha256:abcd",
-            "local stack:4.14",
+            "local stack:4.14.0",
         ] {
-            let err = LocalStackSpec::from_lookup(env(&[("ITESTS_LOCALSTACK_IMAGE", value)]))
-                .unwrap_err();
+            let err = LocalStackSpec::from_lookup(
+                env(&[("ITESTS_LOCALSTACK_IMAGE", value)]),
+                DockerHost::default_socket(),
+                Path::new("/state"),
+            )
+            .unwrap_err();
             assert!(
                 matches!(err, BackendError::BadLocalStackImage { .. }),
                 "{value}: {err}"
             );
             assert_eq!(
                 err.to_string(),
-                format!("ITESTS_LOCALSTACK_IMAGE={value:?} is not an image of the form name:tag: set it to one such as localstack/localstack:4.14, or unset it for that default")
+                format!("ITESTS_LOCALSTACK_IMAGE={value:?} is not an image of the form name:tag: set it to one such as localstack/localstack:4.14.0, or unset it for that default")
             );
         }
     }
@@ -423,11 +753,10 @@ mod tests {
     #[test]
     fn the_auth_token_is_passed_only_when_set_and_never_printed() {
         assert!(!default_spec().env.contains_key("LOCALSTACK_AUTH_TOKEN"));
-        let blank = LocalStackSpec::from_lookup(env(&[("LOCALSTACK_AUTH_TOKEN", "")])).unwrap();
+        let blank = spec_from(&[("LOCALSTACK_AUTH_TOKEN", "")]);
         assert!(!blank.env.contains_key("LOCALSTACK_AUTH_TOKEN"));
 
-        let spec = LocalStackSpec::from_lookup(env(&[("LOCALSTACK_AUTH_TOKEN", "ls-secret-1234")]))
-            .unwrap();
+        let spec = spec_from(&[("LOCALSTACK_AUTH_TOKEN", "ls-secret-1234")]);
         assert_eq!(
             spec.env.get("LOCALSTACK_AUTH_TOKEN").map(String::as_str),
             Some("ls-secret-1234")
@@ -449,18 +778,27 @@ mod tests {
         };
         assert_eq!(default_spec().mounts, vec![expected]);
 
-        let rootless = LocalStackSpec::from_lookup(env(&[(
-            "DOCKER_HOST",
+        let spec_on = |host: DockerHost| {
+            LocalStackSpec::from_lookup(env(&[]), host, Path::new("/state")).unwrap()
+        };
+        let rootless = spec_on(DockerHost::from_variable(
             "unix:///run/user/1000/docker.sock",
-        )]))
-        .unwrap();
-        assert_eq!(rootless.docker_host, "unix:///run/user/1000/docker.sock");
+        ));
+        assert_eq!(
+            rootless.docker_host.address,
+            "unix:///run/user/1000/docker.sock"
+        );
         assert_eq!(rootless.mounts[0].source, "/run/user/1000/docker.sock");
         assert_eq!(rootless.mounts[0].target, "/var/run/docker.sock");
 
-        let remote =
-            LocalStackSpec::from_lookup(env(&[("DOCKER_HOST", "tcp://10.0.0.5:2375")])).unwrap();
+        let remote = spec_on(DockerHost::from_variable("tcp://10.0.0.5:2375"));
         assert_eq!(remote.mounts[0].source, "/var/run/docker.sock");
+
+        let desktop = spec_on(DockerHost {
+            address: "unix:///Users/dev/.docker/run/docker.sock".to_owned(),
+            source: HostSource::UserSocket,
+        });
+        assert_eq!(desktop.mounts[0].source, "/var/run/docker.sock");
 
         let request = rootless.container_request();
         let mounts: Vec<_> = request
@@ -477,13 +815,125 @@ mod tests {
     }
 
     #[test]
-    fn only_the_stacks_services_start_and_lambdas_join_localstacks_network() {
+    fn resource_types_map_to_localstacks_service_names() {
+        for (resource_type, service) in [
+            ("AWS::DynamoDB::Table", "dynamodb"),
+            ("AWS::S3::BucketPolicy", "s3"),
+            ("AWS::Logs::LogGroup", "logs"),
+            ("AWS::IAM::Role", "iam"),
+            ("AWS::Lambda::EventSourceMapping", "lambda"),
+            ("AWS::SQS::Queue", "sqs"),
+            ("AWS::CloudWatch::Alarm", "cloudwatch"),
+            ("AWS::CloudWatch::Dashboard", "cloudwatch"),
+            ("AWS::SNS::Topic", "sns"),
+            ("AWS::KMS::Key", "kms"),
+            ("AWS::KinesisFirehose::DeliveryStream", "firehose"),
+            ("AWS::CertificateManager::Certificate", "acm"),
+            (
+                "AWS::Cognito::IdentityPoolRoleAttachment",
+                "cognito-identity",
+            ),
+            ("AWS::Cognito::UserPoolClient", "cognito-idp"),
+            ("AWS::ElasticLoadBalancingV2::Listener", "elbv2"),
+            ("AWS::ElasticLoadBalancing::LoadBalancer", "elb"),
+        ] {
+            assert_eq!(
+                service_of_resource_type(resource_type).as_deref(),
+                Some(service),
+                "{resource_type}"
+            );
+        }
+        assert_eq!(service_of_resource_type("NotAType"), None);
+    }
+
+    #[test]
+    fn every_service_the_template_needs_is_started() {
+        let template = default_template();
+        let types = resource_types(&template);
+        assert!(types.contains("AWS::DynamoDB::Table"), "{types:?}");
+        let spec = default_spec();
+        let started = spec.services();
+        for resource_type in &types {
+            let service = service_of_resource_type(resource_type).expect("an AWS type");
+            assert!(
+                started.contains(&service.as_str()),
+                "{resource_type} needs {service}, which SERVICES={started:?} leaves out"
+            );
+        }
+        for dependency in INTERNAL_DEPENDENCIES {
+            if started.contains(&dependency.service) {
+                assert!(
+                    started.contains(&dependency.needs),
+                    "{} needs {} ({}), which SERVICES leaves out",
+                    dependency.service,
+                    dependency.needs,
+                    dependency.why
+                );
+            }
+        }
+        for (service, why) in CALLED_DIRECTLY.iter().chain(PLANNED) {
+            assert!(
+                started.contains(service),
+                "{service} ({why}) is not started"
+            );
+        }
+    }
+
+    #[test]
+    fn an_encrypted_table_starts_kms() {
+        // SSESpecification.SSEEnabled: LocalStack's DynamoDB creates a KMS key for the table.
+        let template = default_template();
+        let table = template["Resources"]
+            .as_object()
+            .unwrap()
+            .values()
+            .find(|r| r["Type"] == "AWS::DynamoDB::Table")
+            .unwrap();
+        assert_eq!(table["Properties"]["SSESpecification"]["SSEEnabled"], true);
+        assert!(default_spec().services().contains(&"kms"));
+    }
+
+    #[test]
+    fn the_services_are_exactly_these() {
+        assert_eq!(
+            default_spec().env["SERVICES"],
+            "cloudformation,cloudwatch,dynamodb,dynamodbstreams,iam,kinesis,kms,lambda,logs,s3,sns,sqs,sts"
+        );
+    }
+
+    #[test]
+    fn dependencies_are_followed_until_nothing_is_missing() {
+        let template = serde_json::json!({
+            "Resources": { "Table": { "Type": "AWS::DynamoDB::Table" } }
+        });
+        let services = required_services(&template).unwrap();
+        // dynamodb -> dynamodbstreams -> kinesis, and dynamodb -> kms.
+        for service in ["dynamodb", "dynamodbstreams", "kinesis", "kms"] {
+            assert!(services.contains(service), "{service}: {services:?}");
+        }
+        let untyped = serde_json::json!({ "Resources": { "X": { "Type": "NotAType" } } });
+        let err = required_services(&untyped).unwrap_err();
+        assert!(
+            matches!(err, BackendError::UnknownResourceType { .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("\"NotAType\""), "{err}");
+    }
+
+    #[test]
+    fn unsupported_resource_types_fail_the_stack() {
+        let spec = default_spec();
+        assert_eq!(spec.env["CFN_IGNORE_UNSUPPORTED_RESOURCE_TYPES"], "0");
+        assert!(spec
+            .container_request()
+            .env_vars()
+            .any(|(name, value)| name == "CFN_IGNORE_UNSUPPORTED_RESOURCE_TYPES" && value == "0"));
+    }
+
+    #[test]
+    fn lambdas_join_localstacks_network() {
         let spec = default_spec();
         let env = &spec.env;
-        assert_eq!(
-            env["SERVICES"],
-            "cloudformation,dynamodb,dynamodbstreams,s3,iam,lambda,sqs,sts,logs"
-        );
         assert_eq!(env["DEBUG"], "0");
         assert_eq!(env["EAGER_SERVICE_LOADING"], "1");
         assert_eq!(env["LAMBDA_RUNTIME_ENVIRONMENT_TIMEOUT"], "180");
@@ -511,6 +961,39 @@ mod tests {
     }
 
     #[test]
+    fn one_log_per_run_named_after_the_run() {
+        assert_eq!(run_name(4242), "e2e-4242");
+        assert_eq!(
+            log_path(Path::new("/work/target/usersync"), "e2e-4242"),
+            PathBuf::from("/work/target/usersync/itests/e2e-4242.localstack.log")
+        );
+        let spec = default_spec();
+        assert_eq!(spec.run, format!("e2e-{}", std::process::id()));
+        assert_eq!(
+            spec.log_path,
+            PathBuf::from(format!(
+                "/work/target/usersync/itests/e2e-{}.localstack.log",
+                std::process::id()
+            ))
+        );
+    }
+
+    #[test]
+    fn a_log_is_written_with_its_directory() {
+        let dir =
+            std::env::temp_dir().join(format!("itests-localstack-log-{}", std::process::id()));
+        let path = log_path(&dir, "e2e-1");
+        write_log(&path, "Ready.\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "Ready.\n");
+        std::fs::remove_dir_all(&dir).unwrap();
+
+        let blocked = Path::new("/proc/itests-no-such-dir/e2e-1.localstack.log");
+        let err = write_log(blocked, "x").unwrap_err();
+        assert!(matches!(err, BackendError::LocalStackLog { .. }), "{err}");
+        assert!(err.to_string().contains("e2e-1.localstack.log"), "{err}");
+    }
+
+    #[test]
     fn ready_means_localstacks_ready_line() {
         let spec = default_spec();
         assert_eq!(
@@ -533,14 +1016,19 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn starting_without_a_docker_daemon_fails_fast_and_says_what_to_do() {
-        let spec = LocalStackSpec::from_lookup(env(&[(
-            "DOCKER_HOST",
-            "unix:///nonexistent/usersync-itests/docker.sock",
-        )]))
-        .unwrap();
-        let result = tokio::time::timeout(Duration::from_secs(20), start(&spec))
-            .await
-            .expect("start returns instead of hanging");
+        let host = DockerHost::from_variable("unix:///nonexistent/usersync-itests/docker.sock");
+        let spec =
+            LocalStackSpec::from_lookup(env(&[]), host.clone(), Path::new("/state")).unwrap();
+        let probe = DockerProbe::unanswered(
+            host,
+            "Socket not found: /nonexistent/usersync-itests/docker.sock",
+        );
+        let result = tokio::time::timeout(
+            Duration::from_secs(20),
+            start_after(&spec, std::future::ready(probe)),
+        )
+        .await
+        .expect("start returns instead of hanging");
         let err = result.expect_err("no daemon answers there");
         assert!(
             matches!(err, BackendError::DockerUnavailable { .. }),
@@ -549,7 +1037,7 @@ mod tests {
         let message = err.to_string();
         assert!(
             message.starts_with(
-                "no Docker daemon answered at unix:///nonexistent/usersync-itests/docker.sock"
+                "no Docker daemon answered at unix:///nonexistent/usersync-itests/docker.sock (DOCKER_HOST): Socket not found"
             ),
             "{message}"
         );

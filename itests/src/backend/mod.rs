@@ -4,11 +4,13 @@
 //! own event source mapping runs the function in Lambda's `provided.al2023` image), `local`
 //! (the embedded emulator, with the function run on this machine) or `endpoint` (any running
 //! AWS-compatible emulator at `ITESTS_ENDPOINT_URL` that runs Lambdas itself). Unset, it is
-//! LocalStack when a Docker daemon answers and the local backend otherwise. [`select`] decides
+//! LocalStack when a Docker daemon answers (found as testcontainers finds it: see [`docker`])
+//! and the local backend otherwise, saying where it looked and why. [`select`] decides
 //! without touching the environment, so every case is testable; [`select_from_env`] applies it
 //! to this process.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::str::FromStr;
 
 use deployer::artifact::Purpose;
@@ -18,7 +20,7 @@ pub mod docker;
 pub mod endpoint;
 pub mod localstack;
 
-pub use docker::docker_daemon_answers;
+pub use docker::{docker_daemon_answers, DockerProbe};
 
 /// The variable that selects the backend.
 pub const BACKEND_VARIABLE: &str = "ITESTS_BACKEND";
@@ -105,20 +107,35 @@ pub enum BackendError {
     #[error("{}={value:?} is not usable: {reason}; set it to the emulator's http(s) URL, such as http://localhost:4566", endpoint::ENDPOINT_URL_VARIABLE)]
     BadEndpointUrl { value: String, reason: String },
 
-    #[error("no Docker daemon answered at {docker_host}, and the LocalStack backend needs one to run LocalStack and the function's Lambda containers: start Docker (or point DOCKER_HOST at a running daemon), or use the embedded local backend with {BACKEND_VARIABLE}=local")]
-    DockerUnavailable { docker_host: String },
+    #[error("no Docker daemon answered at {docker_host}: {why}; the LocalStack backend needs one to run LocalStack and the function's Lambda containers: start Docker (or point DOCKER_HOST, or tc.host in ~/.testcontainers.properties, at a running daemon), or use the embedded local backend with {BACKEND_VARIABLE}=local")]
+    DockerUnavailable {
+        /// The address testcontainers used, and where it came from.
+        docker_host: String,
+        /// Why the daemon did not answer.
+        why: String,
+    },
 
     #[error("{}={value:?} is not an image of the form name:tag: set it to one such as {}:{}, or unset it for that default", localstack::IMAGE_VARIABLE, localstack::DEFAULT_IMAGE, localstack::DEFAULT_TAG)]
     BadLocalStackImage { value: String },
 
-    #[error("failed to start the LocalStack container {image}: {source}; check that `docker info` works and that the image can be pulled (LocalStack 4.15 and later also need LOCALSTACK_AUTH_TOKEN)")]
+    #[error("failed to start the LocalStack container {image} (check that `docker info` works and that the image can be pulled; LocalStack 4.15 and later also need LOCALSTACK_AUTH_TOKEN)")]
     LocalStackStart {
         image: String,
         #[source]
         source: Box<testcontainers::TestcontainersError>,
     },
 
-    #[error("the LocalStack container {image} started, but {action} failed: {source}")]
+    #[error("the stack's template has a resource type {resource_type:?} that names no AWS service, so the LocalStack services it needs are unknown")]
+    UnknownResourceType { resource_type: String },
+
+    #[error("failed to write LocalStack's log to {}", path.display())]
+    LocalStackLog {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("the LocalStack container {image} started, but {action} failed")]
     LocalStackContainer {
         image: String,
         action: &'static str,
@@ -128,18 +145,26 @@ pub enum BackendError {
 }
 
 /// Chooses the backend from `lookup` (environment variables by name) and, only when
-/// `ITESTS_BACKEND` is unset or `localstack`, `docker_available` (whether a Docker daemon
-/// answers at `DOCKER_HOST`).
+/// `ITESTS_BACKEND` is unset or `localstack`, `docker` (whether a Docker daemon answers, where
+/// testcontainers looked, and why not).
 pub fn select(
     lookup: impl Fn(&str) -> Option<String>,
-    docker_available: impl FnOnce() -> bool,
+    docker: impl FnOnce() -> DockerProbe,
 ) -> Result<Selection, BackendError> {
-    let docker_host = docker::docker_host(&lookup);
     let Some(kind) = requested(&lookup)? else {
-        let (kind, mut reason) = if docker_available() {
-            (BackendKind::LocalStack, format!("{BACKEND_VARIABLE} is unset and a Docker daemon answered at {docker_host}; using LocalStack"))
+        let probe = docker();
+        let (kind, mut reason) = if probe.is_answered() {
+            (
+                BackendKind::LocalStack,
+                format!("{BACKEND_VARIABLE} is unset and {probe}; using LocalStack"),
+            )
         } else {
-            (BackendKind::Local, format!("{BACKEND_VARIABLE} is unset and no Docker daemon answered at {docker_host}; using the embedded local backend"))
+            (
+                BackendKind::Local,
+                format!(
+                    "{BACKEND_VARIABLE} is unset and {probe}; using the embedded local backend"
+                ),
+            )
         };
         if set(&lookup, endpoint::ENDPOINT_URL_VARIABLE).is_some() {
             reason.push_str(&format!(
@@ -151,8 +176,12 @@ pub fn select(
     };
     let reason = match kind {
         BackendKind::LocalStack => {
-            if !docker_available() {
-                return Err(BackendError::DockerUnavailable { docker_host });
+            let probe = docker();
+            if let Err(why) = probe.outcome {
+                return Err(BackendError::DockerUnavailable {
+                    docker_host: probe.host.to_string(),
+                    why,
+                });
             }
             format!("{BACKEND_VARIABLE}=localstack")
         }
@@ -165,17 +194,17 @@ pub fn select(
     Ok(Selection { kind, reason })
 }
 
-/// [`select`] over this process's environment, pinging the Docker daemon only when the
-/// choice depends on it.
+/// [`select`] over this process's environment, pinging the Docker daemon (through
+/// testcontainers' own client) only when the choice depends on it.
 pub async fn select_from_env() -> Result<Selection, BackendError> {
     let lookup = |name: &str| std::env::var(name).ok();
-    let docker_available = match requested(lookup)? {
-        None | Some(BackendKind::LocalStack) => {
-            docker::daemon_answers_at(&docker::docker_host(lookup), docker::PING_TIMEOUT).await
-        }
-        Some(BackendKind::Local | BackendKind::Endpoint) => false,
+    let probe = match requested(lookup)? {
+        None | Some(BackendKind::LocalStack) => Some(docker::probe().await),
+        Some(BackendKind::Local | BackendKind::Endpoint) => None,
     };
-    select(lookup, || docker_available)
+    select(lookup, || {
+        probe.expect("the daemon is probed whenever the selection depends on it")
+    })
 }
 
 /// The kind `ITESTS_BACKEND` asks for; `None` when it is unset or blank.
@@ -208,8 +237,19 @@ mod tests {
         }
     }
 
-    fn never_probed() -> bool {
+    fn never_probed() -> DockerProbe {
         panic!("the Docker daemon must not be probed for this selection")
+    }
+
+    fn answered() -> DockerProbe {
+        DockerProbe::answered(docker::DockerHost::default_socket())
+    }
+
+    fn socket_missing() -> DockerProbe {
+        DockerProbe::unanswered(
+            docker::DockerHost::default_socket(),
+            "testcontainers could not set up its Docker client: failed to initialize a docker client: Socket not found: /var/run/docker.sock",
+        )
     }
 
     #[test]
@@ -228,27 +268,33 @@ mod tests {
 
     #[test]
     fn unset_with_docker_selects_localstack() {
-        let selection = select(env(&[]), || true).unwrap();
+        let selection = select(env(&[]), answered).unwrap();
         assert_eq!(selection.kind, BackendKind::LocalStack);
         assert_eq!(
             selection.reason,
-            "ITESTS_BACKEND is unset and a Docker daemon answered at unix:///var/run/docker.sock; using LocalStack"
+            "ITESTS_BACKEND is unset and a Docker daemon answered at unix:///var/run/docker.sock (the default socket); using LocalStack"
         );
     }
 
     #[test]
     fn unset_without_docker_selects_local_and_says_where_it_looked() {
-        let selection = select(env(&[("DOCKER_HOST", "tcp://10.1.2.3:2375")]), || false).unwrap();
+        let refused = || {
+            DockerProbe::unanswered(
+                docker::DockerHost::from_variable("tcp://10.1.2.3:2375"),
+                "connection refused",
+            )
+        };
+        let selection = select(env(&[]), refused).unwrap();
         assert_eq!(selection.kind, BackendKind::Local);
         assert_eq!(
             selection.reason,
-            "ITESTS_BACKEND is unset and no Docker daemon answered at tcp://10.1.2.3:2375; using the embedded local backend"
+            "ITESTS_BACKEND is unset and no Docker daemon answered at tcp://10.1.2.3:2375 (DOCKER_HOST): connection refused; using the embedded local backend"
         );
     }
 
     #[test]
     fn blank_counts_as_unset() {
-        let selection = select(env(&[("ITESTS_BACKEND", " ")]), || false).unwrap();
+        let selection = select(env(&[("ITESTS_BACKEND", " ")]), socket_missing).unwrap();
         assert_eq!(selection.kind, BackendKind::Local);
     }
 
@@ -256,7 +302,7 @@ mod tests {
     fn unset_backend_mentions_an_ignored_endpoint_url() {
         let selection = select(
             env(&[("ITESTS_ENDPOINT_URL", "http://localhost:4566")]),
-            || false,
+            socket_missing,
         )
         .unwrap();
         assert_eq!(selection.kind, BackendKind::Local);
@@ -279,7 +325,7 @@ mod tests {
             }
         );
         assert_eq!(
-            select(env(&[("ITESTS_BACKEND", "localstack")]), || true).unwrap(),
+            select(env(&[("ITESTS_BACKEND", "localstack")]), answered).unwrap(),
             Selection {
                 kind: BackendKind::LocalStack,
                 reason: "ITESTS_BACKEND=localstack".to_owned()
@@ -337,11 +383,11 @@ mod tests {
 
     #[test]
     fn explicit_localstack_without_docker_says_why_and_what_to_do() {
-        let err = select(env(&[("ITESTS_BACKEND", "localstack")]), || false).unwrap_err();
+        let err = select(env(&[("ITESTS_BACKEND", "localstack")]), socket_missing).unwrap_err();
         assert!(matches!(err, BackendError::DockerUnavailable { .. }));
         let message = err.to_string();
         assert!(
-            message.starts_with("no Docker daemon answered at unix:///var/run/docker.sock"),
+            message.starts_with("no Docker daemon answered at unix:///var/run/docker.sock (the default socket): testcontainers could not set up its Docker client: failed to initialize a docker client: Socket not found: /var/run/docker.sock; "),
             "{message}"
         );
         assert!(message.contains("start Docker"), "{message}");

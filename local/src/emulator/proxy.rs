@@ -1,7 +1,7 @@
 //! A loopback HTTP/1 reverse proxy in front of one upstream. Requests pass through unchanged
 //! unless its [`Interceptor`] takes them: the emulator's front rewrites `BatchWriteItem`
-//! ([`crate::emulator::front`]), and the test suite's fault injector fails, delays or cuts S3
-//! requests.
+//! ([`crate::emulator::front`]), and the fault injector ([`crate::emulator::faults`]) fails,
+//! delays or cuts requests.
 //!
 //! Bodies are streamed, not buffered, so passing through costs one loopback hop.
 
@@ -78,7 +78,7 @@ pub struct Upstream {
 
 /// The upstream did not answer.
 #[derive(Debug, thiserror::Error)]
-#[error("failed to reach the upstream {authority}: {source}")]
+#[error("failed to reach the upstream {authority}")]
 pub struct UpstreamError {
     authority: String,
     #[source]
@@ -189,7 +189,7 @@ async fn handle(
     match interceptor.intercept(request, upstream).await {
         Intercepted::Forward(request) => match upstream.send(request).await {
             Ok(response) => Ok(response.map(BodyExt::boxed)),
-            Err(err) => Ok(bad_gateway(&err.to_string())),
+            Err(err) => Ok(bad_gateway(&deployer::errors::chain(&err))),
         },
         Intercepted::Respond(response) => Ok(response),
         // Returning an error makes hyper close the connection without a response.

@@ -21,6 +21,7 @@ use crate::mapping::poller::{Poller, PollerError, PollerObserver, PollerOptions}
 use crate::mapping::settings::{MappingError, MappingSettings};
 use crate::runtime::function_host::{FunctionHost, FunctionSpec, HostError, OutputSink};
 use deployer::target::Target;
+use usersync_function::config::vars;
 
 /// Why the local pipeline could not start.
 #[derive(Debug, thiserror::Error)]
@@ -37,9 +38,9 @@ pub enum PipelineError {
     Mapping(#[from] MappingError),
     #[error("failed to resolve credentials for the function: {0}; configure AWS credentials or pass --profile")]
     Credentials(String),
-    #[error("failed to start the function: {0}")]
+    #[error("failed to start the function")]
     Host(#[from] HostError),
-    #[error("failed to start the poller for mapping {uuid}: {source}")]
+    #[error("failed to start the poller for mapping {uuid}")]
     Poller {
         uuid: String,
         #[source]
@@ -239,7 +240,7 @@ async fn function_environment(
         environment.insert("AWS_ENDPOINT_URL".into(), endpoint);
         // Emulators serve buckets by path, not by virtual host.
         environment
-            .entry("S3_FORCE_PATH_STYLE".into())
+            .entry(vars::S3_FORCE_PATH_STYLE.into())
             .or_insert_with(|| "true".into());
     }
     Ok(environment)

@@ -25,7 +25,23 @@ impl InvokeOutcome {
     }
 }
 
+/// One invocation: the request id it ran under and how it ended.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Invoked {
+    /// The invocation's own request id: the `Lambda-Runtime-Aws-Request-Id` the runtime was
+    /// given, which the function's log lines carry. An on-failure record names it.
+    pub request_id: String,
+    pub outcome: InvokeOutcome,
+}
+
 /// Something that invokes the function synchronously with a payload.
 pub trait Invoker: Send + Sync {
-    fn invoke(&self, payload: Value) -> impl Future<Output = InvokeOutcome> + Send;
+    /// Invokes the function with `payload`; reports the request id it used with the outcome.
+    fn invoke_reporting_id(&self, payload: Value) -> impl Future<Output = Invoked> + Send;
+
+    /// Invokes the function with `payload`, for callers that do not need the request id.
+    fn invoke(&self, payload: Value) -> impl Future<Output = InvokeOutcome> + Send {
+        let invoked = self.invoke_reporting_id(payload);
+        async move { invoked.await.outcome }
+    }
 }

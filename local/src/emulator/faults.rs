@@ -1,15 +1,19 @@
-//! A fault injector for the function's S3 traffic: a [`Interceptor`] for
-//! `usersync_local::emulator::proxy` that answers some requests with S3's `500 InternalError` or
-//! `503 SlowDown`, drops the connection before or after the request reached S3, or delays
-//! requests, at chosen rates; or makes S3 unreachable altogether until told otherwise.
+//! A fault-injecting [`Interceptor`] for [`super::proxy`], and a proxy built on it: it answers
+//! some requests with S3's `500 InternalError` or `503 SlowDown`, drops the connection before
+//! or after the request reached the upstream, holds some requests for a latency spike, at
+//! chosen rates; adds a fixed latency and a jitter to every request; or makes the upstream
+//! unreachable altogether until told otherwise. The fault tests put it in front of the
+//! function's S3 traffic; a benchmark can put it in front of anything that speaks HTTP/1.
 //!
 //! Decisions are deterministic: the fault for a request is drawn from a SplitMix64 generator
-//! seeded with the seed, the request's method and path, and how many times that same request
-//! was seen before. Running the same requests with the same seed injects the same faults into
-//! the same requests, whatever order concurrent requests arrive in; a retry of a request (its
-//! next occurrence) gets a fresh draw.
+//! seeded with the seed, the request's method and path (hashed with FNV-1a), and how many
+//! times that same request was seen before. Running the same requests with the same seed
+//! injects the same faults into the same requests, whatever order concurrent requests arrive
+//! in; a retry of a request (its next occurrence) gets a fresh draw. The README's Reliability
+//! figures come from these seeds: the generator and the draws are pinned by tests below, and
+//! the jitter is a draw of its own after them, so it changes no fault.
 //!
-//! Counters say what was injected, so tests can assert that the faults happened.
+//! Counters say what was injected, so callers can assert that the faults happened.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -18,7 +22,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
-use usersync_local::emulator::proxy::{
+
+use super::proxy::{
     full_body, BoxFuture, Intercepted, Interceptor, ProxyBody, ReverseProxy, Upstream,
 };
 
@@ -57,21 +62,21 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 }
 
 /// How often each fault is injected, as probabilities per request. The four failures exclude
-/// each other (their sum must not exceed 1); latency is drawn separately and may come with any
-/// of them.
+/// each other (their sum must not exceed 1); a latency spike is drawn separately and may come
+/// with any of them.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct FaultRates {
-    /// `500 InternalError`, S3's XML error body; the request does not reach S3.
+    /// `500 InternalError`, S3's XML error body; the request does not reach the upstream.
     pub internal_error: f64,
-    /// `503 SlowDown`, S3's throttling answer; the request does not reach S3.
+    /// `503 SlowDown`, S3's throttling answer; the request does not reach the upstream.
     pub slow_down: f64,
-    /// The connection is dropped before the request reaches S3.
+    /// The connection is dropped before the request reaches the upstream.
     pub reset: f64,
-    /// The request reaches S3 and is applied, then the connection is dropped before the
-    /// answer: the caller cannot tell it apart from a reset, and retries an operation that
+    /// The request reaches the upstream and is applied, then the connection is dropped before
+    /// the answer: the caller cannot tell it apart from a reset, and retries an operation that
     /// already happened.
     pub lost_response: f64,
-    /// The request is held for [`FaultConfig::latency`] before anything else happens.
+    /// The request is held for [`FaultConfig::spike`] before anything else happens.
     pub latency: f64,
 }
 
@@ -120,22 +125,65 @@ impl FaultRates {
     }
 }
 
+/// A jitter range must not be upside down.
+fn check_jitter(jitter: Option<(Duration, Duration)>) {
+    if let Some((low, high)) = jitter {
+        assert!(
+            low <= high,
+            "the jitter range runs from its low to its high end: {low:?} > {high:?}"
+        );
+    }
+}
+
 /// The injector's settings.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct FaultConfig {
     pub seed: u64,
     pub rates: FaultRates,
-    /// How long a delayed request is held.
-    pub latency: Duration,
+    /// How long a request picked by [`FaultRates::latency`] is held (on top of `latency` and
+    /// `jitter`).
+    pub spike: Duration,
+    /// Latency added to every request, before its fault (if any) happens.
+    pub latency: Option<Duration>,
+    /// A further latency for every request, drawn uniformly from `[low, high)` by the
+    /// request's own generator (so the same request of the same seed gets the same jitter).
+    pub jitter: Option<(Duration, Duration)>,
 }
 
 impl FaultConfig {
+    /// `rates` under `seed`, spikes of 100 ms, and no added latency or jitter.
     pub fn new(seed: u64, rates: FaultRates) -> Self {
         Self {
             seed,
             rates,
-            latency: Duration::from_millis(100),
+            spike: Duration::from_millis(100),
+            latency: None,
+            jitter: None,
         }
+    }
+
+    /// The same with `latency` added to every request.
+    pub fn with_latency(self, latency: Duration) -> Self {
+        Self {
+            latency: Some(latency),
+            ..self
+        }
+    }
+
+    /// The same with a jitter from `low` up to `high` added to every request.
+    ///
+    /// Panics if `low > high`.
+    pub fn with_jitter(self, low: Duration, high: Duration) -> Self {
+        check_jitter(Some((low, high)));
+        Self {
+            jitter: Some((low, high)),
+            ..self
+        }
+    }
+
+    fn check(&self) {
+        self.rates.check();
+        check_jitter(self.jitter);
     }
 }
 
@@ -154,7 +202,8 @@ pub enum Fault {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Decision {
     pub fault: Fault,
-    /// Held this long first.
+    /// Held this long first: the added latency, the jitter and the spike, if any of them
+    /// applies.
     pub delay: Option<Duration>,
 }
 
@@ -184,7 +233,15 @@ pub fn decide(config: &FaultConfig, identity: &str, occurrence: u64) -> Decision
             break;
         }
     }
-    let delay = (rng.next_f64() < rates.latency).then_some(config.latency);
+    let spike = (rng.next_f64() < rates.latency).then_some(config.spike);
+    // Drawn after the fault and the spike, so that a jitter changes neither.
+    let jitter = config
+        .jitter
+        .map(|(low, high)| low + (high - low).mul_f64(rng.next_f64()));
+    let delay = [config.latency, jitter, spike]
+        .into_iter()
+        .flatten()
+        .reduce(|total, part| total + part);
     Decision { fault, delay }
 }
 
@@ -193,14 +250,15 @@ pub fn decide(config: &FaultConfig, identity: &str, occurrence: u64) -> Decision
 pub struct FaultCounts {
     /// Requests seen.
     pub requests: u64,
-    /// Requests passed on to S3 (lost responses included).
+    /// Requests passed on to the upstream (lost responses included).
     pub forwarded: u64,
     pub internal_errors: u64,
     pub slow_downs: u64,
     pub resets: u64,
     pub lost_responses: u64,
+    /// Requests held before anything else happened (added latency, jitter or a spike).
     pub delayed: u64,
-    /// Requests cut while S3 was made unreachable.
+    /// Requests cut while the upstream was made unreachable.
     pub unreachable: u64,
 }
 
@@ -232,7 +290,7 @@ fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
 
-/// The injector; share it with the proxy as an `Arc`.
+/// The injector; share it with the proxy as an `Arc` (or start a [`FaultProxy`]).
 pub struct FaultInjector {
     config: Mutex<FaultConfig>,
     unreachable: AtomicBool,
@@ -251,8 +309,10 @@ impl Drop for InFlight<'_> {
 }
 
 impl FaultInjector {
+    /// Panics if the rates are not probabilities, the failure rates add up to more than 1, or
+    /// the jitter range is upside down.
     pub fn new(config: FaultConfig) -> Self {
-        config.rates.check();
+        config.check();
         Self {
             config: Mutex::new(config),
             unreachable: AtomicBool::new(false),
@@ -261,16 +321,26 @@ impl FaultInjector {
         }
     }
 
+    fn config(&self) -> std::sync::MutexGuard<'_, FaultConfig> {
+        self.config.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Changes the rates from the next request on (the seed and what was seen stay).
     pub fn set_rates(&self, rates: FaultRates) {
         rates.check();
-        self.config
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .rates = rates;
+        self.config().rates = rates;
     }
 
-    /// With `true`, every request is cut as if S3 could not be reached, until set back.
+    /// Changes the added latency and the jitter from the next request on.
+    pub fn set_latency(&self, latency: Option<Duration>, jitter: Option<(Duration, Duration)>) {
+        check_jitter(jitter);
+        let mut config = self.config();
+        config.latency = latency;
+        config.jitter = jitter;
+    }
+
+    /// With `true`, every request is cut as if the upstream could not be reached, until set
+    /// back.
     pub fn set_unreachable(&self, unreachable: bool) {
         self.unreachable.store(unreachable, Ordering::SeqCst);
     }
@@ -295,7 +365,7 @@ impl FaultInjector {
         }
     }
 
-    /// Requests the proxy is working on now (being delayed or waiting for S3).
+    /// Requests the proxy is working on now (being delayed or waiting for the upstream).
     pub fn in_flight(&self) -> u64 {
         self.counters.in_flight.load(Ordering::Relaxed)
     }
@@ -310,7 +380,7 @@ impl FaultInjector {
             *count += 1;
             occurrence
         };
-        let config = *self.config.lock().unwrap_or_else(PoisonError::into_inner);
+        let config = *self.config();
         decide(&config, &identity, occurrence)
     }
 
@@ -331,7 +401,7 @@ impl FaultInjector {
         if let Some(delay) = decision.delay {
             bump(&counters.delayed);
             tokio::time::sleep(delay).await;
-            // S3 may have gone away while the request was held.
+            // The upstream may have gone away while the request was held.
             if self.is_unreachable() {
                 bump(&counters.unreachable);
                 return Intercepted::Reset;
@@ -357,8 +427,8 @@ impl FaultInjector {
             Fault::LostResponse => {
                 bump(&counters.forwarded);
                 bump(&counters.lost_responses);
-                // S3 answers once it has applied the request: the answer's arrival means the
-                // operation happened. It is then never delivered.
+                // The upstream answers once it has applied the request: the answer's arrival
+                // means the operation happened. It is then never delivered.
                 let _ = upstream.send(request).await;
                 Intercepted::Reset
             }
@@ -408,7 +478,8 @@ fn s3_error(request: &Request<ProxyBody>, status: StatusCode) -> Response<ProxyB
     response
 }
 
-/// A fault-injecting proxy in front of an S3 endpoint; stops when dropped.
+/// A fault-injecting proxy in front of an upstream (S3, or the whole emulator); stops when
+/// dropped.
 pub struct FaultProxy {
     proxy: ReverseProxy,
     injector: Arc<FaultInjector>,
@@ -417,11 +488,18 @@ pub struct FaultProxy {
 impl FaultProxy {
     /// Listens on a free loopback port and passes requests on to `upstream` through a
     /// [`FaultInjector`] with `config`.
+    ///
+    /// Panics as [`FaultInjector::new`] does on invalid settings.
     pub async fn start(upstream: SocketAddr, config: FaultConfig) -> std::io::Result<FaultProxy> {
         let injector = Arc::new(FaultInjector::new(config));
         let proxy =
             ReverseProxy::start(upstream, Arc::clone(&injector) as Arc<dyn Interceptor>).await?;
         Ok(FaultProxy { proxy, injector })
+    }
+
+    /// The address clients connect to.
+    pub fn addr(&self) -> SocketAddr {
+        self.proxy.addr()
     }
 
     /// `http://<addr>`: give it to the function as `AWS_ENDPOINT_URL_S3`.
@@ -436,6 +514,8 @@ impl FaultProxy {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Instant;
+
     use super::*;
 
     #[test]
@@ -548,7 +628,7 @@ mod tests {
                 decide(&always, &request, 0),
                 Decision {
                     fault: Fault::Reset,
-                    delay: Some(always.latency)
+                    delay: Some(always.spike)
                 }
             );
         }
@@ -558,6 +638,96 @@ mod tests {
     #[should_panic(expected = "add up to more than 1")]
     fn rates_over_one_are_refused() {
         FaultInjector::new(FaultConfig::new(1, FaultRates::failing(1.2)));
+    }
+
+    /// One letter per decision: `.` none, `I` 500, `S` 503, `R` reset, `L` lost response; in
+    /// lower case (`,` for none) when the request is also held.
+    fn letters(decisions: impl Iterator<Item = Decision>) -> String {
+        decisions
+            .map(|d| {
+                let letter = match d.fault {
+                    Fault::None => '.',
+                    Fault::InternalError => 'I',
+                    Fault::SlowDown => 'S',
+                    Fault::Reset => 'R',
+                    Fault::LostResponse => 'L',
+                };
+                match (d.delay.is_some(), letter) {
+                    (false, letter) => letter,
+                    (true, '.') => ',',
+                    (true, letter) => letter.to_ascii_lowercase(),
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_draws_are_pinned() {
+        // Recorded from the generator the README's Reliability figures were measured with:
+        // a change here changes which requests those seeds fail.
+        let config = FaultConfig::new(0x5EED_0030, FaultRates::failing(0.30));
+        let users =
+            (0..40).map(|i| decide(&config, &format!("PUT /bucket/user-{i:05}/userdata"), 0));
+        assert_eq!(letters(users), ".R.S.I.S.............................L.L");
+        let retries = (0..40).map(|n| decide(&config, "PUT /bucket/user-00000/userdata", n));
+        assert_eq!(letters(retries), ".R.S.R.LI.L...R......S..SR.....SI..S....");
+        let rates = FaultRates {
+            internal_error: 0.10,
+            slow_down: 0.05,
+            reset: 0.10,
+            lost_response: 0.05,
+            latency: 0.20,
+        };
+        let config = FaultConfig::new(2024, rates);
+        let spikes = |config: FaultConfig| {
+            letters((0..40).map(move |i| decide(&config, &format!("DELETE /b/u{i}/userdata"), 0)))
+        };
+        let pinned = ".,....IIi.L..IS.,,LS...R..S.,.RIS.,..,.r";
+        assert_eq!(spikes(config), pinned);
+        // Added latency holds every request and changes no fault.
+        let held = spikes(config.with_latency(Duration::from_millis(5)));
+        assert_eq!(held, pinned.replace('.', ",").to_ascii_lowercase());
+    }
+
+    #[test]
+    fn jitter_is_drawn_in_its_range_per_request_and_changes_no_fault() {
+        let rates = FaultRates {
+            latency: 0.3,
+            ..FaultRates::failing(0.3)
+        };
+        let plain = FaultConfig::new(77, rates);
+        let (low, high) = (Duration::from_millis(10), Duration::from_millis(30));
+        let jittery = plain
+            .with_latency(Duration::from_millis(50))
+            .with_jitter(low, high);
+        let mut jitters = Vec::new();
+        for i in 0..2000 {
+            let request = format!("PUT /b/u{i}/userdata");
+            let without = decide(&plain, &request, 0);
+            let with = decide(&jittery, &request, 0);
+            assert_eq!(with.fault, without.fault, "{request}");
+            assert_eq!(with, decide(&jittery, &request, 0), "deterministic");
+            let spike = without.delay.unwrap_or_default();
+            let jitter = with.delay.expect("every request is held") - Duration::from_millis(50);
+            let jitter = jitter - spike;
+            assert!(low <= jitter && jitter < high, "{request}: {jitter:?}");
+            jitters.push(jitter);
+        }
+        let mean = jitters.iter().sum::<Duration>() / jitters.len() as u32;
+        assert!(
+            mean > Duration::from_millis(18) && mean < Duration::from_millis(22),
+            "uniform over the range: mean {mean:?}"
+        );
+        // A range of one point is a fixed jitter.
+        let fixed = FaultConfig::new(1, FaultRates::NONE).with_jitter(low, low);
+        assert_eq!(decide(&fixed, "GET /", 0).delay, Some(low));
+    }
+
+    #[test]
+    #[should_panic(expected = "from its low to its high end")]
+    fn an_upside_down_jitter_is_refused() {
+        let _ = FaultConfig::new(1, FaultRates::NONE)
+            .with_jitter(Duration::from_millis(20), Duration::from_millis(10));
     }
 
     /// An upstream that answers every request with 200 and counts the requests whose body it
@@ -604,6 +774,51 @@ mod tests {
             }
         });
         (addr, hits)
+    }
+
+    #[tokio::test]
+    async fn a_request_through_the_proxy_takes_at_least_the_added_latency() {
+        let (upstream, hits) = counting_upstream().await;
+        let latency = Duration::from_millis(200);
+        let proxy = FaultProxy::start(
+            upstream,
+            FaultConfig::new(11, FaultRates::NONE).with_latency(latency),
+        )
+        .await
+        .unwrap();
+        let http = reqwest::Client::new();
+        let timed = |url: String| {
+            let http = http.clone();
+            async move {
+                let started = Instant::now();
+                let response = http.put(url).body("{}").send().await.unwrap();
+                assert_eq!(response.status(), 200);
+                started.elapsed()
+            }
+        };
+        for i in 0..3 {
+            let took = timed(format!("{}/bucket/u{i}/userdata", proxy.url())).await;
+            assert!(took >= latency, "request {i} took {took:?}");
+        }
+        let counts = proxy.injector().counts();
+        assert_eq!(
+            (counts.requests, counts.delayed, counts.forwarded),
+            (3, 3, 3)
+        );
+        assert_eq!(hits.load(Ordering::Relaxed), 3);
+
+        // With a jitter on top, every request takes at least the latency plus the jitter's low
+        // end; without either, the proxy holds nothing.
+        let low = Duration::from_millis(50);
+        proxy
+            .injector()
+            .set_latency(Some(latency), Some((low, Duration::from_millis(100))));
+        let took = timed(format!("{}/bucket/jittery", proxy.url())).await;
+        assert!(took >= latency + low, "took {took:?}");
+        proxy.injector().set_latency(None, None);
+        timed(format!("{}/bucket/quick", proxy.url())).await;
+        assert_eq!(proxy.injector().counts().delayed, 4);
+        assert_eq!(proxy.injector().in_flight(), 0);
     }
 
     #[tokio::test]
