@@ -416,7 +416,9 @@ async fn sdk_config(
         TargetKind::Endpoint(url) => {
             loader = loader.endpoint_url(url);
             // Emulators accept any credentials; use the environment's when it has some.
-            let has_keys = environment.iter().any(|(name, _)| name == "AWS_ACCESS_KEY_ID");
+            let has_keys = environment
+                .iter()
+                .any(|(name, _)| name == "AWS_ACCESS_KEY_ID");
             if !has_keys && options.profile.is_none() {
                 loader = loader.credentials_provider(test_credentials());
             }
@@ -450,7 +452,225 @@ async fn sdk_config(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use aws_config::retry::RetryConfig;
+    use aws_smithy_http_client::test_util::infallible_client_fn;
+    use aws_smithy_types::body::SdkBody;
+    use aws_types::os_shim_internal::{Env, Fs};
+
     use super::*;
+
+    #[test]
+    fn stray_endpoint_variables_are_listed_by_name() {
+        let environment = [
+            ("AWS_REGION", "eu-west-1"),
+            ("AWS_ENDPOINT_URL_S3", "http://localhost:4566"),
+            ("AWS_ENDPOINT_URL", "http://localhost:4566"),
+            ("AWS_ENDPOINT_URL_DYNAMODB_STREAMS", "http://localhost:8000"),
+            // Set to nothing: the SDK ignores it too.
+            ("AWS_ENDPOINT_URL_SQS", " "),
+            // Not endpoint variables.
+            ("AWS_ENDPOINT_URL_", "http://localhost:1"),
+            ("AWS_ENDPOINT_URLS", "http://localhost:2"),
+            ("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "true"),
+            ("MY_AWS_ENDPOINT_URL", "http://localhost:3"),
+        ];
+        let pairs = |list: &[(&str, &str)]| -> Vec<(String, String)> {
+            list.iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        assert_eq!(
+            stray_endpoint_variables(environment),
+            pairs(&[
+                ("AWS_ENDPOINT_URL", "http://localhost:4566"),
+                ("AWS_ENDPOINT_URL_DYNAMODB_STREAMS", "http://localhost:8000"),
+                ("AWS_ENDPOINT_URL_S3", "http://localhost:4566"),
+            ])
+        );
+        assert!(stray_endpoint_variables([("HOME", "/root")]).is_empty());
+    }
+
+    const HOME: &str = "/home/tester";
+
+    /// The configuration loader as `Target::connect` starts it, reading `environment` and, as
+    /// ~/.aws/config, `config_file`, its clients recording each request's URI in `uris`
+    /// (and getting an error back: no request leaves the process).
+    fn scripted_loader(
+        environment: &[(&str, &str)],
+        config_file: &str,
+        uris: &Arc<Mutex<Vec<String>>>,
+    ) -> ConfigLoader {
+        let mut variables = vec![("HOME", HOME)];
+        variables.extend_from_slice(environment);
+        let recorded = Arc::clone(uris);
+        let http_client = infallible_client_fn(move |request| {
+            recorded
+                .lock()
+                .expect("not poisoned")
+                .push(request.uri().to_string());
+            http::Response::builder()
+                .status(400)
+                .body(SdkBody::empty())
+                .expect("a valid response")
+        });
+        aws_config::defaults(BehaviorVersion::latest())
+            .env(Env::from_slice(&variables))
+            .fs(Fs::from_slice(&[(
+                &format!("{HOME}/.aws/config"),
+                config_file,
+            )]))
+            .http_client(http_client)
+            .retry_config(RetryConfig::disabled())
+            .credentials_provider(test_credentials())
+    }
+
+    /// An AWS target (no --endpoint-url, no --local) loaded from `environment` and `config_file`.
+    async fn aws_target(
+        environment: &[(&str, &str)],
+        config_file: &str,
+        uris: &Arc<Mutex<Vec<String>>>,
+    ) -> Target {
+        let loader = scripted_loader(environment, config_file, uris);
+        let environment: Vec<(String, String)> = environment
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let options = TargetOptions {
+            region: Some("eu-west-1".to_owned()),
+            ..TargetOptions::default()
+        };
+        let (sdk, notices) = sdk_config(loader, &TargetKind::Aws, &options, &environment)
+            .await
+            .expect("the target loads");
+        Target {
+            kind: TargetKind::Aws,
+            sdk,
+            notices,
+        }
+    }
+
+    /// Sends one request through each client the deployer uses; returns the URIs they went to.
+    async fn request_every_service(target: &Target, uris: &Arc<Mutex<Vec<String>>>) -> Vec<String> {
+        let _ = target.cloudformation().describe_stacks().send().await;
+        let _ = target.s3().list_buckets().send().await;
+        let _ = target.lambda().list_functions().send().await;
+        let _ = target.sqs().list_queues().send().await;
+        let _ = target.dynamodb().list_tables().send().await;
+        let _ = target.dynamodb_streams().list_streams().send().await;
+        let _ = target.sts().get_caller_identity().send().await;
+        let sent = uris.lock().expect("not poisoned").clone();
+        assert_eq!(sent.len(), 7, "{sent:#?}");
+        sent
+    }
+
+    fn all_to_aws(uris: &[String]) -> bool {
+        uris.iter().all(|uri| {
+            uri.starts_with("https://")
+                && uri
+                    .split('/')
+                    .nth(2)
+                    .is_some_and(|host| host.ends_with(".amazonaws.com"))
+        })
+    }
+
+    /// A leftover `AWS_ENDPOINT_URL` (and `AWS_ENDPOINT_URL_S3`) would send every request of an
+    /// AWS target to the emulator; the target ignores them, every client goes to AWS, and a
+    /// notice names each variable and --endpoint-url.
+    #[tokio::test]
+    async fn an_aws_target_ignores_endpoint_variables_and_says_so() {
+        let environment = [
+            ("AWS_ENDPOINT_URL", "http://localhost:4566"),
+            ("AWS_ENDPOINT_URL_S3", "http://localhost:4567"),
+        ];
+        // What the loader alone makes of that environment: the emulator.
+        let uris = Arc::new(Mutex::new(Vec::new()));
+        let plain = scripted_loader(&environment, "", &uris)
+            .region(Region::new("eu-west-1"))
+            .load()
+            .await;
+        assert_eq!(plain.endpoint_url(), Some("http://localhost:4566"));
+
+        let uris = Arc::new(Mutex::new(Vec::new()));
+        let target = aws_target(&environment, "", &uris).await;
+
+        assert_eq!(target.sdk.endpoint_url(), None);
+        let sent = request_every_service(&target, &uris).await;
+        assert!(all_to_aws(&sent), "{sent:#?}");
+        assert_eq!(
+            target.notices,
+            [
+                "AWS_ENDPOINT_URL is set (http://localhost:4566) but ignored: without \
+                 --endpoint-url the target is real AWS; pass --endpoint-url \
+                 http://localhost:4566 to use that endpoint",
+                "AWS_ENDPOINT_URL_S3 is set (http://localhost:4567) but ignored: without \
+                 --endpoint-url the target is real AWS; pass --endpoint-url \
+                 http://localhost:4567 to use that endpoint",
+            ]
+        );
+    }
+
+    /// The same for a profile's `endpoint_url` and its `services` section in ~/.aws/config.
+    #[tokio::test]
+    async fn an_aws_target_ignores_endpoints_from_the_config_file_and_says_so() {
+        let config_file = "[default]\nendpoint_url = http://localhost:4566\nservices = local\n\n\
+                           [services local]\ns3 =\n  endpoint_url = http://localhost:4567\n";
+        let uris = Arc::new(Mutex::new(Vec::new()));
+        let plain = scripted_loader(&[], config_file, &uris)
+            .region(Region::new("eu-west-1"))
+            .load()
+            .await;
+        assert_eq!(plain.endpoint_url(), Some("http://localhost:4566"));
+
+        let target = aws_target(&[], config_file, &uris).await;
+
+        assert_eq!(target.sdk.endpoint_url(), None);
+        let sent = request_every_service(&target, &uris).await;
+        assert!(all_to_aws(&sent), "{sent:#?}");
+        assert_eq!(
+            target.notices,
+            [
+                "endpoint_url in the AWS config file (for CloudFormation, Lambda, SQS, DynamoDB, \
+                 DynamoDB Streams, STS) is set (http://localhost:4566) but ignored: without \
+                 --endpoint-url the target is real AWS; pass --endpoint-url \
+                 http://localhost:4566 to use that endpoint",
+                "endpoint_url in the AWS config file (for S3) is set (http://localhost:4567) but \
+                 ignored: without --endpoint-url the target is real AWS; pass --endpoint-url \
+                 http://localhost:4567 to use that endpoint",
+            ]
+        );
+    }
+
+    /// An explicit endpoint (--endpoint-url) is used as given, whatever the environment says,
+    /// and needs no notice.
+    #[tokio::test]
+    async fn an_endpoint_target_uses_its_endpoint_over_the_variables() {
+        let environment = [("AWS_ENDPOINT_URL_S3", "http://localhost:4567")];
+        let uris = Arc::new(Mutex::new(Vec::new()));
+        let loader = scripted_loader(&environment, "", &uris);
+        let kind = TargetKind::Endpoint("http://localhost:9999".to_owned());
+        let options = TargetOptions {
+            region: Some("eu-west-1".to_owned()),
+            ..TargetOptions::default()
+        };
+        let environment = vec![(
+            "AWS_ENDPOINT_URL_S3".to_owned(),
+            "http://localhost:4567".to_owned(),
+        )];
+        let (sdk, notices) = sdk_config(loader, &kind, &options, &environment)
+            .await
+            .expect("the target loads");
+        let target = Target { kind, sdk, notices };
+
+        assert!(target.notices.is_empty());
+        let sent = request_every_service(&target, &uris).await;
+        assert!(
+            sent.iter()
+                .all(|uri| uri.starts_with("http://localhost:9999/")),
+            "{sent:#?}"
+        );
+    }
 
     #[test]
     fn endpoint_urls_give_their_host_and_port() {

@@ -6,7 +6,8 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use deployer::artifact::{
-    self, Architecture, Artifact, BuildError, BuildOptions, Builder, Plan, Purpose, Toolchain,
+    self, Architecture, Artifact, BuildError, BuildOptions, Builder, CargoLambda, Plan, Purpose,
+    Toolchain,
 };
 
 /// Zips `contents` as a fake binary in a fresh directory; returns the directory (kept alive),
@@ -273,7 +274,10 @@ fn glibc_up_to_2_34_goes_to_aws_and_newer_is_refused_with_the_fix() {
 
 fn toolchain(host: &str, cargo_lambda: bool, musl: &[&str]) -> Toolchain {
     Toolchain {
-        cargo_lambda,
+        cargo_lambda: cargo_lambda.then(|| CargoLambda {
+            program: None,
+            version: "1.9.2".to_owned(),
+        }),
         host: host.to_owned(),
         musl_targets: musl.iter().map(|t| (*t).to_owned()).collect(),
     }
@@ -350,12 +354,36 @@ fn arm64_without_cargo_lambda_or_its_musl_target_is_refused_with_the_fix() {
             matches!(err, BuildError::ArchitectureUnavailable { .. }),
             "{err:?}"
         );
-        assert!(message.contains("arm64"), "{message}");
-        assert!(message.contains("cargo-lambda"), "{message}");
-        assert!(
-            message.contains("rustup target add aarch64-unknown-linux-musl"),
-            "{message}"
-        );
+        // Everything either way needs: cargo-lambda with zig (from PyPI too) and the glibc
+        // target's standard library, or the musl target with a cross C compiler and linker
+        // for aws-lc-sys.
+        for needed in [
+            "arm64",
+            "cargo-lambda",
+            "zig",
+            "`pip install cargo-lambda`",
+            "CARGO_LAMBDA",
+            "`cargo install --locked cargo-lambda`",
+            "rustup target add aarch64-unknown-linux-gnu",
+            "rustup target add aarch64-unknown-linux-musl",
+            "apt-get install gcc-aarch64-linux-gnu",
+            "CC_aarch64_unknown_linux_musl=aarch64-linux-gnu-gcc",
+            "CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER=aarch64-linux-gnu-gcc",
+        ] {
+            assert!(message.contains(needed), "no {needed:?} in: {message}");
+        }
+    }
+    // And the other way round, from an arm64 host.
+    let tools = toolchain("aarch64-unknown-linux-gnu", false, &[]);
+    let message = artifact::plan(&options(Some(Architecture::X86_64), Purpose::Aws), &tools)
+        .unwrap_err()
+        .to_string();
+    for needed in [
+        "rustup target add x86_64-unknown-linux-gnu",
+        "apt-get install gcc-x86-64-linux-gnu",
+        "CARGO_TARGET_X86_64_UNKNOWN_LINUX_MUSL_LINKER=x86_64-linux-gnu-gcc",
+    ] {
+        assert!(message.contains(needed), "no {needed:?} in: {message}");
     }
 }
 

@@ -1,19 +1,24 @@
 //! Stack lifecycle edge cases without a network: `deploy` and `teardown` run unchanged against a
 //! scripted fake of CloudFormation, STS and S3 (see `support`) plugged in as the SDK's HTTP
-//! client. Covered: nothing to change, a failed create, a stack left in `ROLLBACK_COMPLETE`, an
-//! update that rolls back, a stack missing at teardown, and a stack busy with another operation.
+//! client. Covered: nothing to change, a change set that changes only outputs, a failed create, a
+//! stack left in `ROLLBACK_COMPLETE`, an update that rolls back, a stack missing at teardown, a
+//! stack busy with another operation, stacks stuck in `UPDATE_ROLLBACK_FAILED`,
+//! `ROLLBACK_FAILED` and `DELETE_FAILED`, the teardown's order (event source mapping disabled
+//! before the data bucket is emptied, the deletion retried when the bucket was written to after
+//! emptying), and the assets bucket's owner check (`ExpectedBucketOwner` on every request).
 
 mod support;
 
 use deployer::console::RecordingConsole;
 use deployer::settings::{ArtifactLocation, StackSettings};
 use deployer::stack::{
-    deploy, teardown, DeployOutcome, ResourceFailure, ResourceStatus, StackError, StackStatus,
-    TeardownOutcome,
+    deploy, teardown, upload_artifact, DeployOutcome, ResourceFailure, ResourceStatus, StackError,
+    StackStatus, TeardownOutcome, UploadedArtifact,
 };
 use deployer::template::{synthesize, to_json_string};
 use support::{
-    Change, ChangeSetOutcome, Clock, Event, ExistingStack, FakeAws, Scenario, Step, ASSETS_BUCKET,
+    physical_id, Bucket, Change, ChangeSetOutcome, Clock, Event, ExistingStack, FakeAws, Mapping,
+    Scenario, Step, ACCOUNT, ASSETS_BUCKET,
 };
 
 const STACK: &str = "usersync-test";
@@ -21,6 +26,9 @@ const STACK: &str = "usersync-test";
 const TABLE: &str = "AWS::DynamoDB::Table";
 const BUCKET: &str = "AWS::S3::Bucket";
 const FUNCTION: &str = "AWS::Lambda::Function";
+const MAPPING: &str = "AWS::Lambda::EventSourceMapping";
+/// An account other than the fake's own.
+const STRANGER: &str = "999999999999";
 
 /// AWS's status reason for a change set that changes nothing.
 const NO_CHANGES: &str =
@@ -731,4 +739,772 @@ async fn failure_finishing_between_a_polls_reads_is_still_reported() {
         other => panic!("expected DeployFailed, got {other:?}"),
     }
     assert_shows_events(&console.lines[3..], &events);
+}
+
+/// A change set that CloudFormation computes with zero changes is executable when only the
+/// Outputs differ (aws/aws-cdk#2029): `deploy` executes it rather than reporting "up to date",
+/// the stack gets the new outputs, and the next deploy of the same template is up to date.
+#[tokio::test]
+async fn outputs_only_change_set_is_executed() {
+    let old = template("bootstrap-v1.zip");
+    let body = template("bootstrap-v2.zip");
+    let mut new_outputs = outputs();
+    new_outputs.push(("FunctionName".to_owned(), "usersync-test-mirror".to_owned()));
+    let steps = vec![
+        Step::new(
+            "UPDATE_IN_PROGRESS",
+            vec![Event::stack(STACK, "UPDATE_IN_PROGRESS").because("User Initiated")],
+        ),
+        Step::new(
+            "UPDATE_COMPLETE",
+            vec![Event::stack(STACK, "UPDATE_COMPLETE")],
+        ),
+    ];
+    let events: Vec<Event> = steps.iter().flat_map(|s| s.events.clone()).collect();
+    let fake = FakeAws::new(Scenario {
+        existing: Some(existing("UPDATE_COMPLETE", &old)),
+        change_set: ChangeSetOutcome::Changes(Vec::new()),
+        execution: steps,
+        outputs_after_execution: new_outputs.clone(),
+        ..Scenario::new(STACK)
+    });
+    let mut console = RecordingConsole::default();
+
+    let outcome = deploy(&fake.target(), STACK, &body, &mut console)
+        .await
+        .expect("deploy succeeds");
+
+    let new_outputs: std::collections::BTreeMap<String, String> = new_outputs.into_iter().collect();
+    assert_eq!(
+        outcome,
+        DeployOutcome::Deployed {
+            created: false,
+            changes: Vec::new(),
+            outputs: new_outputs.clone(),
+        }
+    );
+    assert_eq!(fake.mutations(), ["CreateChangeSet", "ExecuteChangeSet"]);
+    assert_eq!(
+        fake.only_call("ExecuteChangeSet").param("ChangeSetName"),
+        fake.change_set_ids().first().map(String::as_str),
+        "the change set created is the one executed, and it was not deleted"
+    );
+    assert_eq!(fake.deployed_template().as_deref(), Some(body.as_str()));
+    assert_eq!(
+        console.lines[0],
+        format!(
+            "updating stack {STACK} on endpoint http://fake: no resource changes, only outputs"
+        )
+    );
+    assert_shows_events(&console.lines[1..], &events);
+    assert!(fake.unexpected().is_empty(), "{:?}", fake.unexpected());
+
+    // Not lost: the next deploy finds the template deployed.
+    let mut console = RecordingConsole::default();
+    let again = deploy(&fake.target(), STACK, &body, &mut console)
+        .await
+        .expect("deploy succeeds");
+    assert_eq!(
+        again,
+        DeployOutcome::UpToDate {
+            outputs: new_outputs
+        }
+    );
+    assert_eq!(fake.mutations(), ["CreateChangeSet", "ExecuteChangeSet"]);
+}
+
+/// A function archive to upload.
+fn archive() -> tempfile::NamedTempFile {
+    use std::io::Write;
+    let mut file = tempfile::NamedTempFile::new().expect("a temporary file");
+    file.write_all(b"PK\x05\x06 not really an archive")
+        .expect("written");
+    file
+}
+
+/// Every S3 call as its action and the `ExpectedBucketOwner` it carried.
+fn s3_owners(fake: &FakeAws) -> Vec<(String, Option<String>)> {
+    fake.s3_calls()
+        .iter()
+        .map(|c| {
+            (
+                c.action.clone(),
+                c.param("ExpectedBucketOwner").map(str::to_owned),
+            )
+        })
+        .collect()
+}
+
+/// The first upload creates the assets bucket and uploads the archive; every request on the
+/// bucket carries `ExpectedBucketOwner` (the account), except `CreateBucket`, which takes none,
+/// so the bucket is checked again (HeadBucket) right after it is created.
+#[tokio::test]
+async fn assets_bucket_requests_carry_the_expected_owner() {
+    let fake = FakeAws::new(Scenario::new(STACK));
+    let zip = archive();
+    let mut console = RecordingConsole::default();
+
+    let uploaded = upload_artifact(
+        &fake.target(),
+        STACK,
+        zip.path(),
+        "bootstrap-abc.zip",
+        &mut console,
+    )
+    .await
+    .expect("uploaded");
+
+    let key = format!("{STACK}/bootstrap-abc.zip");
+    assert_eq!(
+        uploaded,
+        UploadedArtifact {
+            bucket: ASSETS_BUCKET.to_owned(),
+            key: key.clone(),
+            uploaded: true,
+        }
+    );
+    let ours = Some(ACCOUNT.to_owned());
+    let bucket = format!("/{ASSETS_BUCKET}");
+    let object = format!("/{ASSETS_BUCKET}/{key}");
+    assert_eq!(
+        s3_owners(&fake),
+        [
+            (format!("S3 HEAD {bucket}"), ours.clone()),
+            (format!("S3 PUT {bucket}"), None),
+            (format!("S3 HEAD {bucket}"), ours.clone()),
+            (format!("S3 PUT {bucket}?encryption"), ours.clone()),
+            (format!("S3 PUT {bucket}?publicAccessBlock"), ours.clone()),
+            (format!("S3 HEAD {object}"), ours.clone()),
+            (format!("S3 PUT {object}"), ours),
+        ]
+    );
+    assert_eq!(fake.bucket_keys(ASSETS_BUCKET), Some(vec![key]));
+    assert!(fake.unexpected().is_empty(), "{:?}", fake.unexpected());
+}
+
+/// An assets bucket that another account owns (its name can be guessed) answers 403 to the
+/// owner check: nothing is uploaded to it, nothing is removed from it, and the error names both
+/// causes a 403 can have (another owner, or no `s3:ListBucket`).
+#[tokio::test]
+async fn an_assets_bucket_of_another_account_is_neither_written_nor_emptied() {
+    let theirs = format!("{STACK}/bootstrap-planted.zip");
+    let fake = FakeAws::new(Scenario {
+        buckets: vec![Bucket::new(ASSETS_BUCKET, STRANGER, &[&theirs])],
+        ..Scenario::new(STACK)
+    });
+    let zip = archive();
+    let mut console = RecordingConsole::default();
+
+    let err = upload_artifact(
+        &fake.target(),
+        STACK,
+        zip.path(),
+        "bootstrap-abc.zip",
+        &mut console,
+    )
+    .await
+    .expect_err("the bucket is not ours");
+
+    assert!(
+        matches!(&err, StackError::AssetsBucketForbidden { bucket, account }
+            if bucket == ASSETS_BUCKET && account == ACCOUNT),
+        "{err:?}"
+    );
+    let message = err.to_string();
+    assert!(
+        message.contains("s3:ListBucket") && message.contains("another AWS account owns it"),
+        "{message}"
+    );
+    assert_eq!(message.lines().count(), 1, "{message}");
+    assert_eq!(
+        s3_owners(&fake),
+        [(
+            format!("S3 HEAD /{ASSETS_BUCKET}"),
+            Some(ACCOUNT.to_owned())
+        )]
+    );
+
+    let err = teardown(&fake.target(), STACK, false, false, &mut console)
+        .await
+        .expect_err("the bucket is not ours");
+    assert!(
+        matches!(err, StackError::AssetsBucketForbidden { .. }),
+        "{err:?}"
+    );
+    assert!(fake.mutations().is_empty(), "{:?}", fake.mutations());
+    assert_eq!(fake.bucket_keys(ASSETS_BUCKET), Some(vec![theirs]));
+    assert!(console.lines.is_empty(), "{:?}", console.lines);
+}
+
+/// Teardown removes the stack's archives (and only those) from the account's own assets bucket,
+/// listing and deleting with `ExpectedBucketOwner`.
+#[tokio::test]
+async fn teardown_removes_the_stacks_archives_with_the_expected_owner() {
+    let fake = FakeAws::new(Scenario {
+        buckets: vec![Bucket::new(
+            ASSETS_BUCKET,
+            ACCOUNT,
+            &[
+                &format!("{STACK}/bootstrap-a.zip"),
+                &format!("{STACK}/bootstrap-b.zip"),
+                "other-stack/bootstrap-c.zip",
+            ],
+        )],
+        ..Scenario::new(STACK)
+    });
+    let mut console = RecordingConsole::default();
+
+    let outcome = teardown(&fake.target(), STACK, false, false, &mut console)
+        .await
+        .expect("teardown succeeds");
+
+    assert_eq!(
+        outcome,
+        TeardownOutcome::NothingToTearDown {
+            removed_artifacts: 2
+        }
+    );
+    let ours = Some(ACCOUNT.to_owned());
+    let bucket = format!("/{ASSETS_BUCKET}");
+    assert_eq!(
+        s3_owners(&fake),
+        [
+            (format!("S3 HEAD {bucket}"), ours.clone()),
+            (format!("S3 GET {bucket}?versions"), ours.clone()),
+            (format!("S3 POST {bucket}?delete"), ours.clone()),
+            (format!("S3 GET {bucket}?versions"), ours),
+        ]
+    );
+    assert_eq!(
+        fake.calls_of(&format!("S3 GET {bucket}?versions"))[0].param("prefix"),
+        Some(format!("{STACK}/").as_str())
+    );
+    assert_eq!(
+        fake.bucket_keys(ASSETS_BUCKET),
+        Some(vec!["other-stack/bootstrap-c.zip".to_owned()])
+    );
+    assert!(fake.unexpected().is_empty(), "{:?}", fake.unexpected());
+}
+
+/// A stack stuck in `status` after `events` (oldest first), with the resources that failed as
+/// CloudFormation reports them now, and what the way out names.
+struct Stuck {
+    status: StackStatus,
+    history: Vec<Event>,
+    failures: Vec<ResourceFailure>,
+    command: String,
+}
+
+fn failure(
+    logical_id: &str,
+    resource_type: &str,
+    status: ResourceStatus,
+    reason: &str,
+) -> ResourceFailure {
+    ResourceFailure {
+        logical_id: logical_id.to_owned(),
+        resource_type: resource_type.to_owned(),
+        status,
+        reason: reason.to_owned(),
+    }
+}
+
+fn stuck_stacks() -> Vec<Stuck> {
+    let update_failed = "Resource handler returned message: \"Memory size 20480 exceeds the account maximum of 10240\"";
+    let rollback_failed = "Resource handler returned message: \"The role defined for the function cannot be assumed by Lambda.\"";
+    let table_in_use = "Table usersync-test-users is being used by another operation";
+    let not_empty = "The bucket you tried to delete is not empty";
+    let mut update_history = create_history();
+    update_history.extend([
+        Event::stack(STACK, "UPDATE_IN_PROGRESS").because("User Initiated"),
+        Event::resource("MirrorFunction", FUNCTION, "UPDATE_FAILED").because(update_failed),
+        Event::stack(STACK, "UPDATE_ROLLBACK_IN_PROGRESS"),
+        Event::resource("MirrorFunction", FUNCTION, "UPDATE_FAILED").because(rollback_failed),
+        Event::stack(STACK, "UPDATE_ROLLBACK_FAILED"),
+    ]);
+    let (_, mut rollback_history) = failed_create();
+    rollback_history.truncate(6);
+    rollback_history.extend([
+        Event::resource("UsersTable", TABLE, "DELETE_FAILED").because(table_in_use),
+        Event::stack(STACK, "ROLLBACK_FAILED"),
+    ]);
+    let mut delete_history = create_history();
+    delete_history.extend([
+        Event::stack(STACK, "DELETE_IN_PROGRESS").because("User Initiated"),
+        Event::resource("DataBucket", BUCKET, "DELETE_FAILED").because(not_empty),
+        Event::stack(STACK, "DELETE_FAILED"),
+    ]);
+    vec![
+        Stuck {
+            status: StackStatus::UpdateRollbackFailed,
+            history: update_history,
+            failures: vec![failure(
+                "MirrorFunction",
+                FUNCTION,
+                ResourceStatus::UpdateFailed,
+                rollback_failed,
+            )],
+            command: format!(
+                "`aws cloudformation continue-update-rollback --stack-name {STACK}` (adding \
+                 `--resources-to-skip MirrorFunction`"
+            ),
+        },
+        Stuck {
+            status: StackStatus::RollbackFailed,
+            history: rollback_history,
+            // In the order the resources appeared in the stack's events.
+            failures: vec![
+                failure(
+                    "UsersTable",
+                    TABLE,
+                    ResourceStatus::DeleteFailed,
+                    table_in_use,
+                ),
+                failure(
+                    "DataBucket",
+                    BUCKET,
+                    ResourceStatus::CreateFailed,
+                    "usersync-test-data already exists",
+                ),
+            ],
+            command: format!(
+                "`cargo xtask teardown` (should a resource still resist, the stack ends in \
+                 DELETE_FAILED and `aws cloudformation delete-stack --stack-name {STACK} \
+                 --retain-resources UsersTable`"
+            ),
+        },
+        Stuck {
+            status: StackStatus::DeleteFailed,
+            history: delete_history,
+            failures: vec![failure(
+                "DataBucket",
+                BUCKET,
+                ResourceStatus::DeleteFailed,
+                not_empty,
+            )],
+            command: format!(
+                "`aws cloudformation delete-stack --stack-name {STACK} --retain-resources \
+                 DataBucket`"
+            ),
+        },
+    ]
+}
+
+fn stuck_scenario(stuck: &Stuck) -> Scenario {
+    Scenario {
+        existing: Some(ExistingStack {
+            status: stuck.status.as_str().to_owned(),
+            template: as_stored(&template("bootstrap-v1.zip")),
+            outputs: outputs(),
+            history: stuck.history.clone(),
+        }),
+        ..Scenario::new(STACK)
+    }
+}
+
+/// A stack in `UPDATE_ROLLBACK_FAILED`, `ROLLBACK_FAILED` or `DELETE_FAILED` takes no change
+/// set: `deploy` plans nothing and returns `Stuck`, naming the state, the resources that failed
+/// (read from CloudFormation) and the command that gets the stack out.
+#[tokio::test]
+async fn deploy_names_the_way_out_of_each_stuck_state() {
+    for stuck in stuck_stacks() {
+        let fake = FakeAws::new(stuck_scenario(&stuck));
+        let mut console = RecordingConsole::agreeing();
+
+        let err = deploy(
+            &fake.target(),
+            STACK,
+            &template("bootstrap-v2.zip"),
+            &mut console,
+        )
+        .await
+        .expect_err("a stuck stack is refused");
+
+        match &err {
+            StackError::Stuck {
+                stack,
+                status,
+                failures,
+            } => {
+                assert_eq!(stack, STACK);
+                assert_eq!(status, &stuck.status);
+                assert_eq!(failures, &stuck.failures, "{status}");
+            }
+            other => panic!("expected Stuck, got {other:?}"),
+        }
+        let message = err.to_string();
+        assert!(
+            message.starts_with(&format!("stack {STACK} is {}: ", stuck.status)),
+            "{message}"
+        );
+        assert!(message.contains(&stuck.command), "{message}");
+        for failure in &stuck.failures {
+            assert!(message.contains(&format!("  {failure}")), "{message}");
+        }
+        assert_eq!(fake.actions(), ["DescribeStacks", "DescribeStackResources"]);
+        assert!(console.questions.is_empty() && console.lines.is_empty());
+        assert!(fake.unexpected().is_empty(), "{:?}", fake.unexpected());
+    }
+}
+
+/// `teardown` of a stack in `UPDATE_ROLLBACK_FAILED` deletes nothing and names
+/// `continue-update-rollback`; a stack in `ROLLBACK_FAILED` or `DELETE_FAILED` can only be
+/// deleted, which teardown does, and when a resource resists again the error names the command
+/// that deletes the stack keeping it.
+#[tokio::test]
+async fn teardown_names_the_way_out_of_each_stuck_state() {
+    let protected = "Resource handler returned message: \"Table can't be deleted while deletion protection is enabled\"";
+    for stuck in stuck_stacks() {
+        let fake = FakeAws::new(Scenario {
+            deletion: vec![
+                Step::new(
+                    "DELETE_IN_PROGRESS",
+                    vec![Event::stack(STACK, "DELETE_IN_PROGRESS").because("User Initiated")],
+                ),
+                Step::new(
+                    "DELETE_FAILED",
+                    vec![
+                        Event::resource("UsersTable", TABLE, "DELETE_FAILED").because(protected),
+                        Event::stack(STACK, "DELETE_FAILED")
+                            .because("The following resource(s) failed to delete: [UsersTable]."),
+                    ],
+                ),
+            ],
+            ..stuck_scenario(&stuck)
+        });
+        let mut console = RecordingConsole::agreeing();
+
+        let err = teardown(&fake.target(), STACK, false, true, &mut console)
+            .await
+            .expect_err("the stack stays");
+        let message = err.to_string();
+
+        if stuck.status == StackStatus::UpdateRollbackFailed {
+            assert!(
+                matches!(&err, StackError::Stuck { status, failures, .. }
+                    if *status == stuck.status && *failures == stuck.failures),
+                "{err:?}"
+            );
+            assert!(message.contains(&stuck.command), "{message}");
+            assert_eq!(fake.actions(), ["DescribeStacks", "DescribeStackResources"]);
+            continue;
+        }
+        match &err {
+            StackError::DeleteFailed {
+                stack,
+                status,
+                failures,
+            } => {
+                assert_eq!(stack, STACK);
+                assert_eq!(status, &StackStatus::DeleteFailed);
+                assert_eq!(
+                    failures,
+                    &[failure(
+                        "UsersTable",
+                        TABLE,
+                        ResourceStatus::DeleteFailed,
+                        protected
+                    )]
+                );
+            }
+            other => panic!("expected DeleteFailed, got {other:?}"),
+        }
+        assert!(
+            message.contains(&format!(
+                "run the teardown again, or delete the stack keeping them with `aws \
+                 cloudformation delete-stack --stack-name {STACK} --retain-resources UsersTable`"
+            )),
+            "{message}"
+        );
+        assert_eq!(fake.mutations(), ["DeleteStack"], "{}", stuck.status);
+        assert!(fake.unexpected().is_empty(), "{:?}", fake.unexpected());
+    }
+}
+
+/// A stack left in `DELETE_FAILED` by a bucket that was not empty is torn down: the bucket is
+/// emptied and the deletion completes.
+#[tokio::test]
+async fn teardown_finishes_a_delete_failed_stack() {
+    let stuck = stuck_stacks()
+        .into_iter()
+        .find(|s| s.status == StackStatus::DeleteFailed)
+        .expect("a DELETE_FAILED case");
+    let fake = FakeAws::new(Scenario {
+        buckets: vec![Bucket::new(&data_bucket(), ACCOUNT, &["users/ada.json"])],
+        ..stuck_scenario(&stuck)
+    });
+    let mut console = RecordingConsole::agreeing();
+
+    let outcome = teardown(&fake.target(), STACK, false, true, &mut console)
+        .await
+        .expect("teardown succeeds");
+
+    assert_eq!(
+        outcome,
+        TeardownOutcome::TornDown {
+            emptied_objects: 1,
+            removed_artifacts: 0,
+            data_retained: false,
+        }
+    );
+    assert_eq!(fake.stack_status(), None);
+    assert_eq!(fake.bucket_keys(&data_bucket()), Some(Vec::new()));
+    assert!(fake.unexpected().is_empty(), "{:?}", fake.unexpected());
+}
+
+/// The data bucket's name in the fake.
+fn data_bucket() -> String {
+    physical_id(STACK, "DataBucket")
+}
+
+/// The event source mapping's UUID in the fake.
+fn mapping_uuid() -> String {
+    physical_id(STACK, "EventSourceMapping")
+}
+
+/// A deployed stack with an event source mapping, its data bucket holding `keys`, the mapping in
+/// `state`.
+fn running_stack(keys: &[&str], mapping: Option<Mapping>) -> Scenario {
+    let mut history = create_history();
+    let done = history.pop().expect("the stack's CREATE_COMPLETE");
+    history.push(Event::resource(
+        "EventSourceMapping",
+        MAPPING,
+        "CREATE_COMPLETE",
+    ));
+    history.push(done);
+    Scenario {
+        existing: Some(ExistingStack {
+            history,
+            ..existing("CREATE_COMPLETE", &template("bootstrap-v1.zip"))
+        }),
+        buckets: vec![Bucket::new(&data_bucket(), ACCOUNT, keys)],
+        mapping,
+        ..Scenario::new(STACK)
+    }
+}
+
+fn enabled_mapping(disabling_reads: usize) -> Option<Mapping> {
+    Some(Mapping {
+        state: "Enabled".to_owned(),
+        disabling_reads,
+    })
+}
+
+fn position(actions: &[String], wanted: &str) -> usize {
+    actions
+        .iter()
+        .position(|a| a == wanted)
+        .unwrap_or_else(|| panic!("no {wanted} in {actions:#?}"))
+}
+
+/// Teardown disables the event source mapping (`UpdateEventSourceMapping Enabled=false`) and
+/// waits until Lambda reports it `Disabled` before it empties the data bucket, then deletes the
+/// stack.
+#[tokio::test]
+async fn teardown_disables_the_mapping_before_emptying_the_bucket() {
+    let fake = FakeAws::new(running_stack(
+        &["users/ada.json", "users/bob.json", "users/cy.json"],
+        enabled_mapping(2),
+    ));
+    let mut console = RecordingConsole::agreeing();
+
+    let outcome = teardown(&fake.target(), STACK, false, true, &mut console)
+        .await
+        .expect("teardown succeeds");
+
+    assert_eq!(
+        outcome,
+        TeardownOutcome::TornDown {
+            emptied_objects: 3,
+            removed_artifacts: 0,
+            data_retained: false,
+        }
+    );
+    let actions = fake.actions();
+    let update = position(&actions, "UpdateEventSourceMapping");
+    let last_read = actions
+        .iter()
+        .rposition(|a| a == "GetEventSourceMapping")
+        .expect("the mapping was read");
+    let emptying = position(&actions, &format!("S3 GET /{}?versions", data_bucket()));
+    let delete = position(&actions, "DeleteStack");
+    assert!(
+        update < last_read && last_read < emptying && emptying < delete,
+        "{actions:#?}"
+    );
+    // Read Enabled, then Disabling twice, then Disabled.
+    assert_eq!(fake.calls_of("GetEventSourceMapping").len(), 4);
+    let disable = fake.only_call("UpdateEventSourceMapping");
+    assert_eq!(disable.param("UUID"), Some(mapping_uuid().as_str()));
+    assert_eq!(disable.param("Enabled"), Some("false"));
+    assert_eq!(fake.mapping_state().as_deref(), Some("Disabled"));
+    assert_eq!(fake.bucket_keys(&data_bucket()), Some(Vec::new()));
+
+    let disabled_line = position(
+        &console.lines,
+        &format!("event source mapping {} is disabled", mapping_uuid()),
+    );
+    let emptied_line = position(
+        &console.lines,
+        &format!(
+            "emptied bucket {}: 3 object version(s) removed",
+            data_bucket()
+        ),
+    );
+    assert!(disabled_line < emptied_line, "{:#?}", console.lines);
+    assert!(fake.unexpected().is_empty(), "{:?}", fake.unexpected());
+}
+
+/// The deletion's steps when CloudFormation finds the data bucket not empty.
+fn bucket_not_empty_deletion() -> Vec<Step> {
+    vec![
+        Step::new(
+            "DELETE_IN_PROGRESS",
+            vec![Event::stack(STACK, "DELETE_IN_PROGRESS").because("User Initiated")],
+        ),
+        Step::new(
+            "DELETE_FAILED",
+            vec![
+                Event::resource("DataBucket", BUCKET, "DELETE_FAILED").because(
+                    "The bucket you tried to delete is not empty (Service: S3, Status Code: 409)",
+                ),
+                Event::stack(STACK, "DELETE_FAILED")
+                    .because("The following resource(s) failed to delete: [DataBucket]."),
+            ],
+        ),
+    ]
+}
+
+/// An invocation still running when the mapping reached `Disabled` writes to the bucket after
+/// it was emptied: the deletion fails on the bucket, and teardown empties it again and deletes
+/// again instead of giving up.
+#[tokio::test]
+async fn teardown_empties_again_when_the_bucket_was_written_after_emptying() {
+    let fake = FakeAws::new(Scenario {
+        deletion: bucket_not_empty_deletion(),
+        deletion_retries: vec![Scenario::new(STACK).deletion],
+        late_writes: vec![(data_bucket(), "users/late.json".to_owned())],
+        ..running_stack(&["users/ada.json", "users/bob.json"], enabled_mapping(0))
+    });
+    let mut console = RecordingConsole::agreeing();
+
+    let outcome = teardown(&fake.target(), STACK, false, true, &mut console)
+        .await
+        .expect("teardown succeeds");
+
+    assert_eq!(
+        outcome,
+        TeardownOutcome::TornDown {
+            emptied_objects: 3,
+            removed_artifacts: 0,
+            data_retained: false,
+        }
+    );
+    assert_eq!(fake.calls_of("DeleteStack").len(), 2);
+    assert_eq!(fake.stack_status(), None);
+    assert!(
+        console.lines.contains(&format!(
+            "bucket {} was written to after it was emptied; emptying it again",
+            data_bucket()
+        )),
+        "{:#?}",
+        console.lines
+    );
+    assert!(fake.unexpected().is_empty(), "{:?}", fake.unexpected());
+}
+
+/// The retry is bounded: a bucket that is never found empty ends the teardown after three
+/// deletions with `DeleteFailed`, naming the bucket and how to delete the stack keeping it.
+#[tokio::test]
+async fn teardown_retries_a_bucket_that_stays_non_empty_a_bounded_number_of_times() {
+    let fake = FakeAws::new(Scenario {
+        deletion: bucket_not_empty_deletion(),
+        ..running_stack(&["users/ada.json"], enabled_mapping(0))
+    });
+    let mut console = RecordingConsole::agreeing();
+
+    let err = teardown(&fake.target(), STACK, false, true, &mut console)
+        .await
+        .expect_err("the bucket is never empty");
+
+    assert!(
+        matches!(&err, StackError::DeleteFailed { failures, .. }
+            if failures.len() == 1 && failures[0].logical_id == "DataBucket"),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains(&format!(
+            "--stack-name {STACK} --retain-resources DataBucket"
+        )),
+        "{err}"
+    );
+    assert_eq!(fake.calls_of("DeleteStack").len(), 3);
+}
+
+/// The mapping step is skipped gracefully when the stack has no mapping, when it is disabled
+/// already, and when the target does not serve Lambda's event source mapping API.
+#[tokio::test]
+async fn teardown_skips_a_mapping_that_is_absent_disabled_or_not_served() {
+    let no_mapping = Scenario {
+        buckets: vec![Bucket::new(&data_bucket(), ACCOUNT, &["users/ada.json"])],
+        ..stuck_scenario(&Stuck {
+            status: StackStatus::CreateComplete,
+            history: create_history(),
+            failures: Vec::new(),
+            command: String::new(),
+        })
+    };
+    let disabled = running_stack(
+        &["users/ada.json"],
+        Some(Mapping {
+            state: "Disabled".to_owned(),
+            disabling_reads: 0,
+        }),
+    );
+    let not_served = Scenario {
+        lambda_served: false,
+        ..running_stack(&["users/ada.json"], enabled_mapping(0))
+    };
+    for (case, scenario, reads) in [
+        ("no mapping", no_mapping, 0),
+        ("disabled", disabled, 1),
+        ("not served", not_served, 1),
+    ] {
+        let fake = FakeAws::new(scenario);
+        let mut console = RecordingConsole::agreeing();
+
+        let outcome = teardown(&fake.target(), STACK, false, true, &mut console)
+            .await
+            .unwrap_or_else(|err| panic!("{case}: {err}"));
+
+        assert_eq!(
+            outcome,
+            TeardownOutcome::TornDown {
+                emptied_objects: 1,
+                removed_artifacts: 0,
+                data_retained: false,
+            },
+            "{case}"
+        );
+        assert_eq!(
+            fake.calls_of("GetEventSourceMapping").len(),
+            reads,
+            "{case}"
+        );
+        assert!(
+            fake.calls_of("UpdateEventSourceMapping").is_empty(),
+            "{case}"
+        );
+        let notice = console
+            .lines
+            .iter()
+            .any(|l| l.contains("does not serve Lambda event source mappings"));
+        assert_eq!(notice, case == "not served", "{case}: {:#?}", console.lines);
+        assert!(
+            fake.unexpected().is_empty(),
+            "{case}: {:?}",
+            fake.unexpected()
+        );
+    }
 }

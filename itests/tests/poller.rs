@@ -20,7 +20,7 @@ use usersync_local::mapping::batch::{BatchEvent, RetryBackoff};
 use usersync_local::mapping::poller::{Poller, PollerEvent, PollerOptions};
 use usersync_local::mapping::settings::{MappingSettings, StartingPosition};
 use usersync_local::runtime::function_host::{FunctionHost, FunctionSpec, OutputSink};
-use usersync_local::runtime::invoke::{InvokeOutcome, Invoker};
+use usersync_local::runtime::invoke::{InvokeOutcome, Invoked, Invoker};
 
 /// A table with a stream and a queue, on a private emulator.
 struct Fixture {
@@ -259,7 +259,7 @@ impl RecordingFunction {
 }
 
 impl Invoker for RecordingFunction {
-    fn invoke(&self, payload: Value) -> impl Future<Output = InvokeOutcome> + Send {
+    fn invoke_reporting_id(&self, payload: Value) -> impl Future<Output = Invoked> + Send {
         let seen: Vec<Seen> = payload["Records"]
             .as_array()
             .unwrap()
@@ -278,8 +278,17 @@ impl Invoker for RecordingFunction {
             InvokeOutcome::Response(json!({"batchItemFailures": []})),
             |f| f(&seen),
         );
-        self.calls.lock().unwrap().push((Instant::now(), seen));
-        async move { outcome }
+        let request_id = {
+            let mut calls = self.calls.lock().unwrap();
+            calls.push((Instant::now(), seen));
+            format!("recorded-{}", calls.len())
+        };
+        async move {
+            Invoked {
+                request_id,
+                outcome,
+            }
+        }
     }
 }
 
@@ -383,6 +392,10 @@ async fn exhausted_retries_send_the_batch_to_the_failure_queue_and_the_shard_mov
     );
     assert_eq!(message["requestContext"]["approximateInvokeCount"], 3);
     assert_eq!(message["responseContext"]["functionError"], "Unhandled");
+    assert_eq!(
+        message["requestContext"]["requestId"], "recorded-3",
+        "the last failed invocation's own request id"
+    );
     let info = &message["DDBStreamBatchInfo"];
     assert_eq!(info["batchSize"], 2);
     assert_eq!(
@@ -395,10 +408,31 @@ async fn exhausted_retries_send_the_batch_to_the_failure_queue_and_the_shard_mov
     );
     assert_eq!(info["streamArn"].as_str(), Some(fx.stream_arn.as_str()));
     assert!(info["shardId"].as_str().is_some_and(|s| !s.is_empty()));
-    assert!(info["approximateArrivalOfFirstRecord"].is_string());
+    for field in [
+        "approximateArrivalOfFirstRecord",
+        "approximateArrivalOfLastRecord",
+    ] {
+        let at = info[field].as_str().unwrap_or_default();
+        assert!(has_milliseconds(at), "{field}: {at:?}");
+    }
+    let at = message["timestamp"].as_str().unwrap_or_default();
+    assert!(has_milliseconds(at), "timestamp: {at:?}");
     assert!(events
         .iter()
         .any(|e| matches!(e, PollerEvent::Batch(BatchEvent::Discarded(d)) if d.records == 2)));
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ`: RFC 3339 in UTC with exactly three fractional digits.
+fn has_milliseconds(at: &str) -> bool {
+    let shape = "0000-00-00T00:00:00.000Z";
+    at.len() == shape.len()
+        && at.bytes().zip(shape.bytes()).all(|(c, s)| {
+            if s == b'0' {
+                c.is_ascii_digit()
+            } else {
+                c == s
+            }
+        })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -458,10 +492,22 @@ async fn bisection_isolates_the_record_the_real_function_fails_on() {
     }
     let mut spec = FunctionSpec::new(env!("CARGO_BIN_EXE_test-function"), "test-function");
     spec.timeout = Duration::from_secs(10);
+    // The function's log lines, by the request id they are tagged with.
+    let lines: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let log = Arc::clone(&lines);
     let host = Arc::new(
-        FunctionHost::start_with_output(spec, OutputSink::new(|_| {}))
-            .await
-            .expect("start the test function"),
+        FunctionHost::start_with_output(
+            spec,
+            OutputSink::new(move |line| {
+                if let Some(id) = line.request_id {
+                    log.lock()
+                        .unwrap()
+                        .push((id.to_owned(), line.text.to_owned()));
+                }
+            }),
+        )
+        .await
+        .expect("start the test function"),
     );
     let mut settings = fx.settings();
     settings.bisect_on_error = true;
@@ -483,6 +529,30 @@ async fn bisection_isolates_the_record_the_real_function_fails_on() {
         messages[0]["DDBStreamBatchInfo"]["batchSize"], 1,
         "only the failing record is discarded: {messages:?}"
     );
+    // The message names the failed invocation the function logged: the request id the
+    // function was given (it prints `handling <id>`), and its log lines' tag.
+    let request_id = messages[0]["requestContext"]["requestId"]
+        .as_str()
+        .expect("a request id")
+        .to_owned();
+    let logged = lines.lock().unwrap().clone();
+    assert!(
+        logged
+            .iter()
+            .any(|(id, text)| id == &request_id
+                && text.contains(&format!("handling {request_id}"))),
+        "no log line of invocation {request_id}: {logged:?}"
+    );
+    // The last invocation, of the failing record alone.
+    let last_failed = events.iter().rev().find_map(|e| match e {
+        PollerEvent::Batch(BatchEvent::Invoked(r))
+            if r.records == 1 && r.verdict != usersync_local::mapping::batch::Verdict::Success =>
+        {
+            Some(r.request_id.clone())
+        }
+        _ => None,
+    });
+    assert_eq!(last_failed.as_deref(), Some(request_id.as_str()));
     let invoked: Vec<(usize, bool)> = events
         .iter()
         .filter_map(|e| match e {

@@ -5,6 +5,7 @@
 
 pub mod dev;
 pub mod emulator;
+pub mod lambda_check;
 pub mod mapping;
 pub mod runtime;
 pub mod target;

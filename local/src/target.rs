@@ -17,14 +17,20 @@ pub enum LocalTargetError {
 }
 
 /// Resolves the target flags: with `local`, the shared embedded emulator (started or reused,
-/// `progress` told about each step); otherwise whatever [`Target::connect`] resolves.
+/// `progress` told about each step); otherwise whatever [`Target::connect`] resolves, its
+/// notices told to `progress`.
 pub async fn connect(
     options: &TargetOptions,
     local: bool,
     progress: &mut dyn FnMut(&str),
 ) -> Result<Target, LocalTargetError> {
     if !local {
-        return Ok(Target::connect(options).await?);
+        let target = Target::connect(options).await?;
+        // Endpoint overrides that were ignored, such as a leftover AWS_ENDPOINT_URL.
+        for notice in &target.notices {
+            progress(&format!("notice: {notice}"));
+        }
+        return Ok(target);
     }
     if options.endpoint_url.is_some() {
         return Err(LocalTargetError::Conflict);

@@ -144,7 +144,8 @@ fn function_output(all: bool) -> OutputSink {
 
 /// One line per invocation and per discarded run of records.
 fn batch_lines() -> PollerObserver {
-    Arc::new(|event| match event {
+    Arc::new(|event| {
+        match event {
         PollerEvent::Batch(BatchEvent::Invoked(report)) => {
             let outcome = match &report.verdict {
                 Verdict::Success => "ok".to_owned(),
@@ -186,8 +187,14 @@ fn batch_lines() -> PollerObserver {
             eprintln!("on-failure destination: {message}; trying again")
         }
         PollerEvent::MappingDisabled { uuid } => {
-            eprintln!("mapping {uuid} is disabled: nothing is read")
+            eprintln!("mapping {uuid} is disabled: nothing is read until it is enabled")
         }
+        PollerEvent::MappingEnabled { uuid } => {
+            eprintln!("mapping {uuid} is enabled again: reading goes on")
+        }
+        PollerEvent::StateReadFailed { uuid, message } => eprintln!(
+            "failed to read the state of mapping {uuid} ({message}); its last known state stands until the next read"
+        ),
         PollerEvent::FiltersNotApplied { uuid } => eprintln!(
             "mapping {uuid} declares filter criteria; the local poller delivers every record"
         ),
@@ -196,5 +203,6 @@ fn batch_lines() -> PollerObserver {
         }
         PollerEvent::ShardFinished { shard_id } => eprintln!("shard {shard_id} is done"),
         PollerEvent::ReadFailed { message } => eprintln!("stream read failed: {message}; retrying"),
+    }
     })
 }

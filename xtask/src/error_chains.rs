@@ -43,6 +43,7 @@ use usersync_local::emulator::proxy::{
     UpstreamError,
 };
 use usersync_local::emulator::EmulatorError;
+use usersync_local::lambda_check::LambdaCheckError;
 use usersync_local::mapping::destination::DestinationError;
 use usersync_local::mapping::pipeline::PipelineError;
 use usersync_local::mapping::poller::PollerError;
@@ -104,6 +105,7 @@ const TYPES: &[(&str, Coverage)] = &[
     ("PollerError", Coverage::Samples(poller_errors)),
     ("MappingError", Coverage::Samples(mapping_errors)),
     ("LocalTargetError", Coverage::Samples(local_target_errors)),
+    ("LambdaCheckError", Coverage::Samples(lambda_check_errors)),
     // usersync-bench
     ("BenchError", Coverage::Samples(bench_errors)),
     // itests
@@ -520,6 +522,22 @@ fn local_target_errors() -> Vec<Sample> {
     ]
 }
 
+fn lambda_check_errors() -> Vec<Sample> {
+    vec![
+        sample(LambdaCheckError::Build(build_spawn())),
+        sample(LambdaCheckError::Runtime(os_error(EACCES))),
+        sample(LambdaCheckError::Emulator(emulator_spawn())),
+        sample(LambdaCheckError::Bucket(StackError::Aws {
+            action: "create bucket usersync-lambda-check".to_owned(),
+            message: "dispatch failure".to_owned(),
+        })),
+        sample(LambdaCheckError::Host(host_spawn())),
+        sample(LambdaCheckError::Invocation {
+            outcome: "Crashed { message: \"exit status: 1\" }".to_owned(),
+        }),
+    ]
+}
+
 fn bench_errors() -> Vec<Sample> {
     vec![
         sample(BenchError::Emulator(EmulatorError::InstallSpawn(os_error(
@@ -594,7 +612,6 @@ fn every_chain_prints_each_cause_once() {
         let samples = samples();
         let sampled: BTreeSet<&str> = samples.iter().map(|s| s.variant.as_str()).collect();
         for sample in &samples {
-            eprintln!("{name}::{}  {}", sample.variant, error_line(&sample.error));
             failures.extend(printed_twice(name, sample));
         }
         // Every variant with a source must be among the samples.
@@ -1131,8 +1148,10 @@ fn the_scan_finds_a_message_that_interpolates_its_source() {
         #[error("a {name} '{c}' {}", r#"raw "text" {source}"#)]
         pub(crate) struct Chars { name: &'static str, c: char, quote: Vec<(u8, char)> }
     "##;
+    /// A variant's name, whether it is transparent, its sources and the repeated ones.
+    type Found = (String, bool, Vec<String>, Vec<String>);
     let types = scan(text, Path::new("sample.rs"));
-    let summary: Vec<(String, Vec<(String, bool, Vec<String>, Vec<String>)>)> = types
+    let summary: Vec<(String, Vec<Found>)> = types
         .into_iter()
         .map(|(name, variants)| {
             let variants = variants

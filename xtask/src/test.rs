@@ -1,17 +1,20 @@
 //! `cargo xtask test`: everything CI checks, in the order that fails fastest: format, clippy,
 //! the workspace's tests (unit, template with cfn-lint, integration against the emulator),
-//! then the end-to-end suite on the available backend.
+//! the end-to-end suite on the available backend, the AWS archive built with cargo-lambda and
+//! run once under the local host, then a short fuzz pass.
 
 use std::ffi::OsString;
 use std::path::Path;
 use std::time::Instant;
 
 use crate::fuzz;
-use crate::tools::{ensure_cfn_lint, ensure_checkov};
+use crate::tools::{ensure_cargo_lambda, ensure_cfn_lint, ensure_checkov};
 use anyhow::{bail, Context, Result};
 use deployer::project::{cargo_command, project_root, state_dir};
+use deployer::settings::Architecture;
 use serde::Deserialize;
-use usersync_local::emulator::ensure_binary;
+use usersync_local::emulator::{ensure_binary, EmulatorBinary};
+use usersync_local::lambda_check;
 
 /// How long the short fuzz pass runs each target.
 const FUZZ_SECONDS_PER_TARGET: u64 = 20;
@@ -72,7 +75,7 @@ pub fn run(args: TestArgs) -> Result<()> {
     let checkov = ensure_checkov(&mut |line| eprintln!("[checkov] {line}"))
         .context("failed to provide checkov")?;
     let env: Vec<(&str, OsString)> = vec![
-        ("FAKECLOUD_BIN", emulator.path.into_os_string()),
+        ("FAKECLOUD_BIN", emulator.path.clone().into_os_string()),
         ("CFN_LINT", cfn_lint.into_os_string()),
         ("CHECKOV", checkov.into_os_string()),
     ];
@@ -115,6 +118,8 @@ pub fn run(args: TestArgs) -> Result<()> {
         None => {}
     }
     e2e?;
+
+    lambda_step(&emulator, &mut done)?;
 
     eprintln!(
         "[xtask test] fuzz: a short pass over every target ({FUZZ_SECONDS_PER_TARGET} s each)"
@@ -160,6 +165,39 @@ pub fn run(args: TestArgs) -> Result<()> {
         started.elapsed().as_secs(),
         summary.join(", ")
     );
+    Ok(())
+}
+
+/// The archive `cargo xtask build` makes for AWS on this machine's architecture, built with the
+/// pinned cargo-lambda (installed into the cache on first use), its glibc checked, and run
+/// once under the local function host ([`lambda_check::check`]). The other architecture is
+/// not built, and a line says why.
+fn lambda_step(emulator: &EmulatorBinary, done: &mut Vec<(String, u64)>) -> Result<()> {
+    let host = if cfg!(target_arch = "aarch64") {
+        Architecture::Arm64
+    } else {
+        Architecture::X86_64
+    };
+    eprintln!("[xtask test] lambda: the AWS archive for {host}, built with cargo-lambda and run once under the local host");
+    let started = Instant::now();
+    let cargo_lambda = ensure_cargo_lambda(&mut |line| eprintln!("[cargo-lambda] {line}"))
+        .context("failed to provide cargo-lambda")?;
+    for other in [Architecture::Arm64, Architecture::X86_64] {
+        if other != host {
+            eprintln!(
+                "[xtask test] lambda: {}",
+                lambda_check::skipped_architecture(other)
+            );
+        }
+    }
+    let report = lambda_check::check(&cargo_lambda, emulator, host, &mut |line| {
+        eprintln!("[lambda] {line}")
+    })
+    .context("the lambda step failed")?;
+    eprintln!("[xtask test] lambda: {}", report.summary());
+    let seconds = started.elapsed().as_secs();
+    eprintln!("[xtask test] lambda: ok in {seconds}s");
+    done.push(("lambda".to_owned(), seconds));
     Ok(())
 }
 

@@ -2,7 +2,9 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::Instant;
 
+use deployer::artifact::CARGO_LAMBDA_VARIABLE;
 use deployer::project::cache_dir;
 
 /// The cfn-lint release the template is checked with.
@@ -10,6 +12,13 @@ pub const CFN_LINT_VERSION: &str = "1.51.0";
 
 /// The checkov release the template's security is checked with.
 pub const CHECKOV_VERSION: &str = "3.3.30";
+
+/// The cargo-lambda release the AWS archive is built with: PyPI's wheel ships its binary.
+pub const CARGO_LAMBDA_VERSION: &str = "1.9.2";
+
+/// The zig cargo-lambda compiles and links with: PyPI's `ziglang`, which cargo-lambda's wheel
+/// requires (unpinned), pinned here with it.
+pub const ZIGLANG_VERSION: &str = "0.17.1";
 
 /// What to do when Python cannot be run.
 const PYTHON_FIX: &str =
@@ -47,12 +56,38 @@ pub fn ensure_checkov(progress: &mut dyn FnMut(&str)) -> Result<PathBuf, ToolErr
     ensure_python_tool("CHECKOV", "checkov", CHECKOV_VERSION, progress)
 }
 
+/// Finds cargo-lambda: `CARGO_LAMBDA` when set, else the pinned version in the cache's virtual
+/// environment (`<cache>/cargo-lambda-<version>`, with zig from PyPI's `ziglang` beside it),
+/// installed there from PyPI on first use (about 470 MB unpacked, mostly zig; 10 to 15
+/// seconds). The deployer's builder runs it with that `bin/` first on `PATH`, where
+/// cargo-lambda finds zig as `python3 -m ziglang`.
+pub fn ensure_cargo_lambda(progress: &mut dyn FnMut(&str)) -> Result<PathBuf, ToolError> {
+    ensure_python_tool_with(
+        CARGO_LAMBDA_VARIABLE,
+        "cargo-lambda",
+        CARGO_LAMBDA_VERSION,
+        &[("ziglang", ZIGLANG_VERSION)],
+        progress,
+    )
+}
+
 /// `variable` when set, else `<cache>/<package>-<version>/bin/<package>`, installed with pip
 /// into that virtual environment when missing.
 fn ensure_python_tool(
     variable: &str,
     package: &str,
     version: &str,
+    progress: &mut dyn FnMut(&str),
+) -> Result<PathBuf, ToolError> {
+    ensure_python_tool_with(variable, package, version, &[], progress)
+}
+
+/// [`ensure_python_tool`], with `also` (package, version) pinned in the same environment.
+fn ensure_python_tool_with(
+    variable: &str,
+    package: &str,
+    version: &str,
+    also: &[(&str, &str)],
     progress: &mut dyn FnMut(&str),
 ) -> Result<PathBuf, ToolError> {
     if let Some(path) = std::env::var_os(variable).filter(|v| !v.is_empty()) {
@@ -63,10 +98,16 @@ fn ensure_python_tool(
     if binary.is_file() {
         return Ok(binary);
     }
+    let requirements: Vec<String> = std::iter::once((package, version))
+        .chain(also.iter().copied())
+        .map(|(package, version)| format!("{package}=={version}"))
+        .collect();
     progress(&format!(
-        "installing {package} {version} into {}",
+        "installing {} into {} (from PyPI)",
+        requirements.join(" "),
         venv.display()
     ));
+    let started = Instant::now();
     let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_owned());
     run(
         Command::new(&python).args(["-m", "venv"]).arg(&venv),
@@ -75,9 +116,13 @@ fn ensure_python_tool(
     run(
         Command::new(venv.join("bin").join("pip"))
             .args(["install", "--quiet", "--disable-pip-version-check"])
-            .arg(format!("{package}=={version}")),
+            .args(&requirements),
         PYTHON_FIX,
     )?;
+    progress(&format!(
+        "installed {package} {version} in {}s",
+        started.elapsed().as_secs()
+    ));
     Ok(binary)
 }
 

@@ -2,33 +2,49 @@
 //! where the binary went from its JSON messages) and the `rustc` / `cargo lambda` probes of
 //! [`Toolchain::detect`](super::Toolchain::detect).
 
+use std::ffi::OsString;
 use std::fs;
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 
-use super::plan::{Builder, Plan};
+use super::plan::{musl_cross_compiler, triple_architecture, Builder, CargoLambda, Plan};
 use super::{Architecture, BuildError, BINARY, PACKAGE, PROFILE};
 
 /// What both builders build: the function's binary, with the artifact's profile.
 const BUILD_TARGET_ARGS: [&str; 6] = ["--profile", PROFILE, "--package", PACKAGE, "--bin", BINARY];
 
 /// Runs the planned build and returns the path of the binary it produced.
-pub(super) fn run_build(plan: &Plan) -> Result<PathBuf, BuildError> {
+pub(super) fn run_build(
+    plan: &Plan,
+    cargo_lambda: Option<&CargoLambda>,
+) -> Result<PathBuf, BuildError> {
     match plan.builder {
-        Builder::CargoLambda => run_cargo_lambda(plan.architecture),
+        Builder::CargoLambda => run_cargo_lambda(
+            plan.architecture,
+            cargo_lambda.and_then(|found| found.program.as_deref()),
+        ),
         Builder::Cargo { .. } => run_cargo(plan.cargo_target.as_deref()),
     }
 }
 
-fn run_cargo_lambda(architecture: Architecture) -> Result<PathBuf, BuildError> {
+/// Builds with cargo-lambda, which passes `--target <arch>-unknown-linux-gnu` to cargo (with
+/// zig as C compiler and linker, against an old glibc). Its output therefore goes to
+/// `<target dir>/<arch>-unknown-linux-gnu/lambda-artifact/`, and cargo cannot share those
+/// compiled dependencies with host builds (`<target dir>/lambda-artifact/`, no `--target`):
+/// the two differ in target directory, C compiler and linker. Repeated cargo-lambda builds in
+/// the same target directory and profile do share them.
+fn run_cargo_lambda(
+    architecture: Architecture,
+    program: Option<&Path>,
+) -> Result<PathBuf, BuildError> {
     let arch_flag = match architecture {
         Architecture::Arm64 => "--arm64",
         Architecture::X86_64 => "--x86-64",
     };
-    let mut command = cargo();
+    let mut command = cargo_lambda(program);
     command
-        .args(["lambda", "build"])
+        .arg("build")
         .args(BUILD_TARGET_ARGS)
         .arg(arch_flag)
         // Both streams to our standard error: standard output stays clean for callers that
@@ -89,9 +105,13 @@ fn run_cargo(target: Option<&str>) -> Result<PathBuf, BuildError> {
 }
 
 fn cargo_fix(target: Option<&str>) -> String {
-    match target {
-        Some(target) => format!(
-            "fix the errors cargo printed above; building for {target} also needs a linker and C compiler for it (cargo-lambda, `cargo install --locked cargo-lambda`, brings them with zig)"
+    match target.map(|target| (target, triple_architecture(target))) {
+        Some((target, Some(architecture))) => format!(
+            "fix the errors cargo printed above; building for {target} also needs {} (or build with cargo-lambda, which brings both with zig: `pip install cargo-lambda` and set CARGO_LAMBDA to its bin/cargo-lambda)",
+            musl_cross_compiler(architecture)
+        ),
+        Some((target, None)) => format!(
+            "fix the errors cargo printed above; building for {target} also needs a C compiler and linker for it"
         ),
         None => "fix the errors cargo printed above".to_owned(),
     }
@@ -155,13 +175,66 @@ fn workspace_command(variable: &str, default: &str) -> Command {
     command
 }
 
-pub(super) fn cargo_lambda_installed() -> bool {
-    cargo()
-        .args(["lambda", "--version"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|status| status.success())
+/// `cargo lambda`, or `<program> lambda` for a `cargo-lambda` executable named by path, in
+/// the workspace. The program's directory goes first on the child's `PATH`: a virtual
+/// environment's `bin/` from `pip install cargo-lambda` also holds the `python3` whose
+/// `-m ziglang` is the zig cargo-lambda looks for.
+fn cargo_lambda(program: Option<&Path>) -> Command {
+    let Some(program) = program else {
+        let mut command = cargo();
+        command.arg("lambda");
+        return command;
+    };
+    let mut command = Command::new(program);
+    crate::project::clear_calling_crate_env(&mut command);
+    if let Some(dir) = program.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+        command.env("PATH", path_with_first(dir));
+    }
+    command
+        .arg("lambda")
+        .current_dir(crate::project::project_root())
+        .stdin(Stdio::null());
+    command
+}
+
+/// `PATH` with `dir` in front.
+fn path_with_first(dir: &Path) -> OsString {
+    let rest = std::env::var_os("PATH").unwrap_or_default();
+    let dirs = std::iter::once(dir.to_path_buf()).chain(std::env::split_paths(&rest));
+    std::env::join_paths(dirs).unwrap_or(rest)
+}
+
+/// Runs `cargo lambda --version` (or `<program> lambda --version`) and returns the version it
+/// reports, such as `1.9.2`; the error says why it did not run.
+pub(super) fn probe_cargo_lambda(program: Option<&Path>) -> Result<String, String> {
+    let mut command = cargo_lambda(program);
+    command.arg("--version");
+    let output = command.output().map_err(|err| err.to_string())?;
+    if !output.status.success() {
+        return Err(format!(
+            "`{}` failed ({}): {}",
+            describe(&command),
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        ));
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    cargo_lambda_version(&stdout).ok_or_else(|| {
+        format!(
+            "`{}` printed {:?}, not `cargo-lambda <version>`",
+            describe(&command),
+            stdout.trim()
+        )
+    })
+}
+
+/// The version in cargo-lambda's `--version` line: `cargo-lambda 1.9.2 (67129fc 2026-08-21Z)`.
+fn cargo_lambda_version(line: &str) -> Option<String> {
+    let mut words = line.split_whitespace();
+    if words.next()? != "cargo-lambda" {
+        return None;
+    }
+    words.next().map(str::to_owned)
 }
 
 pub(super) fn host_triple() -> Result<String, BuildError> {
@@ -182,7 +255,7 @@ pub(super) fn host_triple() -> Result<String, BuildError> {
 /// Whether the standard library for `target` is installed. `rustc --print target-libdir`
 /// prints the directory even for a missing target, so the directory must also hold `libstd`;
 /// unlike `rustup target list`, this also works for toolchains not managed by rustup.
-pub(super) fn target_installed(target: &str) -> bool {
+pub fn target_installed(target: &str) -> bool {
     let mut command = rustc();
     command.args(["--print", "target-libdir", "--target", target]);
     let Ok(dir) = captured(&mut command) else {
@@ -243,5 +316,31 @@ mod tests {
             Some(PathBuf::from("/t/release/bootstrap"))
         );
         assert_eq!(find_executable(&b"{}\n"[..]), None);
+    }
+
+    #[test]
+    fn cargo_lambda_versions_are_read_from_its_version_line() {
+        assert_eq!(
+            cargo_lambda_version("cargo-lambda 1.9.2 (67129fc 2026-08-21Z)\n").as_deref(),
+            Some("1.9.2")
+        );
+        assert_eq!(cargo_lambda_version("cargo 1.90.0"), None);
+        assert_eq!(cargo_lambda_version(""), None);
+    }
+
+    #[test]
+    fn a_named_cargo_lambda_puts_its_directory_first_on_path() {
+        let command = cargo_lambda(Some(Path::new("/venv/bin/cargo-lambda")));
+        assert_eq!(command.get_program(), "/venv/bin/cargo-lambda");
+        assert_eq!(command.get_args().collect::<Vec<_>>(), ["lambda"]);
+        let path = command
+            .get_envs()
+            .find(|(name, _)| *name == "PATH")
+            .and_then(|(_, value)| value)
+            .expect("PATH is set for the child");
+        assert_eq!(
+            std::env::split_paths(path).next(),
+            Some(PathBuf::from("/venv/bin"))
+        );
     }
 }

@@ -21,9 +21,14 @@ use cargo::run_build;
 use elf::verify;
 
 pub use crate::settings::Architecture;
+pub use cargo::target_installed;
 pub use elf::{check_glibc, required_glibc};
 pub use package::package;
-pub use plan::{musl_target, plan, BuildOptions, Builder, Plan, Purpose, Toolchain};
+use plan::{cross_toolchain_hint, INSTALL_CARGO_LAMBDA};
+pub use plan::{
+    gnu_target, musl_target, plan, BuildOptions, Builder, CargoLambda, Plan, Purpose, Toolchain,
+    CARGO_LAMBDA_VARIABLE,
+};
 
 /// The package holding the function.
 pub const PACKAGE: &str = "usersync-function";
@@ -97,7 +102,7 @@ pub enum BuildError {
         fix: String,
     },
     /// Nothing installed can build for the requested architecture.
-    #[error("cannot build the function for {requested} on this {host} host without a cross toolchain; install cargo-lambda (`cargo install --locked cargo-lambda`) or the musl target (`rustup target add {musl_target}`), or build for the host's architecture")]
+    #[error("cannot build the function for {requested} on this {host} host without a cross toolchain; {}, or build for the host's architecture", cross_toolchain_hint(*requested))]
     ArchitectureUnavailable {
         /// The requested architecture.
         requested: Architecture,
@@ -107,7 +112,7 @@ pub enum BuildError {
         musl_target: String,
     },
     /// The binary needs a glibc newer than Lambda's.
-    #[error("{} requires GLIBC_{}.{} but Lambda's Amazon Linux 2023 has glibc {}.{}, so it would not start there; build with cargo-lambda (`cargo install --locked cargo-lambda`) or install the musl target (`rustup target add {musl_target}`), then build again", binary.display(), required.0, required.1, MAX_AWS_GLIBC.0, MAX_AWS_GLIBC.1)]
+    #[error("{} requires GLIBC_{}.{} but Lambda's Amazon Linux 2023 has glibc {}.{}, so it would not start there; build with cargo-lambda ({INSTALL_CARGO_LAMBDA}) or install the musl target (`rustup target add {musl_target}`), then build again", binary.display(), required.0, required.1, MAX_AWS_GLIBC.0, MAX_AWS_GLIBC.1)]
     GlibcTooNew {
         /// The binary.
         binary: PathBuf,
@@ -115,6 +120,14 @@ pub enum BuildError {
         required: (u32, u32),
         /// The musl target that would avoid glibc.
         musl_target: String,
+    },
+    /// The cargo-lambda named by `CARGO_LAMBDA` (or given by the caller) does not run.
+    #[error("{} does not run as cargo-lambda ({reason}); point CARGO_LAMBDA at the bin/cargo-lambda of a virtual environment with `pip install cargo-lambda` in it, or unset CARGO_LAMBDA", program.display())]
+    CargoLambdaUnusable {
+        /// The program.
+        program: PathBuf,
+        /// What happened when it was run with `lambda --version`.
+        reason: String,
     },
     /// The binary is for another instruction set than requested.
     #[error("{} is built for {found}, not the requested {expected}; check the `build.target` of your cargo configuration and any CARGO_BUILD_TARGET, or request {found}", binary.display())]
@@ -167,21 +180,34 @@ pub enum BuildError {
 /// Builds `bootstrap` with the [`PROFILE`] profile (release, whole-program optimised) for `options` and packages it into
 /// `<target dir>/lambda/function/bootstrap.zip`.
 ///
-/// Uses `cargo lambda build` when cargo-lambda is installed, else plain `cargo build` for an
-/// installed `*-linux-musl` target of the requested architecture, else for the host (see
-/// [`plan`](fn@plan)). Cargo's output goes to this process's standard error as it happens;
-/// `progress` receives one line per step.
+/// Uses `cargo lambda build` when cargo-lambda is installed (or named by `CARGO_LAMBDA`), else
+/// plain `cargo build` for an installed `*-linux-musl` target of the requested architecture,
+/// else for the host (see [`plan`](fn@plan)). Cargo's output goes to this process's standard
+/// error as it happens; `progress` receives one line per step.
 pub fn build(
     options: &BuildOptions,
     progress: &mut dyn FnMut(&str),
 ) -> Result<Artifact, BuildError> {
-    let toolchain = Toolchain::detect()?;
-    let plan = plan(options, &toolchain)?;
+    build_with(options, &Toolchain::detect()?, progress)
+}
+
+/// [`build`] with what `toolchain` offers instead of what [`Toolchain::detect`] finds: to
+/// build with a particular cargo-lambda ([`Toolchain::detect_with`]).
+pub fn build_with(
+    options: &BuildOptions,
+    toolchain: &Toolchain,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Artifact, BuildError> {
+    let plan = plan(options, toolchain)?;
+    let builder = match (&plan.builder, &toolchain.cargo_lambda) {
+        (Builder::CargoLambda, Some(cargo_lambda)) => cargo_lambda.to_string(),
+        (builder, _) => builder.to_string(),
+    };
     progress(&format!(
-        "building {BINARY} ({PACKAGE}, profile {PROFILE}) for {} with {}",
-        plan.architecture, plan.builder
+        "building {BINARY} ({PACKAGE}, profile {PROFILE}) for {} with {builder}",
+        plan.architecture
     ));
-    let binary = run_build(&plan)?;
+    let binary = run_build(&plan, toolchain.cargo_lambda.as_ref())?;
     verify(&binary, &plan, options.purpose)?;
 
     let zip_path = zip_path();

@@ -3,9 +3,17 @@
 //! ([`plan`]), kept pure so every case is testable without the tools.
 
 use std::fmt;
+use std::path::{Path, PathBuf};
 
-use super::cargo::{cargo_lambda_installed, host_triple, target_installed};
+use super::cargo::{host_triple, probe_cargo_lambda, target_installed};
 use super::{Architecture, BuildError};
+
+/// The variable that names the `cargo-lambda` executable to build with, such as the one a
+/// `pip install cargo-lambda` put in a virtual environment's `bin/`.
+pub const CARGO_LAMBDA_VARIABLE: &str = "CARGO_LAMBDA";
+
+/// How to install cargo-lambda, for messages.
+pub(super) const INSTALL_CARGO_LAMBDA: &str = "`pip install cargo-lambda` into a virtual environment, whose wheel brings zig, and set CARGO_LAMBDA to its bin/cargo-lambda, or `cargo install --locked cargo-lambda` with zig on PATH";
 
 /// Where the function is going to run; it decides which builds are acceptable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -48,11 +56,60 @@ impl fmt::Display for Builder {
     }
 }
 
+/// A cargo-lambda that runs: how to start it and its version.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CargoLambda {
+    /// The `cargo-lambda` executable, run as `<program> lambda ...` with its directory first on
+    /// the child's `PATH` (so that the `python3 -m ziglang` of the same virtual environment
+    /// provides zig); `None` runs `cargo lambda ...`, which finds `cargo-lambda` on `PATH`.
+    pub program: Option<PathBuf>,
+    /// The version it reports, such as `1.9.2`.
+    pub version: String,
+}
+
+impl fmt::Display for CargoLambda {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "cargo-lambda {}", self.version)?;
+        if let Some(program) = &self.program {
+            write!(f, " ({})", program.display())?;
+        }
+        Ok(())
+    }
+}
+
+impl CargoLambda {
+    /// The cargo-lambda to build with: the one [`CARGO_LAMBDA_VARIABLE`] names, which must
+    /// run, else `cargo lambda` when it runs, else none.
+    pub fn detect() -> Result<Option<Self>, BuildError> {
+        match std::env::var_os(CARGO_LAMBDA_VARIABLE).filter(|v| !v.is_empty()) {
+            Some(program) => Self::at(Path::new(&program)).map(Some),
+            None => Ok(probe_cargo_lambda(None).ok().map(|version| Self {
+                program: None,
+                version,
+            })),
+        }
+    }
+
+    /// The cargo-lambda executable at `program`, checked to run.
+    pub fn at(program: &Path) -> Result<Self, BuildError> {
+        let version = probe_cargo_lambda(Some(program)).map_err(|reason| {
+            BuildError::CargoLambdaUnusable {
+                program: program.to_owned(),
+                reason,
+            }
+        })?;
+        Ok(Self {
+            program: Some(program.to_owned()),
+            version,
+        })
+    }
+}
+
 /// What the build environment offers; [`Toolchain::detect`] probes it, tests build it by hand.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Toolchain {
-    /// `cargo lambda --version` succeeds.
-    pub cargo_lambda: bool,
+    /// cargo-lambda, when one runs.
+    pub cargo_lambda: Option<CargoLambda>,
     /// The host's target triple, as `rustc -vV` reports it.
     pub host: String,
     /// The `*-unknown-linux-musl` targets whose standard library is installed.
@@ -72,9 +129,15 @@ pub struct Plan {
 }
 
 impl Toolchain {
-    /// Probes this machine: whether `cargo lambda` runs, the host triple, and which musl
-    /// targets are installed.
+    /// Probes this machine: cargo-lambda ([`CargoLambda::detect`]: `CARGO_LAMBDA`, else
+    /// `cargo lambda`), the host triple, and which musl targets are installed.
     pub fn detect() -> Result<Self, BuildError> {
+        Self::detect_with(CargoLambda::detect()?)
+    }
+
+    /// Probes this machine as [`Toolchain::detect`] does, but with the given cargo-lambda (or
+    /// none) instead of looking for one.
+    pub fn detect_with(cargo_lambda: Option<CargoLambda>) -> Result<Self, BuildError> {
         let host = host_triple()?;
         let musl_targets = [Architecture::Arm64, Architecture::X86_64]
             .into_iter()
@@ -82,7 +145,7 @@ impl Toolchain {
             .filter(|target| target_installed(target))
             .collect();
         Ok(Self {
-            cargo_lambda: cargo_lambda_installed(),
+            cargo_lambda,
             host,
             musl_targets,
         })
@@ -106,11 +169,11 @@ pub fn plan(options: &BuildOptions, toolchain: &Toolchain) -> Result<Plan, Build
             return Err(BuildError::UnsupportedHost {
                 host: host.to_owned(),
                 reason: "its architecture is neither x86_64 nor aarch64",
-                fix: "request an architecture (arm64 or x86_64) and install cargo-lambda (`cargo install --locked cargo-lambda`)".to_owned(),
+                fix: format!("request an architecture (arm64 or x86_64) and install cargo-lambda: {INSTALL_CARGO_LAMBDA}"),
             })
         }
     };
-    if toolchain.cargo_lambda {
+    if toolchain.cargo_lambda.is_some() {
         return Ok(Plan {
             architecture,
             builder: Builder::CargoLambda,
@@ -133,7 +196,7 @@ pub fn plan(options: &BuildOptions, toolchain: &Toolchain) -> Result<Plan, Build
         return Err(BuildError::UnsupportedHost {
             host: host.to_owned(),
             reason: "it does not build Linux binaries, which Lambda runs",
-            fix: format!("install cargo-lambda (`cargo install --locked cargo-lambda`) or the musl target (`rustup target add {musl}`)"),
+            fix: format!("install cargo-lambda ({INSTALL_CARGO_LAMBDA}) or the musl target (`rustup target add {musl}`)"),
         });
     }
     Ok(cargo_plan(architecture, host.to_owned(), host))
@@ -154,6 +217,38 @@ pub fn musl_target(architecture: Architecture) -> String {
     format!("{}-unknown-linux-musl", triple_arch(architecture))
 }
 
+/// The glibc target triple for `architecture`, such as `aarch64-unknown-linux-gnu`: what
+/// cargo-lambda builds for.
+pub fn gnu_target(architecture: Architecture) -> String {
+    format!("{}-unknown-linux-gnu", triple_arch(architecture))
+}
+
+/// Everything a build for `architecture` on another host needs, either way: cargo-lambda
+/// with zig and the target's standard library, or the musl target with a C compiler and
+/// linker for it (aws-lc-sys compiles C).
+pub(super) fn cross_toolchain_hint(architecture: Architecture) -> String {
+    format!(
+        "build with cargo-lambda, which cross-compiles with zig (install it with {INSTALL_CARGO_LAMBDA}) and needs the target's standard library (`rustup target add {}`, which cargo-lambda runs itself where rustup can download it); or build with cargo for the musl target (`rustup target add {}`) with {}",
+        gnu_target(architecture),
+        musl_target(architecture),
+        musl_cross_compiler(architecture),
+    )
+}
+
+/// The C compiler and linker a plain `cargo build --target <musl target>` needs on another
+/// host: aws-lc-sys compiles C with `CC_<target>`, and rustc links with the target's linker.
+pub(super) fn musl_cross_compiler(architecture: Architecture) -> String {
+    let arch = triple_arch(architecture);
+    let gcc = format!("{arch}-linux-gnu-gcc");
+    // Debian's package names spell x86_64 with a hyphen.
+    let package = format!("gcc-{}-linux-gnu", arch.replace('_', "-"));
+    let target = musl_target(architecture).replace('-', "_");
+    format!(
+        "a cross C compiler and linker for aws-lc-sys and the link (on Debian or Ubuntu `apt-get install {package}`, then CC_{target}={gcc} and CARGO_TARGET_{}_LINKER={gcc})",
+        target.to_ascii_uppercase()
+    )
+}
+
 fn triple_arch(architecture: Architecture) -> &'static str {
     match architecture {
         Architecture::Arm64 => "aarch64",
@@ -161,7 +256,7 @@ fn triple_arch(architecture: Architecture) -> &'static str {
     }
 }
 
-fn triple_architecture(triple: &str) -> Option<Architecture> {
+pub(super) fn triple_architecture(triple: &str) -> Option<Architecture> {
     match triple.split('-').next()? {
         "aarch64" => Some(Architecture::Arm64),
         "x86_64" => Some(Architecture::X86_64),

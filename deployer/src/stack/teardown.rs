@@ -101,19 +101,18 @@ pub async fn teardown(
         // (https://docs.aws.amazon.com/AWSCloudFormation/latest/UserGuide/aws-attribute-deletionpolicy.html).
         // Empty it again and delete again, a bounded number of times, rather than wait out a
         // whole function timeout before the first try.
-        let written_after_emptying = data_bucket.is_some()
-            && !finished.failures.is_empty()
-            && finished.failures.iter().all(bucket_not_empty);
-        if let (true, Some(bucket)) = (
-            written_after_emptying && attempt < MAX_DELETE_ATTEMPTS,
-            &data_bucket,
-        ) {
-            console.line(&format!(
-                "bucket {bucket} was written to after it was emptied; emptying it again"
-            ));
-            emptied_objects += empty_bucket(target, bucket, console).await?;
-            attempt += 1;
-            continue;
+        let written_after_emptying =
+            !finished.failures.is_empty() && finished.failures.iter().all(bucket_not_empty);
+        match &data_bucket {
+            Some(bucket) if written_after_emptying && attempt < MAX_DELETE_ATTEMPTS => {
+                console.line(&format!(
+                    "bucket {bucket} was written to after it was emptied; emptying it again"
+                ));
+                emptied_objects += empty_bucket(target, bucket, console).await?;
+                attempt += 1;
+                continue;
+            }
+            _ => {}
         }
         return Err(StackError::DeleteFailed {
             stack: stack.to_owned(),

@@ -1,5 +1,7 @@
 //! A scripted, in-process fake of the AWS calls the stack lifecycle makes: the CloudFormation
-//! Query API, STS `GetCallerIdentity` and S3 `HeadBucket`. It answers through the SDK's
+//! Query API, STS `GetCallerIdentity`, the S3 bucket and object calls of the assets and data
+//! buckets (checking `ExpectedBucketOwner` as S3 does), and Lambda's Get/UpdateEventSourceMapping.
+//! It answers through the SDK's
 //! `infallible_client_fn` test HTTP client, so the code under test runs unchanged, request
 //! serialisation and response parsing included, with no network.
 //!
@@ -35,6 +37,9 @@ pub const ASSETS_BUCKET: &str = "usersync-assets-123456789012-us-east-1";
 
 const CFN_NAMESPACE: &str = "https://cloudformation.amazonaws.com/doc/2010-05-15/";
 const STS_NAMESPACE: &str = "https://sts.amazonaws.com/doc/2011-06-15/";
+const S3_NAMESPACE: &str = "http://s3.amazonaws.com/doc/2006-03-01/";
+/// The path of Lambda's event source mapping API, followed by the mapping's UUID.
+const MAPPINGS_PATH: &str = "/2015-03-31/event-source-mappings/";
 /// Events per `DescribeStackEvents` page: small, so that reads span pages.
 const EVENTS_PAGE_SIZE: usize = 4;
 
@@ -134,7 +139,53 @@ pub struct Scenario {
     pub outputs_after_execution: Vec<(String, String)>,
     /// The steps of `DeleteStack`; the first is applied by `DeleteStack` itself.
     pub deletion: Vec<Step>,
+    /// The steps of the second, third, ... `DeleteStack`; once used up, `deletion` again.
+    pub deletion_retries: Vec<Vec<Step>>,
     pub clock: Clock,
+    /// The S3 buckets that exist at the start.
+    pub buckets: Vec<Bucket>,
+    /// Objects written (`(bucket, key)`) when the first `DeleteStack` arrives: an invocation
+    /// still running after the bucket was emptied.
+    pub late_writes: Vec<(String, String)>,
+    /// The stack's event source mapping as Lambda reports it; `None` when Lambda has none.
+    pub mapping: Option<Mapping>,
+    /// Whether the target serves Lambda's event source mapping API (an emulator may not).
+    pub lambda_served: bool,
+}
+
+/// An S3 bucket, its owner and its objects' keys (one version each).
+#[derive(Clone, Debug)]
+pub struct Bucket {
+    pub name: String,
+    pub owner: String,
+    pub keys: Vec<String>,
+}
+
+impl Bucket {
+    pub fn new(name: &str, owner: &str, keys: &[&str]) -> Self {
+        Self {
+            name: name.to_owned(),
+            owner: owner.to_owned(),
+            keys: keys.iter().map(|k| (*k).to_owned()).collect(),
+        }
+    }
+}
+
+/// The stack's event source mapping in Lambda. Its UUID is the physical id of the stack's
+/// `EventSourceMapping` resource ([`physical_id`]).
+#[derive(Clone, Debug)]
+pub struct Mapping {
+    /// `Enabled`, `Disabled`, ...
+    pub state: String,
+    /// How many `GetEventSourceMapping` calls report `Disabling` after the mapping is disabled
+    /// before it reads `Disabled`.
+    pub disabling_reads: usize,
+}
+
+/// The physical id the fake gives resource `logical_id` of stack `stack`: a bucket's name, a
+/// mapping's UUID.
+pub fn physical_id(stack: &str, logical_id: &str) -> String {
+    format!("{stack}-{logical_id}").to_lowercase()
 }
 
 impl Scenario {
@@ -156,7 +207,12 @@ impl Scenario {
                     vec![Event::stack(stack_name, "DELETE_COMPLETE")],
                 ),
             ],
+            deletion_retries: Vec::new(),
             clock: Clock::default(),
+            buckets: Vec::new(),
+            late_writes: Vec::new(),
+            mapping: None,
+            lambda_served: true,
         }
     }
 }
@@ -222,6 +278,10 @@ struct State {
     unexpected: Vec<String>,
     /// Numbers stacks, change sets and events.
     serial: u64,
+    buckets: Vec<Bucket>,
+    mapping: Option<Mapping>,
+    /// `DeleteStack` calls that started a deletion.
+    deletions: usize,
 }
 
 /// The fake; clones share one state.
@@ -233,6 +293,18 @@ pub struct FakeAws {
 struct Reply {
     status: u16,
     body: String,
+    /// Extra response headers (a REST-JSON error's `x-amzn-errortype`).
+    headers: Vec<(&'static str, String)>,
+}
+
+impl Reply {
+    fn new(status: u16, body: String) -> Self {
+        Self {
+            status,
+            body,
+            headers: Vec::new(),
+        }
+    }
 }
 
 impl FakeAws {
@@ -246,7 +318,12 @@ impl FakeAws {
             calls: Vec::new(),
             unexpected: Vec::new(),
             serial: 0,
+            buckets: Vec::new(),
+            mapping: None,
+            deletions: 0,
         };
+        state.buckets = state.scenario.buckets.clone();
+        state.mapping = state.scenario.mapping.clone();
         if let Some(existing) = state.scenario.existing.clone() {
             let name = state.scenario.stack_name.clone();
             let id = state.new_stack_id(&name);
@@ -294,7 +371,7 @@ impl FakeAws {
     }
 
     /// The calls that change something (neither `Describe*`, `Get*` nor `List*`, nor an S3
-    /// `HEAD`), in order.
+    /// `HEAD` or `GET`), in order.
     pub fn mutations(&self) -> Vec<String> {
         self.actions()
             .into_iter()
@@ -302,9 +379,34 @@ impl FakeAws {
                 !(a.starts_with("Describe")
                     || a.starts_with("Get")
                     || a.starts_with("List")
-                    || a.starts_with("S3 HEAD"))
+                    || a.starts_with("S3 HEAD")
+                    || a.starts_with("S3 GET"))
             })
             .collect()
+    }
+
+    /// The S3 calls, in order.
+    pub fn s3_calls(&self) -> Vec<Call> {
+        self.lock()
+            .calls
+            .iter()
+            .filter(|c| c.action.starts_with("S3 "))
+            .cloned()
+            .collect()
+    }
+
+    /// The keys in bucket `name`, `None` when it does not exist.
+    pub fn bucket_keys(&self, name: &str) -> Option<Vec<String>> {
+        self.lock()
+            .buckets
+            .iter()
+            .find(|b| b.name == name)
+            .map(|b| b.keys.clone())
+    }
+
+    /// The mapping's state in Lambda.
+    pub fn mapping_state(&self) -> Option<String> {
+        self.lock().mapping.as_ref().map(|m| m.state.clone())
     }
 
     /// The calls of `action`, in order.
@@ -361,6 +463,7 @@ impl FakeAws {
     fn handle(&self, request: http::Request<SdkBody>) -> http::Response<SdkBody> {
         let method = request.method().as_str().to_owned();
         let path = request.uri().path().to_owned();
+        let query = request.uri().query().map(form_decode).unwrap_or_default();
         let body = request
             .body()
             .bytes()
@@ -377,38 +480,57 @@ impl FakeAws {
                 });
                 match params.get("Version").map(String::as_str) {
                     Some("2010-05-15") => state.cloudformation(&action, &params),
-                    Some("2011-06-15") if action == "GetCallerIdentity" => Reply {
-                        status: 200,
-                        body: format!(
+                    Some("2011-06-15") if action == "GetCallerIdentity" => Reply::new(
+                        200,
+                        format!(
                             r#"<GetCallerIdentityResponse xmlns="{STS_NAMESPACE}"><GetCallerIdentityResult><Arn>arn:aws:iam::{ACCOUNT}:user/tester</Arn><UserId>AIDAFAKE</UserId><Account>{ACCOUNT}</Account></GetCallerIdentityResult><ResponseMetadata><RequestId>fake</RequestId></ResponseMetadata></GetCallerIdentityResponse>"#
                         ),
-                    },
+                    ),
                     _ => state.unexpected(format!("{action} {params:?}")),
                 }
             }
+            _ if path.starts_with(MAPPINGS_PATH) => {
+                let uuid = path[MAPPINGS_PATH.len()..].to_owned();
+                state.lambda(&method, &uuid, &body)
+            }
             _ => {
-                // Path-style S3: `/<bucket>/` for a bucket, `/<bucket>/<key>` for an object.
+                // Path-style S3: `/<bucket>/` for a bucket, `/<bucket>/<key>` for an object; a
+                // bucket subresource (`?versions`, `?delete`, ...) is part of the action.
                 let path = path.trim_end_matches('/');
-                let action = format!("S3 {method} {path}");
+                let subresource = ["versions", "delete", "encryption", "publicAccessBlock"]
+                    .into_iter()
+                    .find(|name| query.contains_key(*name));
+                let action = match subresource {
+                    Some(name) => format!("S3 {method} {path}?{name}"),
+                    None => format!("S3 {method} {path}"),
+                };
+                let mut call_params = query.clone();
+                if let Some(owner) = request.headers().get("x-amz-expected-bucket-owner") {
+                    call_params.insert(
+                        "ExpectedBucketOwner".to_owned(),
+                        owner.to_str().unwrap_or_default().to_owned(),
+                    );
+                }
                 state.calls.push(Call {
                     action: action.clone(),
-                    params: params.clone(),
+                    params: call_params.clone(),
                 });
-                if method == "HEAD" && path == format!("/{ASSETS_BUCKET}") {
-                    // The assets bucket was never created.
-                    Reply {
-                        status: 404,
-                        body: String::new(),
-                    }
-                } else {
-                    state.unexpected(action)
-                }
+                state.s3(&method, path, subresource, &call_params, &body, action)
             }
         };
-        http::Response::builder()
+        let content_type = if reply.body.starts_with('{') {
+            "application/json"
+        } else {
+            "text/xml"
+        };
+        let mut response = http::Response::builder()
             .status(reply.status)
-            .header("content-type", "text/xml")
-            .header("x-amzn-requestid", "fake")
+            .header("content-type", content_type)
+            .header("x-amzn-requestid", "fake");
+        for (name, value) in reply.headers {
+            response = response.header(name, value);
+        }
+        response
             .body(SdkBody::from(reply.body))
             .expect("a valid response")
     }
@@ -652,18 +774,224 @@ impl State {
                     .map(|s| s.id.clone());
                 // Deleting a stack that does not exist succeeds and does nothing.
                 if let Some(stack_id) = target {
-                    let deletion = self.scenario.deletion.clone();
+                    self.deletions += 1;
+                    if self.deletions == 1 {
+                        for (bucket, key) in self.scenario.late_writes.clone() {
+                            if let Some(found) = self.buckets.iter_mut().find(|b| b.name == bucket)
+                            {
+                                found.keys.push(key);
+                            }
+                        }
+                    }
+                    let deletion = self
+                        .deletions
+                        .checked_sub(2)
+                        .and_then(|retry| self.scenario.deletion_retries.get(retry))
+                        .unwrap_or(&self.scenario.deletion)
+                        .clone();
                     self.start(stack_id, deletion, None);
                 }
-                Reply {
-                    status: 200,
-                    body: format!(
+                Reply::new(
+                    200,
+                    format!(
                         r#"<DeleteStackResponse xmlns="{CFN_NAMESPACE}"><ResponseMetadata><RequestId>fake</RequestId></ResponseMetadata></DeleteStackResponse>"#
                     ),
+                )
+            }
+            "DescribeStackResources" => {
+                let wanted = param("StackName");
+                let Some(stack) = self.find(&wanted) else {
+                    return does_not_exist(&wanted);
+                };
+                let only = params.get("LogicalResourceId");
+                let resources: Vec<(String, Event)> = resources_of(stack)
+                    .into_iter()
+                    .filter(|(logical_id, _)| only.is_none_or(|o| o == logical_id))
+                    .collect();
+                if let (Some(logical_id), true) = (only, resources.is_empty()) {
+                    return error(
+                        "ValidationError",
+                        &format!("Resource {logical_id} does not exist for stack {wanted}"),
+                    );
                 }
+                let members: String = resources
+                    .iter()
+                    .map(|(_, event)| resource_xml(stack, event))
+                    .collect();
+                ok(
+                    action,
+                    &format!("<StackResources>{members}</StackResources>"),
+                )
             }
             _ => self.unexpected(format!("{action} {params:?}")),
         }
+    }
+
+    /// The S3 calls: bucket `HEAD`/`PUT` (create), `?encryption`, `?publicAccessBlock`,
+    /// `?versions` (ListObjectVersions), `?delete` (DeleteObjects); object `HEAD` and `PUT`. A
+    /// request whose `ExpectedBucketOwner` is not the bucket's owner gets 403 Access Denied, as
+    /// S3 answers it.
+    fn s3(
+        &mut self,
+        method: &str,
+        path: &str,
+        subresource: Option<&str>,
+        params: &BTreeMap<String, String>,
+        body: &str,
+        action: String,
+    ) -> Reply {
+        let path = path.trim_start_matches('/');
+        let (bucket_name, key) = match path.split_once('/') {
+            Some((bucket, key)) => (bucket.to_owned(), Some(key.to_owned())),
+            None => (path.to_owned(), None),
+        };
+        let head = method == "HEAD";
+        let index = self.buckets.iter().position(|b| b.name == bucket_name);
+        if (method, subresource, &key) == ("PUT", None, &None) {
+            // CreateBucket takes no bucket owner condition.
+            return match index.map(|i| self.buckets[i].owner.clone()) {
+                Some(owner) if owner == ACCOUNT => s3_error(
+                    409,
+                    "BucketAlreadyOwnedByYou",
+                    "Your previous request to create the named bucket succeeded and you already own it.",
+                    false,
+                ),
+                Some(_) => s3_error(
+                    409,
+                    "BucketAlreadyExists",
+                    "The requested bucket name is not available.",
+                    false,
+                ),
+                None => {
+                    self.buckets.push(Bucket::new(&bucket_name, ACCOUNT, &[]));
+                    Reply::new(200, String::new())
+                }
+            };
+        }
+        let Some(index) = index else {
+            return s3_error(
+                404,
+                "NoSuchBucket",
+                "The specified bucket does not exist",
+                head,
+            );
+        };
+        let bucket = &mut self.buckets[index];
+        if params
+            .get("ExpectedBucketOwner")
+            .is_some_and(|expected| *expected != bucket.owner)
+        {
+            return s3_error(403, "AccessDenied", "Access Denied", head);
+        }
+        match (method, subresource, key) {
+            ("HEAD", None, None) => Reply::new(200, String::new()),
+            ("PUT", Some("encryption" | "publicAccessBlock"), None) => {
+                Reply::new(200, String::new())
+            }
+            ("GET", Some("versions"), None) => {
+                let prefix = params.get("prefix").cloned().unwrap_or_default();
+                let versions: String = bucket
+                    .keys
+                    .iter()
+                    .filter(|k| k.starts_with(&prefix))
+                    .map(|k| {
+                        format!(
+                            "<Version><Key>{}</Key><VersionId>v-{}</VersionId><IsLatest>true</IsLatest><LastModified>2025-01-01T00:00:00.000Z</LastModified><ETag>&quot;e&quot;</ETag><Size>1</Size><StorageClass>STANDARD</StorageClass></Version>",
+                            escape(k),
+                            escape(k)
+                        )
+                    })
+                    .collect();
+                Reply::new(
+                    200,
+                    format!(
+                        r#"<ListVersionsResult xmlns="{S3_NAMESPACE}"><Name>{}</Name><Prefix>{}</Prefix><MaxKeys>1000</MaxKeys><IsTruncated>false</IsTruncated>{versions}</ListVersionsResult>"#,
+                        escape(&bucket.name),
+                        escape(&prefix)
+                    ),
+                )
+            }
+            ("POST", Some("delete"), None) => {
+                let keys = xml_values(body, "Key");
+                bucket.keys.retain(|k| !keys.contains(&escape(k)));
+                Reply::new(
+                    200,
+                    format!(r#"<DeleteResult xmlns="{S3_NAMESPACE}"></DeleteResult>"#),
+                )
+            }
+            ("HEAD", None, Some(key)) => {
+                if bucket.keys.contains(&key) {
+                    Reply::new(200, String::new())
+                } else {
+                    s3_error(404, "NoSuchKey", "The specified key does not exist.", true)
+                }
+            }
+            ("PUT", None, Some(key)) => {
+                bucket.keys.push(key);
+                Reply::new(200, String::new())
+            }
+            _ => self.unexpected(action),
+        }
+    }
+
+    /// Lambda's `GetEventSourceMapping` (`GET`) and `UpdateEventSourceMapping` (`PUT`) of the
+    /// mapping `uuid`, recorded as those actions.
+    fn lambda(&mut self, method: &str, uuid: &str, body: &str) -> Reply {
+        let action = match method {
+            "GET" => "GetEventSourceMapping",
+            "PUT" => "UpdateEventSourceMapping",
+            other => return self.unexpected(format!("Lambda {other} {uuid}")),
+        };
+        let mut params = BTreeMap::from([("UUID".to_owned(), uuid.to_owned())]);
+        let update: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+        if let Some(enabled) = update.get("Enabled") {
+            params.insert("Enabled".to_owned(), enabled.to_string());
+        }
+        self.calls.push(Call {
+            action: action.to_owned(),
+            params,
+        });
+        if !self.scenario.lambda_served {
+            // An emulator without the API: no such route.
+            return Reply::new(404, String::new());
+        }
+        let expected = physical_id(&self.scenario.stack_name, "EventSourceMapping");
+        let Some(mapping) = self.mapping.as_mut().filter(|_| uuid == expected) else {
+            return lambda_error(
+                404,
+                "ResourceNotFoundException",
+                &format!(
+                    "The resource you requested does not exist. (Service: Lambda, UUID {uuid})"
+                ),
+            );
+        };
+        match action {
+            "GetEventSourceMapping" if mapping.state == "Disabling" => {
+                if mapping.disabling_reads == 0 {
+                    mapping.state = "Disabled".to_owned();
+                } else {
+                    mapping.disabling_reads -= 1;
+                }
+            }
+            "UpdateEventSourceMapping" => match update.get("Enabled") {
+                Some(serde_json::Value::Bool(false)) if mapping.state != "Disabled" => {
+                    mapping.state = "Disabling".to_owned();
+                }
+                Some(serde_json::Value::Bool(true)) => mapping.state = "Enabled".to_owned(),
+                _ => {}
+            },
+            _ => {}
+        }
+        let status = if action == "UpdateEventSourceMapping" {
+            202
+        } else {
+            200
+        };
+        Reply::new(
+            status,
+            serde_json::json!({ "UUID": uuid, "State": mapping.state, "BatchSize": 100 })
+                .to_string(),
+        )
     }
 
     fn change_set_mut(&mut self, params: &BTreeMap<String, String>) -> Option<&mut ChangeSet> {
@@ -740,22 +1068,88 @@ impl State {
 }
 
 fn ok(action: &str, result: &str) -> Reply {
-    Reply {
-        status: 200,
-        body: format!(
+    Reply::new(
+        200,
+        format!(
             r#"<{action}Response xmlns="{CFN_NAMESPACE}"><{action}Result>{result}</{action}Result><ResponseMetadata><RequestId>fake</RequestId></ResponseMetadata></{action}Response>"#
         ),
-    }
+    )
 }
 
 fn error(code: &str, message: &str) -> Reply {
-    Reply {
-        status: 400,
-        body: format!(
+    Reply::new(
+        400,
+        format!(
             r#"<ErrorResponse xmlns="{CFN_NAMESPACE}"><Error><Type>Sender</Type><Code>{code}</Code><Message>{}</Message></Error><RequestId>fake</RequestId></ErrorResponse>"#,
             escape(message)
         ),
+    )
+}
+
+/// An S3 error; a `HEAD` answer has no body, so the SDK sees only the status.
+fn s3_error(status: u16, code: &str, message: &str, head: bool) -> Reply {
+    if head {
+        return Reply::new(status, String::new());
     }
+    Reply::new(
+        status,
+        format!(
+            "<Error><Code>{code}</Code><Message>{}</Message><RequestId>fake</RequestId></Error>",
+            escape(message)
+        ),
+    )
+}
+
+/// A Lambda (REST-JSON) error.
+fn lambda_error(status: u16, code: &str, message: &str) -> Reply {
+    Reply {
+        status,
+        body: serde_json::json!({ "Type": "User", "message": message }).to_string(),
+        headers: vec![("x-amzn-errortype", code.to_owned())],
+    }
+}
+
+/// Every resource of `stack` that has an event, with its latest event: what
+/// `DescribeStackResources` reports, in the order the resources first appeared.
+fn resources_of(stack: &FakeStack) -> Vec<(String, Event)> {
+    let mut resources: Vec<(String, Event)> = Vec::new();
+    for recorded in &stack.events {
+        let event = &recorded.event;
+        if event.resource_type == "AWS::CloudFormation::Stack" {
+            continue;
+        }
+        match resources.iter_mut().find(|(id, _)| *id == event.logical_id) {
+            Some((_, latest)) => *latest = event.clone(),
+            None => resources.push((event.logical_id.clone(), event.clone())),
+        }
+    }
+    resources
+}
+
+fn resource_xml(stack: &FakeStack, event: &Event) -> String {
+    format!(
+        "<member><StackName>{}</StackName><StackId>{}</StackId><LogicalResourceId>{}</LogicalResourceId><PhysicalResourceId>{}</PhysicalResourceId><ResourceType>{}</ResourceType><Timestamp>2025-01-01T00:00:00.000Z</Timestamp><ResourceStatus>{}</ResourceStatus>{}</member>",
+        escape(&stack.name),
+        escape(&stack.id),
+        escape(&event.logical_id),
+        escape(&physical_id(&stack.name, &event.logical_id)),
+        escape(&event.resource_type),
+        escape(&event.status),
+        event.reason.as_deref().map_or_else(String::new, |r| format!(
+            "<ResourceStatusReason>{}</ResourceStatusReason>",
+            escape(r)
+        )),
+    )
+}
+
+/// The values of `<name>` elements in `xml`, in order.
+fn xml_values(xml: &str, name: &str) -> Vec<String> {
+    let open = format!("<{name}>");
+    let close = format!("</{name}>");
+    xml.split(&open)
+        .skip(1)
+        .filter_map(|rest| rest.split_once(&close).map(|(value, _)| value.to_owned()))
+        .collect()
 }
 
 /// CloudFormation's answer about a stack that does not exist.
@@ -791,7 +1185,7 @@ fn event_xml(stack: &FakeStack, recorded: &RecordedEvent) -> String {
     let physical = if event.resource_type == "AWS::CloudFormation::Stack" {
         stack.id.clone()
     } else {
-        format!("{}-{}", stack.name, event.logical_id)
+        physical_id(&stack.name, &event.logical_id)
     };
     format!(
         "<member><StackId>{}</StackId><EventId>{}</EventId><StackName>{}</StackName><LogicalResourceId>{}</LogicalResourceId><PhysicalResourceId>{}</PhysicalResourceId><ResourceType>{}</ResourceType><Timestamp>2025-01-01T00:00:00.000Z</Timestamp><ResourceStatus>{}</ResourceStatus>{}</member>",

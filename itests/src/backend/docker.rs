@@ -22,6 +22,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use deployer::errors::chain;
 use testcontainers::bollard::Docker;
 use testcontainers::core::client::docker_client_instance;
 
@@ -250,7 +251,8 @@ pub async fn probe() -> DockerProbe {
     let outcome = match tokio::time::timeout(PING_TIMEOUT, docker_client_instance()).await {
         Ok(Ok(docker)) => ping(docker, PING_TIMEOUT).await,
         Ok(Err(err)) => Err(format!(
-            "testcontainers could not set up its Docker client: {err}"
+            "testcontainers could not set up its Docker client: {}",
+            chain(&err)
         )),
         Err(_) => Err(format!(
             "testcontainers did not set up its Docker client within {PING_TIMEOUT:?}"
@@ -271,7 +273,7 @@ pub async fn ping(docker: Docker, timeout: Duration) -> Result<(), String> {
     match tokio::time::timeout(timeout, docker.ping()).await {
         Ok(Ok(answer)) if answer.trim() == "OK" => Ok(()),
         Ok(Ok(answer)) => Err(format!("it answered the ping with {answer:?}")),
-        Ok(Err(err)) => Err(err.to_string()),
+        Ok(Err(err)) => Err(chain(&err)),
         Err(_) => Err(format!("no answer to a ping within {timeout:?}")),
     }
 }

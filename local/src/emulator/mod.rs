@@ -35,7 +35,9 @@ pub enum EmulatorError {
         "FAKECLOUD_BIN points at {0}, which does not exist: fix the path or unset FAKECLOUD_BIN"
     )]
     BinaryMissing(PathBuf),
-    #[error("failed to run `cargo install fakecloud --version {FAKECLOUD_VERSION}` (is cargo on PATH?)")]
+    #[error(
+        "failed to run `cargo install fakecloud --version {FAKECLOUD_VERSION}` (is cargo on PATH?)"
+    )]
     InstallSpawn(#[source] std::io::Error),
     #[error(
         "`cargo install fakecloud --version {FAKECLOUD_VERSION}` failed ({status}); its last lines:\n{tail}\n\

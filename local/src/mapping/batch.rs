@@ -7,14 +7,32 @@
 //! - A response is a complete success when it has no `batchItemFailures` (missing, null or
 //!   empty). With `ReportBatchItemFailures`, each listed `itemIdentifier` must be the sequence
 //!   number of a record in the batch; the batch is checkpointed before the earliest one listed
-//!   and only the records from there on are retried. A blank, missing or unknown identifier
-//!   makes the whole batch a failure.
+//!   and only the records from there on are retried. A blank or missing identifier makes the
+//!   whole batch a failure.
+//!   <https://docs.aws.amazon.com/lambda/latest/dg/services-ddb-batchfailurereporting.html>
 //! - A function error, timeout or crash fails the whole batch. With `BisectBatchOnFunctionError`
-//!   a failed batch of two or more records is split in two and the halves are retried in order,
-//!   each keeping the attempt count of the batch it came from.
+//!   a failed batch of two or more records is split in two and the halves are invoked in order.
+//!   "Splitting batches doesn't consume the retry quota": a split is not counted as a failed
+//!   attempt, and each half keeps the count of the batch it came from.
+//!   <https://docs.aws.amazon.com/lambda/latest/dg/services-dynamodb-errors.html>
 //! - A run of records that has failed more than `MaximumRetryAttempts` times, or whose records
 //!   are older than `MaximumRecordAgeInSeconds` when their turn comes, is discarded: its
-//!   coordinates go to the on-failure destination and the shard moves on.
+//!   coordinates go to the on-failure destination and the shard moves on (same page). The
+//!   message's `requestContext.requestId` is the last failed invocation's own request id.
+//!
+//! Where Lambda documents nothing, this host's own choices (README, "Where Lambda documents
+//! nothing"):
+//! - An `itemIdentifier` that is not the sequence number of a record in the batch, or a
+//!   `batchItemFailures` that is not a list, fails the whole batch, like a blank one.
+//! - A response that is not JSON (or JSON that is not an object) has no `batchItemFailures`, so
+//!   it is a complete success, like an empty response.
+//! - Bisection goes on down to single records whatever `MaximumRetryAttempts` says; only then
+//!   do failures count. A failed attempt is an invocation of a run that is not split: a single
+//!   record's function error, or any partial failure. With `MaximumRetryAttempts: 0` a failing
+//!   record is therefore discarded alone after one invocation of it alone, and
+//!   `approximateInvokeCount` counts the invocations that counted against the quota (1 there),
+//!   not the larger batches it was part of. A split is not a retry, so its halves are invoked
+//!   without the retry back-off.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -24,7 +42,7 @@ use serde_json::Value;
 
 use super::destination::{DestinationError, QueueDestination};
 use crate::mapping::settings::MappingSettings;
-use crate::runtime::invoke::{InvokeOutcome, Invoker};
+use crate::runtime::invoke::{InvokeOutcome, Invoked, Invoker};
 use crate::runtime::request_ids::new_request_id;
 use deployer::streams::failure_record::{
     discard_message, DiscardCondition, DiscardedBatch, LastInvocation,
@@ -154,8 +172,11 @@ pub struct InvocationReport {
     pub records: usize,
     pub first_sequence: String,
     pub last_sequence: String,
-    /// 1 for the first invocation of these records, 2 for the first retry, …
+    /// 1 for the first invocation of these records, 2 for the first retry, … A half of a split
+    /// batch starts where the batch it came from stood: a split is not a retry.
     pub attempt: u32,
+    /// The invocation's request id, as the function's log lines carry it.
+    pub request_id: String,
     pub verdict: Verdict,
     pub duration: Duration,
 }
@@ -194,7 +215,8 @@ pub struct BatchRunner<'a, I, D> {
     pub observe: &'a (dyn Fn(BatchEvent) + Send + Sync),
 }
 
-/// A run of records still to be applied, with how often it has failed.
+/// A run of records still to be applied, with how often it has failed (against
+/// `MaximumRetryAttempts`: splits do not count).
 struct Pending {
     records: Vec<StreamEventRecord>,
     failed_attempts: u32,
@@ -234,9 +256,14 @@ impl<I: Invoker, D: Discards> BatchRunner<'_, I, D> {
                     break;
                 }
 
-                let request_id = new_request_id();
                 let started = Instant::now();
-                let outcome = self.invoker.invoke(event_payload(&run.records)).await;
+                let Invoked {
+                    request_id,
+                    outcome,
+                } = self
+                    .invoker
+                    .invoke_reporting_id(event_payload(&run.records))
+                    .await;
                 let verdict = judge(
                     &outcome,
                     &run.records,
@@ -248,6 +275,7 @@ impl<I: Invoker, D: Discards> BatchRunner<'_, I, D> {
                     first_sequence: run.records[0].sequence_number.clone(),
                     last_sequence: run.records[run.records.len() - 1].sequence_number.clone(),
                     attempt: run.failed_attempts + 1,
+                    request_id: request_id.clone(),
                     verdict: verdict.clone(),
                     duration: started.elapsed(),
                 }));
@@ -265,6 +293,17 @@ impl<I: Invoker, D: Discards> BatchRunner<'_, I, D> {
                             request_id,
                             function_error: Some("Unhandled"),
                         });
+                        if self.settings.bisect_on_error && run.records.len() > 1 {
+                            // Splitting doesn't consume the retry quota: the halves keep this
+                            // run's count, and the first goes on at once.
+                            let second = run.records.split_off(run.records.len() / 2);
+                            queue.push_front(Pending {
+                                records: second,
+                                failed_attempts: run.failed_attempts,
+                                last_invocation: run.last_invocation.clone(),
+                            });
+                            continue;
+                        }
                     }
                 }
                 run.failed_attempts += 1;
@@ -281,18 +320,6 @@ impl<I: Invoker, D: Discards> BatchRunner<'_, I, D> {
                     )
                     .await;
                     break;
-                }
-                let whole_batch_failed = run
-                    .last_invocation
-                    .as_ref()
-                    .is_some_and(|i| i.function_error.is_some());
-                if whole_batch_failed && self.settings.bisect_on_error && run.records.len() > 1 {
-                    let second = run.records.split_off(run.records.len() / 2);
-                    queue.push_front(Pending {
-                        records: second,
-                        failed_attempts: run.failed_attempts,
-                        last_invocation: run.last_invocation.clone(),
-                    });
                 }
                 tokio::time::sleep(self.backoff.after(run.failed_attempts)).await;
             }
@@ -418,7 +445,8 @@ mod tests {
     type Answer = Box<dyn Fn(&[String]) -> InvokeOutcome + Send>;
 
     /// Answers each invocation with the next scripted outcome, or success when the script
-    /// runs out, and remembers the sequence numbers it was given.
+    /// runs out, and remembers the sequence numbers it was given. Invocation `n` (from 1) runs
+    /// as request id `req-n`.
     struct ScriptedFunction {
         script: Mutex<VecDeque<Answer>>,
         calls: Mutex<Vec<Vec<String>>>,
@@ -437,20 +465,29 @@ mod tests {
     }
 
     impl Invoker for ScriptedFunction {
-        fn invoke(&self, payload: Value) -> impl Future<Output = InvokeOutcome> + Send {
+        fn invoke_reporting_id(&self, payload: Value) -> impl Future<Output = Invoked> + Send {
             let sequences: Vec<String> = payload["Records"]
                 .as_array()
                 .unwrap()
                 .iter()
                 .map(|r| r["dynamodb"]["SequenceNumber"].as_str().unwrap().to_owned())
                 .collect();
-            self.calls.lock().unwrap().push(sequences.clone());
+            let request_id = {
+                let mut calls = self.calls.lock().unwrap();
+                calls.push(sequences.clone());
+                format!("req-{}", calls.len())
+            };
             let next = self.script.lock().unwrap().pop_front();
             let outcome = next.map_or(
                 InvokeOutcome::Response(json!({"batchItemFailures": []})),
                 |f| f(&sequences),
             );
-            async move { outcome }
+            async move {
+                Invoked {
+                    request_id,
+                    outcome,
+                }
+            }
         }
     }
 
@@ -508,6 +545,34 @@ mod tests {
         range.map(|n| n.to_string()).collect()
     }
 
+    /// A function that fails (a function error) on every batch holding record `poison`, and
+    /// succeeds on every other, for `invocations` invocations.
+    fn poisoned_by(poison: &'static str, invocations: usize) -> ScriptedFunction {
+        let answer = || -> Answer {
+            Box::new(move |seqs| {
+                if seqs.iter().any(|s| s == poison) {
+                    InvokeOutcome::FunctionError {
+                        error_type: "Poison".into(),
+                        message: poison.into(),
+                    }
+                } else {
+                    InvokeOutcome::Response(Value::Null)
+                }
+            })
+        };
+        ScriptedFunction::new((0..invocations).map(|_| answer()).collect())
+    }
+
+    /// The records of the invocations that succeeded, in order.
+    fn applied(function: &ScriptedFunction, poison: &str) -> Vec<String> {
+        function
+            .calls()
+            .into_iter()
+            .filter(|call| !call.iter().any(|s| s == poison))
+            .flatten()
+            .collect()
+    }
+
     #[test]
     fn judges_responses_as_lambda_does() {
         let batch = records(10..13);
@@ -516,6 +581,10 @@ mod tests {
         assert_eq!(ok(json!({"batchItemFailures": null})), Verdict::Success);
         assert_eq!(ok(json!({})), Verdict::Success);
         assert_eq!(ok(Value::Null), Verdict::Success);
+        // Not documented by Lambda; this host's choice (README): a response that is not JSON
+        // (the host hands it over as a string) or not an object has nothing to report.
+        assert_eq!(ok(Value::String("not json".into())), Verdict::Success);
+        assert_eq!(ok(json!([{"itemIdentifier": "11"}])), Verdict::Success);
         assert_eq!(
             ok(json!({"batchItemFailures": [{"itemIdentifier": "12"}, {"itemIdentifier": "11"}]})),
             Verdict::PartialFailure {
@@ -623,9 +692,11 @@ mod tests {
         assert_eq!(
             function.calls(),
             [
-                seqs(10..14), // fails: split into 10..12 and 12..14
+                seqs(10..14), // fails: split into 10..12 and 12..14, no retry spent
                 seqs(10..12), // succeeds
-                seqs(12..14), // fails (2nd failure): split into 12 and 13
+                seqs(12..14), // fails: split into 12 and 13, no retry spent
+                seqs(12..13), // fails (1st failed attempt)
+                seqs(12..13), // fails (2nd)
                 seqs(12..13), // fails (3rd)
                 seqs(12..13), // fails (4th > 3): discarded
                 seqs(13..14), // succeeds, after the poison record was dealt with
@@ -637,6 +708,112 @@ mod tests {
             "12"
         );
         assert_eq!(discarded[0]["DDBStreamBatchInfo"]["batchSize"], 1);
+    }
+
+    #[tokio::test]
+    async fn bisecting_spends_no_retries_so_one_poison_record_in_100_is_discarded_alone() {
+        // The stack's defaults: batches of 100, 5 retries, bisection on.
+        let mut settings = settings();
+        settings.bisect_on_error = true;
+        settings.max_retry_attempts = Some(5);
+        let function = poisoned_by("137", 200);
+        let (events, discarded) = run(&settings, &function, records(100..200)).await;
+
+        assert_eq!(discarded.len(), 1, "{discarded:?}");
+        let info = &discarded[0]["DDBStreamBatchInfo"];
+        assert_eq!(info["batchSize"], 1);
+        assert_eq!(info["startSequenceNumber"], "137");
+        assert_eq!(info["endSequenceNumber"], "137");
+        assert_eq!(
+            discarded[0]["requestContext"]["condition"],
+            "RetryAttemptsExhausted"
+        );
+        // The record alone: one invocation and 5 retries, every one counted.
+        let alone: Vec<usize> = (0..function.calls().len())
+            .filter(|&i| function.calls()[i] == ["137"])
+            .collect();
+        assert_eq!(alone.len(), 6, "{:?}", function.calls());
+        assert_eq!(discarded[0]["requestContext"]["approximateInvokeCount"], 6);
+        // The other 99 applied, each once, in stream order.
+        let others: Vec<String> = seqs(100..200).into_iter().filter(|s| s != "137").collect();
+        assert_eq!(applied(&function, "137"), others);
+        // Only the single record's invocations were attempts beyond the first.
+        let attempts: Vec<(usize, u32)> = events
+            .iter()
+            .filter_map(|e| match e {
+                BatchEvent::Invoked(i) => Some((i.records, i.attempt)),
+                _ => None,
+            })
+            .filter(|&(_, attempt)| attempt > 1)
+            .collect();
+        assert_eq!(attempts, [(1, 2), (1, 3), (1, 4), (1, 5), (1, 6)]);
+    }
+
+    #[tokio::test]
+    async fn with_no_retries_a_poison_record_is_isolated_then_discarded_after_one_attempt_alone() {
+        let mut settings = settings();
+        settings.bisect_on_error = true;
+        settings.max_retry_attempts = Some(0);
+        let function = poisoned_by("137", 200);
+        let (_, discarded) = run(&settings, &function, records(100..200)).await;
+
+        assert_eq!(discarded.len(), 1, "{discarded:?}");
+        let info = &discarded[0]["DDBStreamBatchInfo"];
+        assert_eq!(info["batchSize"], 1);
+        assert_eq!(info["startSequenceNumber"], "137");
+        assert_eq!(discarded[0]["requestContext"]["approximateInvokeCount"], 1);
+        let calls = function.calls();
+        assert_eq!(
+            calls.iter().filter(|c| *c == &["137"]).count(),
+            1,
+            "{calls:?}"
+        );
+        let others: Vec<String> = seqs(100..200).into_iter().filter(|s| s != "137").collect();
+        assert_eq!(applied(&function, "137"), others);
+    }
+
+    #[tokio::test]
+    async fn without_bisection_no_retries_discards_the_whole_batch_after_one_invocation() {
+        let mut settings = settings();
+        settings.max_retry_attempts = Some(0);
+        let function = poisoned_by("137", 10);
+        let (_, discarded) = run(&settings, &function, records(100..200)).await;
+        assert_eq!(function.calls(), [seqs(100..200)]);
+        assert_eq!(discarded.len(), 1);
+        assert_eq!(discarded[0]["DDBStreamBatchInfo"]["batchSize"], 100);
+        assert_eq!(discarded[0]["requestContext"]["approximateInvokeCount"], 1);
+    }
+
+    #[tokio::test]
+    async fn the_discard_message_names_the_failed_invocations_own_request_id() {
+        // Three failed invocations, req-1 to req-3: the message names the last one's id.
+        let function = ScriptedFunction::new(vec![error(), error(), error()]);
+        let (events, discarded) = run(&settings(), &function, records(10..14)).await;
+        assert_eq!(discarded[0]["requestContext"]["requestId"], "req-3");
+        let reported: Vec<String> = events
+            .iter()
+            .filter_map(|e| match e {
+                BatchEvent::Invoked(i) => Some(i.request_id.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(reported, ["req-1", "req-2", "req-3"]);
+
+        // A run given up on after partial failures: the last invocation that reported them.
+        let function = ScriptedFunction::new(vec![partial("12"), partial("13"), partial("13")]);
+        let (_, discarded) = run(&settings(), &function, records(10..15)).await;
+        assert_eq!(discarded[0]["requestContext"]["requestId"], "req-3");
+
+        // An isolated poison record: its own last invocation, not a larger batch's.
+        let mut settings = settings();
+        settings.bisect_on_error = true;
+        let function = poisoned_by("12", 20);
+        let (_, discarded) = run(&settings, &function, records(10..14)).await;
+        let last_alone = function.calls().iter().rposition(|c| c == &["12"]).unwrap();
+        assert_eq!(
+            discarded[0]["requestContext"]["requestId"],
+            format!("req-{}", last_alone + 1)
+        );
     }
 
     #[tokio::test]

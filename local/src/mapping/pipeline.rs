@@ -1,6 +1,7 @@
 //! A deployed stack's function, run here: the function's configuration and its event source
 //! mappings are read from the target's Lambda API, the built `bootstrap` runs in a
-//! [`FunctionHost`] with that configuration, and one [`Poller`] per enabled mapping feeds it.
+//! [`FunctionHost`] with that configuration, and one [`Poller`] per mapping feeds it, reading
+//! while the deployed mapping is enabled (its state is read again as the poller runs).
 //!
 //! Works against any target. On an emulator the function reaches S3 at the emulator's
 //! endpoint; on real AWS it uses the caller's credentials, and reads the stream alongside the
@@ -17,8 +18,8 @@ use aws_credential_types::provider::ProvideCredentials;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::mapping::poller::{Poller, PollerError, PollerObserver, PollerOptions};
-use crate::mapping::settings::{MappingError, MappingSettings};
+use crate::mapping::poller::{MappingState, Poller, PollerError, PollerObserver, PollerOptions};
+use crate::mapping::settings::{enabled_in, MappingError, MappingSettings};
 use crate::runtime::function_host::{FunctionHost, FunctionSpec, HostError, OutputSink};
 use deployer::target::Target;
 use usersync_function::config::vars;
@@ -153,7 +154,12 @@ impl LocalPipeline {
             .map_err(|source| PipelineError::Poller {
                 uuid: settings.uuid.clone(),
                 source,
-            })?;
+            })?
+            // Disabling (or enabling) the deployed mapping pauses (or resumes) this one too.
+            .follow_state(Arc::new(DeployedMappingState {
+                lambda: target.lambda(),
+                uuid: settings.uuid.clone(),
+            }));
             pollers.push(tokio::spawn(poller.run(stopped.clone())));
         }
         Ok(Self {
@@ -191,6 +197,40 @@ impl LocalPipeline {
         }
         self.host.shutdown().await;
         first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// The deployed mapping's state, read from the target's Lambda API.
+struct DeployedMappingState {
+    lambda: aws_sdk_lambda::Client,
+    uuid: String,
+}
+
+impl MappingState for DeployedMappingState {
+    fn enabled(
+        &self,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<bool, String>> + Send + '_>>
+    {
+        Box::pin(async move {
+            match self
+                .lambda
+                .get_event_source_mapping()
+                .uuid(&self.uuid)
+                .send()
+                .await
+            {
+                Ok(mapping) => Ok(enabled_in(mapping.state())),
+                // A deleted mapping invokes nothing (Lambda answers ResourceNotFoundException:
+                // https://docs.aws.amazon.com/lambda/latest/dg/API_GetEventSourceMapping.html#API_GetEventSourceMapping_Errors).
+                Err(err)
+                    if aws_sdk_lambda::error::ProvideErrorMetadata::code(&err)
+                        == Some("ResourceNotFoundException") =>
+                {
+                    Ok(false)
+                }
+                Err(err) => Err(aws_sdk_lambda::error::DisplayErrorContext(err).to_string()),
+            }
+        })
     }
 }
 

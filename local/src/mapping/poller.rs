@@ -15,8 +15,15 @@
 //!   later are read from their start, as Lambda does. Checkpoints live in memory: a restarted
 //!   poller starts again from `StartingPosition` (the function's operations are idempotent,
 //!   so replaying is safe).
+//! - With a [`MappingState`] to follow ([`Poller::follow_state`]), the mapping's state is read
+//!   again at each shard discovery: while the mapping is disabled the poller reads and invokes
+//!   nothing (a batch already being invoked finishes), and it goes on from where it stopped once
+//!   the mapping is enabled again, as Lambda does: "When false, Lambda pauses polling and
+//!   invocation" (https://docs.aws.amazon.com/lambda/latest/dg/API_UpdateEventSourceMapping.html).
 
 use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -61,9 +68,20 @@ impl Default for PollerOptions {
 /// What the poller tells its observer as it works.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PollerEvent {
-    /// The mapping is disabled: the poller reads nothing until it is stopped.
+    /// The mapping is disabled: the poller reads nothing until it is enabled again (when it
+    /// follows the mapping's state) or stopped.
     MappingDisabled {
         uuid: String,
+    },
+    /// The mapping was enabled again: the poller goes on reading.
+    MappingEnabled {
+        uuid: String,
+    },
+    /// The mapping's state could not be read; the last known state stands and it is read again
+    /// at the next shard discovery.
+    StateReadFailed {
+        uuid: String,
+        message: String,
     },
     /// The mapping declares filter criteria, which the local poller does not apply: every
     /// record is delivered.
@@ -88,6 +106,12 @@ pub enum PollerEvent {
 /// Receives [`PollerEvent`]s; called from the poller's tasks, so it should be quick.
 pub type PollerObserver = Arc<dyn Fn(PollerEvent) + Send + Sync>;
 
+/// The deployed mapping's state, read again while the poller runs.
+pub trait MappingState: Send + Sync {
+    /// Whether the mapping reads its stream now, or why that could not be told.
+    fn enabled(&self) -> Pin<Box<dyn Future<Output = Result<bool, String>> + Send + '_>>;
+}
+
 /// Why the poller stopped on its own.
 #[derive(Debug, thiserror::Error)]
 pub enum PollerError {
@@ -100,6 +124,8 @@ pub enum PollerError {
 /// One mapping's poller.
 pub struct Poller<I> {
     shared: Arc<Shared<I>>,
+    /// Where the mapping's state is read again, if anywhere.
+    state: Option<Arc<dyn MappingState>>,
 }
 
 struct Shared<I> {
@@ -136,7 +162,15 @@ impl<I: Invoker + 'static> Poller<I> {
                 options,
                 observer,
             }),
+            state: None,
         })
+    }
+
+    /// Follows the mapping's state as `state` reports it, read again at each shard discovery:
+    /// reading pauses while it is disabled and goes on once it is enabled.
+    pub fn follow_state(mut self, state: Arc<dyn MappingState>) -> Self {
+        self.state = Some(state);
+        self
     }
 
     pub fn settings(&self) -> &MappingSettings {
@@ -147,24 +181,29 @@ impl<I: Invoker + 'static> Poller<I> {
     /// flight when `stop` turns is abandoned; its records were not checkpointed.
     pub async fn run(self, mut stop: watch::Receiver<bool>) -> Result<(), PollerError> {
         let shared = self.shared;
+        let state = self.state;
         let observe = |event| (shared.observer)(event);
+        let uuid = &shared.settings.uuid;
         if !shared.settings.enabled {
-            observe(PollerEvent::MappingDisabled {
-                uuid: shared.settings.uuid.clone(),
-            });
-            let _ = stop.wait_for(|stopped| *stopped).await;
-            return Ok(());
+            observe(PollerEvent::MappingDisabled { uuid: uuid.clone() });
+            // Nothing would ever enable it.
+            if state.is_none() {
+                let _ = stop.wait_for(|stopped| *stopped).await;
+                return Ok(());
+            }
         }
         if shared.settings.has_filter_criteria {
-            observe(PollerEvent::FiltersNotApplied {
-                uuid: shared.settings.uuid.clone(),
-            });
+            observe(PollerEvent::FiltersNotApplied { uuid: uuid.clone() });
         }
 
+        let (enabled, enabled_now) = watch::channel(shared.settings.enabled);
         let mut shards = ShardTable::default();
         let mut tasks: JoinSet<(String, Result<(), PollerError>)> = JoinSet::new();
         let mut first_discovery = true;
         loop {
+            if let Some(state) = &state {
+                refresh_state(state.as_ref(), &enabled, uuid, &observe).await;
+            }
             match describe_shards(&shared.streams, &shared.settings.stream_arn).await {
                 Ok(found) => {
                     for (shard_id, position) in shards.merge(
@@ -177,8 +216,10 @@ impl<I: Invoker + 'static> Poller<I> {
                         });
                         let shared = Arc::clone(&shared);
                         let stop = stop.clone();
+                        let enabled = enabled_now.clone();
                         tasks.spawn(async move {
-                            let result = read_shard(&shared, &shard_id, position, stop).await;
+                            let result =
+                                read_shard(&shared, &shard_id, position, stop, enabled).await;
                             (shard_id, result)
                         });
                     }
@@ -222,6 +263,47 @@ impl<I: Invoker + 'static> Poller<I> {
                 shards.finish(&shard_id);
             }
         }
+    }
+}
+
+/// Reads the mapping's state from `state` and, when it changed, publishes it on `enabled` and
+/// tells the observer.
+async fn refresh_state(
+    state: &dyn MappingState,
+    enabled: &watch::Sender<bool>,
+    uuid: &str,
+    observe: &(dyn Fn(PollerEvent) + Sync),
+) {
+    match state.enabled().await {
+        Ok(now) => {
+            if enabled.send_replace(now) != now {
+                let uuid = uuid.to_owned();
+                observe(if now {
+                    PollerEvent::MappingEnabled { uuid }
+                } else {
+                    PollerEvent::MappingDisabled { uuid }
+                });
+            }
+        }
+        Err(message) => observe(PollerEvent::StateReadFailed {
+            uuid: uuid.to_owned(),
+            message,
+        }),
+    }
+}
+
+/// Waits while the mapping is disabled; `false` when the poller stops meanwhile.
+async fn until_enabled(
+    enabled: &mut watch::Receiver<bool>,
+    stop: &mut watch::Receiver<bool>,
+) -> bool {
+    if *enabled.borrow() {
+        return true;
+    }
+    // The guards `wait_for` returns are dropped within their arm.
+    tokio::select! {
+        resumed = enabled.wait_for(|on| *on) => resumed.is_ok(),
+        _ = stop.wait_for(|stopped| *stopped) => false,
     }
 }
 
@@ -282,12 +364,14 @@ impl ShardTable {
     }
 }
 
-/// Reads one shard to its end (or until stopped), invoking the function batch by batch.
+/// Reads one shard to its end (or until stopped), invoking the function batch by batch; nothing
+/// is read or invoked while `enabled` says the mapping is disabled.
 async fn read_shard<I: Invoker>(
     shared: &Shared<I>,
     shard_id: &str,
     position: ReadPosition,
     mut stop: watch::Receiver<bool>,
+    mut enabled: watch::Receiver<bool>,
 ) -> Result<(), PollerError> {
     let settings = &shared.settings;
     let mut reader = ShardReader::new(
@@ -325,6 +409,9 @@ async fn read_shard<I: Invoker>(
             // With no window, whatever one read brought is a batch.
             if first_record_at.is_some_and(|at| at.elapsed() >= settings.batching_window) {
                 break;
+            }
+            if !until_enabled(&mut enabled, &mut stop).await {
+                return Ok(());
             }
             let wanted = (settings.batch_size - pending.len()).min(MAX_RECORDS_PER_READ);
             let read = tokio::select! {
@@ -386,6 +473,10 @@ async fn read_shard<I: Invoker>(
             continue;
         }
 
+        // Disabled since these records were read: they wait, unsent, for the mapping.
+        if !until_enabled(&mut enabled, &mut stop).await {
+            return Ok(());
+        }
         let batch = take_batch(&mut pending, settings.batch_size);
         let mut stop_for_batch = stop.clone();
         runner
@@ -485,6 +576,86 @@ mod tests {
             sequence_number: seq.to_string(),
             created_at_epoch_s: None,
             payload_bytes: bytes,
+        }
+    }
+
+    /// A mapping state that answers from a script, one answer per read.
+    struct ScriptedState(std::sync::Mutex<VecDeque<Result<bool, String>>>);
+
+    impl MappingState for ScriptedState {
+        fn enabled(&self) -> Pin<Box<dyn Future<Output = Result<bool, String>> + Send + '_>> {
+            let next = self
+                .0
+                .lock()
+                .expect("not poisoned")
+                .pop_front()
+                .expect("a scripted answer");
+            Box::pin(async move { next })
+        }
+    }
+
+    /// Each read of the mapping's state is published to the shard readers; a change is told
+    /// once, a failed read leaves the last known state and is told as such.
+    #[tokio::test]
+    async fn the_mapping_state_is_followed_and_each_change_told_once() {
+        let state = ScriptedState(std::sync::Mutex::new(VecDeque::from([
+            Ok(true),
+            Ok(false),
+            Ok(false),
+            Err("throttled".to_owned()),
+            Ok(true),
+        ])));
+        let (enabled, enabled_now) = watch::channel(true);
+        let events = std::sync::Mutex::new(Vec::new());
+        let observe = |event| events.lock().expect("not poisoned").push(event);
+
+        for expected in [true, false, false, false, true] {
+            refresh_state(&state, &enabled, "m-1", &observe).await;
+            assert_eq!(*enabled_now.borrow(), expected);
+        }
+
+        let uuid = "m-1".to_owned();
+        assert_eq!(
+            events.into_inner().expect("not poisoned"),
+            [
+                PollerEvent::MappingDisabled { uuid: uuid.clone() },
+                PollerEvent::StateReadFailed {
+                    uuid: uuid.clone(),
+                    message: "throttled".to_owned(),
+                },
+                PollerEvent::MappingEnabled { uuid },
+            ]
+        );
+    }
+
+    /// A shard reader waits, reading and invoking nothing, while the mapping is disabled; it
+    /// goes on when the mapping is enabled, and gives up when the poller stops.
+    #[tokio::test]
+    async fn a_reader_waits_while_the_mapping_is_disabled() {
+        let short = Duration::from_millis(50);
+        let (set_enabled, mut enabled) = watch::channel(false);
+        let (set_stop, mut stop) = watch::channel(false);
+
+        let (resumed, ()) = tokio::join!(until_enabled(&mut enabled, &mut stop), async {
+            tokio::time::sleep(short).await;
+            set_enabled.send_replace(true);
+        });
+        assert!(resumed, "goes on once enabled");
+        assert!(
+            until_enabled(&mut enabled, &mut stop).await,
+            "enabled: at once"
+        );
+
+        set_enabled.send_replace(false);
+        {
+            let waiting = until_enabled(&mut enabled, &mut stop);
+            tokio::pin!(waiting);
+            assert!(
+                tokio::time::timeout(short, &mut waiting).await.is_err(),
+                "disabled: still waiting"
+            );
+            set_stop.send_replace(true);
+            assert!(!waiting.await, "stopped while disabled");
         }
     }
 

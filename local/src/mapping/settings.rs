@@ -161,9 +161,7 @@ impl MappingSettings {
             report_batch_item_failures: config
                 .function_response_types()
                 .contains(&FunctionResponseType::ReportBatchItemFailures),
-            // A mapping being created or updated is on its way to running; only a disabled
-            // (or disabling) one stays idle.
-            enabled: !matches!(config.state(), Some("Disabled" | "Disabling")),
+            enabled: enabled_in(config.state()),
             on_failure_destination,
             has_filter_criteria: config
                 .filter_criteria()
@@ -171,6 +169,15 @@ impl MappingSettings {
             uuid,
         })
     }
+}
+
+/// Whether a mapping in `state` (its `State`, as `GetEventSourceMapping` reports it) reads its
+/// stream. A mapping being created, enabled or updated is on its way to running; a disabled or
+/// disabling one pauses "polling and invocation"
+/// (https://docs.aws.amazon.com/lambda/latest/dg/API_UpdateEventSourceMapping.html; states:
+/// https://docs.aws.amazon.com/lambda/latest/dg/API_EventSourceMappingConfiguration.html).
+pub fn enabled_in(state: Option<&str>) -> bool {
+    !matches!(state, Some("Disabled" | "Disabling"))
 }
 
 /// The queue name and owning account of an SQS queue ARN, `arn:aws:sqs:<region>:<account>:<name>`,

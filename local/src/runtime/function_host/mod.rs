@@ -8,7 +8,11 @@
 //! picked up before the next invocation.
 //!
 //! Lines the process writes go to an [`OutputSink`] tagged with the request id of the
-//! invocation in progress (or `init` before the first), like a function's log stream.
+//! invocation in progress (or `init` before the first), like a function's log stream. Each
+//! invocation has one request id, made when it starts: the `Lambda-Runtime-Aws-Request-Id` the
+//! process receives, the tag of its output lines, and the id [`Invoker::invoke_reporting_id`]
+//! reports (an invocation that fails before reaching the process, in a failed start, has one
+//! too).
 //!
 //! The child runs in its own process group so that Ctrl-C in a terminal reaches the host,
 //! which then stops it, rather than killing the function mid-invocation. It is killed when
@@ -33,7 +37,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::Value;
 
 use super::request_ids::{new_request_id, new_trace_id};
-use crate::runtime::invoke::{InvokeOutcome, Invoker};
+use crate::runtime::invoke::{InvokeOutcome, Invoked, Invoker};
 use crate::runtime::runtime_api::{Completion, InitState, Invocation, RuntimeApi};
 use output::Output;
 use process::{check_binary, spawn_error, ExitReport, Process};
@@ -163,13 +167,19 @@ impl FunctionHost {
         lock(&self.status).pid = None;
     }
 
-    async fn run(&self, payload: Value) -> InvokeOutcome {
+    async fn run(&self, payload: Value) -> Invoked {
+        let request_id = new_request_id();
         let mut current = self.current.lock().await;
         let environment = match self.ready_environment(&mut current).await {
             Ok(environment) => environment,
-            Err(outcome) => return outcome,
+            Err(outcome) => {
+                return Invoked {
+                    request_id,
+                    outcome,
+                }
+            }
         };
-        let (outcome, environment) = self.invoke_in(environment, payload).await;
+        let (outcome, environment) = self.invoke_in(environment, &request_id, payload).await;
         match outcome {
             InvokeOutcome::Response(_) | InvokeOutcome::FunctionError { .. } => {
                 current.failures = 0;
@@ -181,7 +191,10 @@ impl FunctionHost {
             }
             InvokeOutcome::TimedOut { .. } => self.retire(environment).await,
         }
-        outcome
+        Invoked {
+            request_id,
+            outcome,
+        }
     }
 
     /// The environment for the next invocation, initialised: the current one if it is still
@@ -272,13 +285,14 @@ impl FunctionHost {
         Err(failure)
     }
 
-    /// Runs one invocation in an initialised environment and gives the environment back.
+    /// Runs one invocation, as `request_id`, in an initialised environment and gives the
+    /// environment back.
     async fn invoke_in(
         &self,
         environment: Environment,
+        request_id: &str,
         payload: Value,
     ) -> (InvokeOutcome, Environment) {
-        let request_id = new_request_id();
         let timeout = self.spec.timeout;
         let deadline_ms = SystemTime::now()
             .checked_add(timeout)
@@ -286,9 +300,9 @@ impl FunctionHost {
             .map_or(u64::MAX, |since_epoch| {
                 u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX)
             });
-        environment.output.set_request_id(&request_id);
+        environment.output.set_request_id(request_id);
         let invocation = Invocation {
-            request_id: request_id.clone(),
+            request_id: request_id.to_owned(),
             payload: serde_json::to_vec(&payload).unwrap_or_default().into(),
             deadline_ms,
             invoked_function_arn: self.spec.function_arn.clone(),
@@ -345,7 +359,10 @@ impl FunctionHost {
 }
 
 impl Invoker for FunctionHost {
-    fn invoke(&self, payload: Value) -> impl std::future::Future<Output = InvokeOutcome> + Send {
+    fn invoke_reporting_id(
+        &self,
+        payload: Value,
+    ) -> impl std::future::Future<Output = Invoked> + Send {
         self.run(payload)
     }
 }
