@@ -102,7 +102,7 @@ pub enum BuildError {
         fix: String,
     },
     /// Nothing installed can build for the requested architecture.
-    #[error("cannot build the function for {requested} on this {host} host without a cross toolchain; {}, or build for the host's architecture", cross_toolchain_hint(*requested))]
+    #[error("cannot build the function for {requested} on this {host} host without a cross toolchain; {}; or build for the host's architecture", cross_toolchain_hint(*requested))]
     ArchitectureUnavailable {
         /// The requested architecture.
         requested: Architecture,
