@@ -3,7 +3,7 @@
 //! Settings come from [`StackSettings::default`], a small TOML file
 //! ([`StackSettings::from_file`]) whose keys are the snake_case field names below, and command
 //! line flags applied on top by the caller. Call [`StackSettings::validate`] after the last
-//! change: [`crate::template::synthesize`] trusts what it is given.
+//! change: `template::synthesize` trusts what it is given.
 //!
 //! ```toml
 //! # usersync.toml: every key is optional; absent keys keep their defaults.
@@ -22,8 +22,6 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use usersync_function::config;
 
-use crate::template::FUNCTION_NAME_SUFFIX;
-
 /// What a `REMOVE` from the table deletes in the bucket: the function's own type (its
 /// `DELETE_SCOPE`), spelt `object` or `prefix` in a settings file as in the variable. To parse
 /// one with a settings error, use [`parse_delete_scope`].
@@ -32,10 +30,13 @@ pub use usersync_function::config::DeleteScope;
 /// Lambda's limit on function names, in characters.
 const MAX_FUNCTION_NAME_LEN: usize = 64;
 
+/// Appended to the stack name to form the function's name.
+pub const FUNCTION_NAME_SUFFIX: &str = "-mirror";
+
 /// The longest stack name accepted.
 ///
 /// CloudFormation itself allows 128 characters, but the function is named
-/// `<stack name>-mirror` (see [`crate::template`]) and Lambda allows 64. Every other resource
+/// `<stack name>-mirror` (see `template`) and Lambda allows 64. Every other resource
 /// is named by CloudFormation, which shortens names as each service requires.
 pub const MAX_STACK_NAME_LEN: usize = MAX_FUNCTION_NAME_LEN - FUNCTION_NAME_SUFFIX.len();
 

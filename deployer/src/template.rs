@@ -14,8 +14,7 @@ use usersync_function::config::vars;
 
 use crate::settings::{ArtifactLocation, DeleteScope, StackSettings};
 
-/// Appended to the stack name to form the function's name.
-pub const FUNCTION_NAME_SUFFIX: &str = "-mirror";
+pub use crate::settings::FUNCTION_NAME_SUFFIX;
 
 /// Logical IDs of the template's resources; use these instead of string literals.
 pub mod logical_id {

@@ -69,14 +69,14 @@ impl TargetArgs {
     /// Settings from the config file (if any), with `--stack` on top.
     pub fn settings(&self) -> Result<StackSettings> {
         let mut settings = match &self.config {
-            Some(path) => StackSettings::from_file(path)
-                .with_context(|| format!("failed to read the settings file {}", path.display()))?,
+            Some(path) => {
+                StackSettings::from_file(path).context("failed to load the stack settings")?
+            }
             None => {
                 let default = project_root().join(DEFAULT_CONFIG_FILE);
                 if default.is_file() {
-                    StackSettings::from_file(&default).with_context(|| {
-                        format!("failed to read the settings file {}", default.display())
-                    })?
+                    StackSettings::from_file(&default)
+                        .context("failed to load the stack settings")?
                 } else {
                     StackSettings::default()
                 }

@@ -26,7 +26,7 @@ pub fn run(args: SynthArgs, target: &TargetArgs) -> Result<()> {
     };
     let synthesized = template::synthesize(&settings, &location);
     let text = if args.yaml {
-        template::to_yaml_string(&synthesized).context("failed to render the template as YAML")?
+        template::to_yaml_string(&synthesized).context("failed to print the template")?
     } else {
         template::to_json_string(&synthesized)
     };

@@ -1,6 +1,6 @@
 //! The command lines that build and probe: `cargo lambda build`, `cargo build` (reading
 //! where the binary went from its JSON messages) and the `rustc` / `cargo lambda` probes of
-//! [`Toolchain::detect`](super::Toolchain::detect).
+//! [`Toolchain::detect`] and [`CargoLambda::detect`], whose types `plan` defines.
 
 use std::ffi::OsString;
 use std::fs;
@@ -8,7 +8,10 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 
-use super::plan::{musl_cross_compiler, triple_architecture, Builder, CargoLambda, Plan};
+use super::plan::{
+    musl_cross_compiler, musl_target, triple_architecture, Builder, CargoLambda, Plan, Toolchain,
+    CARGO_LAMBDA_VARIABLE,
+};
 use super::{Architecture, BuildError, BINARY, PACKAGE, PROFILE};
 
 /// What both builders build: the function's binary, with the artifact's profile.
@@ -204,9 +207,61 @@ fn path_with_first(dir: &Path) -> OsString {
     std::env::join_paths(dirs).unwrap_or(rest)
 }
 
+impl Toolchain {
+    /// Probes this machine: cargo-lambda ([`CargoLambda::detect`]: `CARGO_LAMBDA`, else
+    /// `cargo lambda`), the host triple, and which musl targets are installed.
+    pub fn detect() -> Result<Self, BuildError> {
+        Self::detect_with(CargoLambda::detect()?)
+    }
+
+    /// Probes this machine as [`Toolchain::detect`] does, but with the given cargo-lambda (or
+    /// none) instead of looking for one.
+    pub fn detect_with(cargo_lambda: Option<CargoLambda>) -> Result<Self, BuildError> {
+        let host = host_triple()?;
+        let musl_targets = [Architecture::Arm64, Architecture::X86_64]
+            .into_iter()
+            .map(musl_target)
+            .filter(|target| target_installed(target))
+            .collect();
+        Ok(Self {
+            cargo_lambda,
+            host,
+            musl_targets,
+        })
+    }
+}
+
+impl CargoLambda {
+    /// The cargo-lambda to build with: the one [`CARGO_LAMBDA_VARIABLE`] names, which must
+    /// run, else `cargo lambda` when it runs, else none.
+    pub fn detect() -> Result<Option<Self>, BuildError> {
+        match std::env::var_os(CARGO_LAMBDA_VARIABLE).filter(|v| !v.is_empty()) {
+            Some(program) => Self::at(Path::new(&program)).map(Some),
+            None => Ok(probe_cargo_lambda(None).ok().map(|version| Self {
+                program: None,
+                version,
+            })),
+        }
+    }
+
+    /// The cargo-lambda executable at `program`, checked to run.
+    pub fn at(program: &Path) -> Result<Self, BuildError> {
+        let version = probe_cargo_lambda(Some(program)).map_err(|reason| {
+            BuildError::CargoLambdaUnusable {
+                program: program.to_owned(),
+                reason,
+            }
+        })?;
+        Ok(Self {
+            program: Some(program.to_owned()),
+            version,
+        })
+    }
+}
+
 /// Runs `cargo lambda --version` (or `<program> lambda --version`) and returns the version it
 /// reports, such as `1.9.2`; the error says why it did not run.
-pub(super) fn probe_cargo_lambda(program: Option<&Path>) -> Result<String, String> {
+fn probe_cargo_lambda(program: Option<&Path>) -> Result<String, String> {
     let mut command = cargo_lambda(program);
     command.arg("--version");
     let output = command.output().map_err(|err| err.to_string())?;
@@ -237,7 +292,7 @@ fn cargo_lambda_version(line: &str) -> Option<String> {
     words.next().map(str::to_owned)
 }
 
-pub(super) fn host_triple() -> Result<String, BuildError> {
+fn host_triple() -> Result<String, BuildError> {
     let mut command = rustc();
     command.arg("-vV");
     let output = captured(&mut command)?;

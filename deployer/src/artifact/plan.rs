@@ -1,11 +1,12 @@
 //! Deciding how to build: what the caller asks for ([`BuildOptions`]: purpose and
 //! architecture), what this machine offers ([`Toolchain`]) and the builder chosen from them
-//! ([`plan`]), kept pure so every case is testable without the tools.
+//! ([`plan`]), kept pure so every case is testable without the tools. The probes that fill a
+//! [`Toolchain`] ([`Toolchain::detect`], [`CargoLambda::detect`]) run commands, so they live
+//! with the other command lines, in `cargo`.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use super::cargo::{host_triple, probe_cargo_lambda, target_installed};
 use super::{Architecture, BuildError};
 
 /// The variable that names the `cargo-lambda` executable to build with, such as the one a
@@ -77,34 +78,6 @@ impl fmt::Display for CargoLambda {
     }
 }
 
-impl CargoLambda {
-    /// The cargo-lambda to build with: the one [`CARGO_LAMBDA_VARIABLE`] names, which must
-    /// run, else `cargo lambda` when it runs, else none.
-    pub fn detect() -> Result<Option<Self>, BuildError> {
-        match std::env::var_os(CARGO_LAMBDA_VARIABLE).filter(|v| !v.is_empty()) {
-            Some(program) => Self::at(Path::new(&program)).map(Some),
-            None => Ok(probe_cargo_lambda(None).ok().map(|version| Self {
-                program: None,
-                version,
-            })),
-        }
-    }
-
-    /// The cargo-lambda executable at `program`, checked to run.
-    pub fn at(program: &Path) -> Result<Self, BuildError> {
-        let version = probe_cargo_lambda(Some(program)).map_err(|reason| {
-            BuildError::CargoLambdaUnusable {
-                program: program.to_owned(),
-                reason,
-            }
-        })?;
-        Ok(Self {
-            program: Some(program.to_owned()),
-            version,
-        })
-    }
-}
-
 /// What the build environment offers; [`Toolchain::detect`] probes it, tests build it by hand.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Toolchain {
@@ -126,30 +99,6 @@ pub struct Plan {
     /// `--target` to pass to cargo; `None` builds for the host (into
     /// `target/lambda-artifact`).
     pub cargo_target: Option<String>,
-}
-
-impl Toolchain {
-    /// Probes this machine: cargo-lambda ([`CargoLambda::detect`]: `CARGO_LAMBDA`, else
-    /// `cargo lambda`), the host triple, and which musl targets are installed.
-    pub fn detect() -> Result<Self, BuildError> {
-        Self::detect_with(CargoLambda::detect()?)
-    }
-
-    /// Probes this machine as [`Toolchain::detect`] does, but with the given cargo-lambda (or
-    /// none) instead of looking for one.
-    pub fn detect_with(cargo_lambda: Option<CargoLambda>) -> Result<Self, BuildError> {
-        let host = host_triple()?;
-        let musl_targets = [Architecture::Arm64, Architecture::X86_64]
-            .into_iter()
-            .map(musl_target)
-            .filter(|target| target_installed(target))
-            .collect();
-        Ok(Self {
-            cargo_lambda,
-            host,
-            musl_targets,
-        })
-    }
 }
 
 /// Decides how to build for `options` with what `toolchain` offers; pure, so every case is

@@ -3,16 +3,17 @@
 //! with the function's own logic, then deleting or releasing the message.
 
 use std::collections::HashSet;
-use std::sync::Mutex;
 
 use serde_json::Value;
-use usersync_function::{process_batch, Mirror, ObjectStore, S3Store, StoreError};
+use usersync_function::{process_batch, Mirror, S3Store};
 
 use super::context::Context;
 use super::messages::{delete, release, BatchInfo, MessageError, Received};
+use super::recording_store::RecordingStore;
 use super::report::{MessageReport, Outcome};
-use super::stream::{compare_sequence_numbers, ShardRead, ShardReads, ShardRecord};
+use super::stream::{ShardRead, ShardReads, ShardRecord};
 use super::{ReplayError, ReplayOptions};
+use crate::streams::sequence::compare_sequence_numbers;
 
 /// What replaying one message amounts to, worked out from the stream.
 #[derive(Clone, Debug, PartialEq)]
@@ -209,56 +210,6 @@ async fn apply(
             .first_error()
             .unwrap_or_else(|| "no error recorded".to_owned())
     ))
-}
-
-/// An [`ObjectStore`] that remembers the first error, so a failed replay can say why.
-pub(super) struct RecordingStore<S> {
-    inner: S,
-    first_error: Mutex<Option<String>>,
-}
-
-impl<S> RecordingStore<S> {
-    pub(super) fn new(inner: S) -> Self {
-        Self {
-            inner,
-            first_error: Mutex::new(None),
-        }
-    }
-
-    fn clear(&self) {
-        *self.first_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
-    }
-
-    fn first_error(&self) -> Option<String> {
-        self.first_error
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    fn note<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
-        if let Err(err) = &result {
-            self.first_error
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get_or_insert_with(|| err.to_string());
-        }
-        result
-    }
-}
-
-impl<S: ObjectStore + Send> ObjectStore for RecordingStore<S> {
-    async fn put(&self, key: &str, body: Vec<u8>) -> Result<(), StoreError> {
-        self.note(self.inner.put(key, body).await)
-    }
-
-    async fn delete(&self, key: &str) -> Result<(), StoreError> {
-        self.note(self.inner.delete(key).await)
-    }
-
-    async fn delete_prefix(&self, prefix: &str) -> Result<usize, StoreError> {
-        self.note(self.inner.delete_prefix(prefix).await)
-    }
 }
 
 #[cfg(test)]

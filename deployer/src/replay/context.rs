@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use usersync_function::{Config, Mirror, S3Store};
 
-use super::apply::RecordingStore;
+use super::recording_store::RecordingStore;
 use super::report::{MessageReport, ReplayReport};
 use super::ReplayError;
 use crate::stack::{aws_error, describe_stack, outputs_of};

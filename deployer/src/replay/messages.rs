@@ -4,70 +4,14 @@
 
 use std::collections::HashSet;
 
-use serde::Serialize;
-use serde_json::Value;
+pub use crate::streams::failure_record::{parse_message, BatchInfo, MessageError};
 
-use super::stream::compare_sequence_numbers;
 use super::ReplayError;
 use crate::stack::aws_error;
+use crate::streams::sequence::compare_sequence_numbers;
 
 /// How long received messages stay hidden from other readers while a replay works on them.
 const VISIBILITY_TIMEOUT_S: i32 = 900;
-
-/// A failure-queue message's `DDBStreamBatchInfo`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct BatchInfo {
-    pub shard_id: String,
-    pub start_sequence_number: String,
-    pub end_sequence_number: String,
-    /// Records in the discarded batch, when the message says.
-    pub batch_size: Option<u64>,
-    pub stream_arn: String,
-    /// `RetryAttemptsExhausted`, `RecordAgeExceeded`, …
-    pub condition: Option<String>,
-}
-
-/// A message body that is not a stream batch's failure record.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum MessageError {
-    #[error("the message is not JSON: {0}")]
-    NotJson(String),
-    #[error(
-        "the message has no DDBStreamBatchInfo: it does not come from a DynamoDB stream mapping"
-    )]
-    NoBatchInfo,
-    #[error("DDBStreamBatchInfo has no {0}")]
-    MissingField(&'static str),
-}
-
-/// Reads the `DDBStreamBatchInfo` of a failure-queue message (Lambda's on-failure record for a
-/// DynamoDB stream batch).
-pub fn parse_message(body: &str) -> Result<BatchInfo, MessageError> {
-    let message: Value =
-        serde_json::from_str(body).map_err(|err| MessageError::NotJson(err.to_string()))?;
-    let info = message
-        .get("DDBStreamBatchInfo")
-        .filter(|info| info.is_object())
-        .ok_or(MessageError::NoBatchInfo)?;
-    let text = |field: &'static str| {
-        info.get(field)
-            .and_then(Value::as_str)
-            .filter(|value| !value.is_empty())
-            .map(str::to_owned)
-            .ok_or(MessageError::MissingField(field))
-    };
-    Ok(BatchInfo {
-        shard_id: text("shardId")?,
-        start_sequence_number: text("startSequenceNumber")?,
-        end_sequence_number: text("endSequenceNumber")?,
-        batch_size: info.get("batchSize").and_then(Value::as_u64),
-        stream_arn: text("streamArn")?,
-        condition: message
-            .pointer("/requestContext/condition")
-            .and_then(Value::as_str)
-            .map(str::to_owned),
-    })
-}
 
 /// A received message.
 pub(super) struct Received {

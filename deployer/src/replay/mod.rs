@@ -29,13 +29,15 @@
 mod apply;
 mod context;
 mod messages;
+mod recording_store;
 mod report;
 mod stream;
 
+pub use crate::streams::sequence::compare_sequence_numbers;
 pub use apply::{plan_message, MessagePlan};
 pub use messages::{parse_message, BatchInfo, MessageError};
 pub use report::{MessageReport, Outcome, ReplayReport};
-pub use stream::{compare_sequence_numbers, user_identity, ShardRecord};
+pub use stream::{user_identity, ShardRecord};
 
 use crate::stack::StackError;
 use crate::target::Target;

@@ -10,6 +10,7 @@ use serde_json::Value;
 use super::messages::{BatchInfo, Parsed};
 use super::ReplayError;
 use crate::streams::reader::{ReadError, ReadPosition, ShardReader, MAX_RECORDS_PER_READ};
+use crate::streams::sequence::compare_sequence_numbers;
 use crate::streams::shards::{describe_shards, ShardListing};
 
 /// Reads of an open shard that come back empty in a row, past every batch read from it, before
@@ -19,13 +20,6 @@ const EMPTY_READS_AT_TIP: u32 = 3;
 /// times on the way through a shard, and stopping short would count the batch's records as
 /// gone. The bound only matters for a shard whose every record was trimmed.
 const EMPTY_READS_BEFORE_THE_END: u32 = 100;
-
-/// Orders DynamoDB stream sequence numbers, which are decimal numbers of varying length.
-pub fn compare_sequence_numbers(a: &str, b: &str) -> std::cmp::Ordering {
-    let a = a.trim_start_matches('0');
-    let b = b.trim_start_matches('0');
-    a.len().cmp(&b.len()).then_with(|| a.cmp(b))
-}
 
 /// Which user a stream record is about: its `Keys`, in a canonical form.
 pub fn user_identity(event: &Value) -> Option<String> {
@@ -211,18 +205,6 @@ async fn read_shard(
 mod tests {
     use super::*;
     use serde_json::json;
-    use std::cmp::Ordering;
-
-    #[test]
-    fn sequence_numbers_compare_as_numbers() {
-        assert_eq!(compare_sequence_numbers("9", "10"), Ordering::Less);
-        assert_eq!(compare_sequence_numbers("000010", "10"), Ordering::Equal);
-        assert_eq!(
-            compare_sequence_numbers("800000000003126276362", "800000000003126276361"),
-            Ordering::Greater
-        );
-        assert_eq!(compare_sequence_numbers("0", "000"), Ordering::Equal);
-    }
 
     #[test]
     fn a_user_is_named_by_its_keys_whatever_their_order() {

@@ -5,4 +5,5 @@
 pub mod failure_record;
 pub mod reader;
 pub mod record;
+pub mod sequence;
 pub mod shards;

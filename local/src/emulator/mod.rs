@@ -20,8 +20,8 @@ mod shared;
 pub use install::{
     ensure_binary, find_binary, install, install_root, BinarySource, EmulatorBinary,
 };
-pub use process::{is_healthy, Emulator};
-pub use shared::{running_detached, start_or_reuse, state_file, stop_detached, EmulatorState};
+pub use process::{is_healthy, Emulator, EmulatorState};
+pub use shared::{running_detached, start_or_reuse, state_file, stop_detached};
 
 use process::READY_TIMEOUT;
 

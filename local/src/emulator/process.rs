@@ -1,5 +1,6 @@
 //! One emulator process: starting it on a free port and waiting for its health check,
-//! restarting it in place, stopping it, and the process helpers the detached instance shares.
+//! restarting it in place, stopping it, the state a detached one is found again by, and the
+//! process helpers the detached instance shares.
 
 use std::fs;
 use std::net::{SocketAddr, TcpListener};
@@ -7,10 +8,20 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Serialize};
+
 use super::front::EmulatorFront;
 use super::install::EmulatorBinary;
-use super::shared::EmulatorState;
 use super::{EmulatorError, FAKECLOUD_VERSION};
+
+/// What later commands need to find a detached emulator again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EmulatorState {
+    pub addr: SocketAddr,
+    pub pid: u32,
+    pub version: String,
+    pub log: PathBuf,
+}
 
 /// How long a freshly started emulator may take to answer its health check.
 pub(super) const READY_TIMEOUT: Duration = Duration::from_secs(60);

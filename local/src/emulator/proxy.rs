@@ -1,6 +1,6 @@
 //! A loopback HTTP/1 reverse proxy in front of one upstream. Requests pass through unchanged
 //! unless its [`Interceptor`] takes them: the emulator's front rewrites `BatchWriteItem`
-//! ([`crate::emulator::front`]), and the fault injector ([`crate::emulator::faults`]) fails,
+//! (`emulator::front`), and the fault injector (`emulator::faults`) fails,
 //! delays or cuts requests.
 //!
 //! Bodies are streamed, not buffered, so passing through costs one loopback hop.

@@ -2,24 +2,12 @@
 //! started it and is found again by later ones through a state file.
 
 use std::fs;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
-
 use super::install::ensure_binary;
-use super::process::{is_healthy, process_alive, terminate, Emulator};
+use super::process::{is_healthy, process_alive, terminate, Emulator, EmulatorState};
 use super::{EmulatorError, FAKECLOUD_VERSION};
-
-/// What later commands need to find a detached emulator again.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EmulatorState {
-    pub addr: SocketAddr,
-    pub pid: u32,
-    pub version: String,
-    pub log: PathBuf,
-}
 
 /// The state file of the detached emulator used by `--local` commands.
 pub fn state_file() -> PathBuf {
