@@ -7,6 +7,7 @@ pub mod console;
 pub mod errors;
 pub mod mirror_check;
 pub mod project;
+pub mod reconcile;
 pub mod replay;
 pub mod settings;
 pub mod stack;

@@ -12,6 +12,12 @@ use base64::Engine as _;
 use serde_dynamo::AttributeValue;
 use serde_json::{Map, Number, Value};
 
+/// The body of a user's object for `image`: its JSON, as bytes. The function writes exactly
+/// these bytes, and every repair path (reconcile, replay, `dev`) compares and writes with it.
+pub fn object_body(image: &HashMap<String, AttributeValue>) -> Vec<u8> {
+    serde_json::to_vec(&item_to_json(image)).expect("a JSON value always serializes")
+}
+
 /// Converts an item image to a JSON object.
 pub fn item_to_json(item: &HashMap<String, AttributeValue>) -> Value {
     Value::Object(map_to_json(item))

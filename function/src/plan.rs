@@ -14,7 +14,6 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::config::{Config, DeleteScope};
-use crate::image::item_to_json;
 use crate::key::{user_keys, KeyTooLong, UserKeys};
 
 /// One S3 operation of a user's plan.
@@ -225,7 +224,7 @@ fn object_body(record: &EventRecord) -> Vec<u8> {
     } else {
         &record.change.new_image
     };
-    serde_json::to_vec(&item_to_json(image)).expect("a JSON value always serializes")
+    crate::image::object_body(image)
 }
 
 fn user_name(record: &EventRecord, attribute: &str) -> Result<String, SkipReason> {
