@@ -82,7 +82,7 @@ pub fn cargo_command() -> Command {
     command
 }
 
-/// Removes [`PER_CRATE_VARIABLES`] and `CARGO_PKG_*` from `command`'s environment: for any
+/// Removes `PER_CRATE_VARIABLES` and `CARGO_PKG_*` from `command`'s environment: for any
 /// program that runs cargo itself (cargo-fuzz, cargo-lambda).
 pub fn clear_calling_crate_env(command: &mut Command) -> &mut Command {
     for variable in PER_CRATE_VARIABLES {

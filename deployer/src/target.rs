@@ -261,7 +261,7 @@ const SERVICES: [(&str, &str); 7] = [
 /// The endpoint variables set (to something) in `environment`, as `(name, value)` sorted by
 /// name: `AWS_ENDPOINT_URL` and every `AWS_ENDPOINT_URL_<SERVICE>`. The AWS SDKs send a
 /// service's requests to them when no endpoint is given in code
-/// (https://docs.aws.amazon.com/sdkref/latest/guide/feature-ss-endpoints.html), and aws-config
+/// (<https://docs.aws.amazon.com/sdkref/latest/guide/feature-ss-endpoints.html>), and aws-config
 /// does (aws-config 1.13 `default_provider::endpoint_url`, `env_service_config`).
 pub fn stray_endpoint_variables<I, K, V>(environment: I) -> Vec<(String, String)>
 where
