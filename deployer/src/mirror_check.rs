@@ -1,6 +1,7 @@
 //! Does the bucket mirror the table? Reads both and compares them under the function's own
-//! rules (its key rule, its item-to-JSON conversion), so the answer means what a user means by
-//! "in step".
+//! rules (its key rule, its item-to-JSON conversion) and its deployed settings (the key
+//! attribute, the key prefix and the object name: a [`KeyLayout`]), so the answer means what a
+//! user means by "in step".
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -10,21 +11,35 @@ use futures::StreamExt;
 use serde_json::Value;
 use usersync_function::image::item_to_json;
 use usersync_function::key::user_keys;
+use usersync_function::Config;
 
 use crate::stack::StackError;
 use crate::target::Target;
 
-/// The table's hash key, which names the user (the template's `UsersTable`).
-pub const KEY_ATTRIBUTE: &str = "name";
-
 /// Objects read at once when comparing.
 const READ_CONCURRENCY: usize = 32;
 
-/// Where the function puts each user's object.
+/// Which attribute names a user and where the function puts each user's object: the deployed
+/// function's settings (an adopted table may name its users by another attribute than the
+/// default `name`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeyLayout {
+    /// The table's hash key, which names the user (the function's `KEY_ATTRIBUTE`).
+    pub key_attribute: String,
     pub key_prefix: String,
     pub object_name: String,
+}
+
+impl From<&Config> for KeyLayout {
+    /// The layout of a function configured so (as `reconcile::deployed::function_config` reads
+    /// the deployed one).
+    fn from(config: &Config) -> Self {
+        Self {
+            key_attribute: config.key_attribute.clone(),
+            key_prefix: config.key_prefix.clone(),
+            object_name: config.object_name.clone(),
+        }
+    }
 }
 
 impl KeyLayout {
@@ -118,7 +133,7 @@ pub fn expected_objects(
 ) -> ExpectedObjects {
     let mut objects = BTreeMap::new();
     for item in items {
-        let Some(AttributeValue::S(name)) = item.get(KEY_ATTRIBUTE) else {
+        let Some(AttributeValue::S(name)) = item.get(&layout.key_attribute) else {
             continue;
         };
         let Some(key) = layout.object_key(name) else {
@@ -270,6 +285,7 @@ mod tests {
 
     fn layout() -> KeyLayout {
         KeyLayout {
+            key_attribute: "name".into(),
             key_prefix: String::new(),
             object_name: "userdata".into(),
         }
@@ -298,6 +314,32 @@ mod tests {
                     json!({"name": "alice", "plan": "pro", "seats": 3})
                 ),
             ])
+        );
+    }
+
+    #[test]
+    fn users_are_named_by_the_deployed_key_attribute() {
+        let config = Config::from_lookup(|name| match name {
+            "BUCKET_NAME" => Some("mirror".to_owned()),
+            "KEY_ATTRIBUTE" => Some("id".to_owned()),
+            "KEY_PREFIX" => Some("users/".to_owned()),
+            _ => None,
+        })
+        .unwrap();
+        let layout = KeyLayout::from(&config);
+        assert_eq!(layout.key_attribute, "id");
+        let by_id = HashMap::from([
+            ("id".to_owned(), AttributeValue::S("u-1".into())),
+            ("name".to_owned(), AttributeValue::S("alice".into())),
+        ]);
+        // Named only by `name`: not a user of this table's layout.
+        let expected = expected_objects(&[by_id, user("bob", "pro")], &layout);
+        assert_eq!(
+            expected.0,
+            BTreeMap::from([(
+                "users/u-1/userdata".to_owned(),
+                json!({"id": "u-1", "name": "alice"})
+            )])
         );
     }
 

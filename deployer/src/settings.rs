@@ -13,6 +13,9 @@
 //! key_prefix = "users/"
 //! max_concurrency = 16
 //! architecture = "x86_64"
+//! # Attach to a table and a bucket that exist already instead of creating them ("adoption").
+//! existing_table = "users"
+//! existing_bucket = "users-mirror"
 //! ```
 
 use std::fmt;
@@ -63,6 +66,9 @@ const CONCURRENCY_FORM: &str = "1 to 1024";
 const RETENTION_FORM: &str = "one of 1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288 or 3653";
 const DELETE_SCOPE_FORM: &str = "\"object\" or \"prefix\"";
 const ARCHITECTURE_FORM: &str = "\"arm64\" or \"x86_64\"";
+const TABLE_FORM: &str =
+    "the name of an existing DynamoDB table: 3 to 255 characters of letters, digits, '_', '.' and '-', such as \"users\"";
+const BUCKET_FORM: &str = "the name of an existing S3 bucket: 3 to 63 characters of a-z, 0-9, '.' and '-', starting and ending with a letter or digit, such as \"users-mirror\"";
 
 /// Parses a `delete_scope` given outside a settings file (a command-line flag, say) by the
 /// function's rule; the error names the setting, the value and the allowed form.
@@ -165,6 +171,15 @@ pub struct StackSettings {
     pub retain_data_on_teardown: bool,
     /// The function's architecture. Default `arm64`; `arm64` or `x86_64`.
     pub architecture: Architecture,
+    /// An existing DynamoDB table to mirror instead of one the stack creates ("adopting" it).
+    /// Default unset; 3 to 255 characters of letters, digits, `_`, `.` and `-`. Deploy checks
+    /// it (a single string hash key, a stream with new images) and the stack never changes or
+    /// deletes it. A stack remembers what it adopted: leaving this unset later keeps it.
+    pub existing_table: Option<String>,
+    /// An existing S3 bucket to mirror into instead of one the stack creates. Default unset;
+    /// an S3 bucket name, in the stack's region and account. The stack never changes, empties
+    /// or deletes it.
+    pub existing_bucket: Option<String>,
 }
 
 impl Default for StackSettings {
@@ -185,6 +200,8 @@ impl Default for StackSettings {
             log_retention_days: 14,
             retain_data_on_teardown: false,
             architecture: Architecture::Arm64,
+            existing_table: None,
+            existing_bucket: None,
         }
     }
 }
@@ -310,6 +327,12 @@ impl StackSettings {
                 expected: RETENTION_FORM,
             });
         }
+        if let Some(table) = &self.existing_table {
+            check_existing_table(table)?;
+        }
+        if let Some(bucket) = &self.existing_bucket {
+            check_existing_bucket(bucket)?;
+        }
         Ok(())
     }
 }
@@ -376,6 +399,39 @@ pub fn check_stack_name(name: &str) -> Result<(), SettingsError> {
     }
 }
 
+/// Checks `existing_table`: a DynamoDB table name, 3 to 255 characters of `[A-Za-z0-9_.-]`
+/// (https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/HowItWorks.NamingRulesDataTypes.html).
+///
+/// [`StackSettings::validate`] applies it too; it is public so that a command line can refuse a
+/// bad `--existing-table` while parsing its arguments.
+pub fn check_existing_table(name: &str) -> Result<(), SettingsError> {
+    let problem = if name.len() < 3 {
+        Some("shorter than 3 characters")
+    } else if name.len() > 255 {
+        Some("longer than 255 characters")
+    } else if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+    {
+        Some("holds a character other than a letter, digit, '_', '.' or '-'")
+    } else {
+        None
+    };
+    match problem {
+        Some(reason) => Err(invalid("existing_table", name, reason, TABLE_FORM)),
+        None => Ok(()),
+    }
+}
+
+/// Checks `existing_bucket` by the function's rule for its `BUCKET_NAME`.
+///
+/// [`StackSettings::validate`] applies it too; it is public so that a command line can refuse a
+/// bad `--existing-bucket` while parsing its arguments.
+pub fn check_existing_bucket(name: &str) -> Result<(), SettingsError> {
+    config::check_bucket_name(name)
+        .map_err(|reason| invalid("existing_bucket", name, reason, BUCKET_FORM))
+}
+
 /// `max_concurrency` by the function's rule (its `MAX_CONCURRENCY`).
 fn check_max_concurrency(n: u32) -> Result<(), SettingsError> {
     let accepted = usize::try_from(n).is_ok_and(|n| config::check_max_concurrency(n).is_ok());
@@ -418,6 +474,8 @@ mod tests {
         assert_eq!(s.log_retention_days, 14);
         assert!(!s.retain_data_on_teardown);
         assert_eq!(s.architecture, Architecture::Arm64);
+        assert_eq!(s.existing_table, None);
+        assert_eq!(s.existing_bucket, None);
         s.validate().unwrap();
     }
 
@@ -461,6 +519,11 @@ mod tests {
             with(|s| s.log_retention_days = 3653),
             with(|s| s.key_prefix = "x".repeat(512)),
             with(|s| s.object_name = "profile.json".to_owned()),
+            with(|s| s.existing_table = Some("abc".to_owned())),
+            with(|s| s.existing_table = Some("T".repeat(255))),
+            with(|s| s.existing_table = Some("Users_v2.prod-1".to_owned())),
+            with(|s| s.existing_bucket = Some("abc".to_owned())),
+            with(|s| s.existing_bucket = Some("users.mirror-1".to_owned())),
         ];
         for settings in ok {
             settings
@@ -560,6 +623,29 @@ mod tests {
                 with(|s| s.object_name = "o".repeat(256)),
                 "is invalid: longer than 255 bytes; expected an object name",
             ),
+            (
+                with(|s| s.existing_table = Some("ab".to_owned())),
+                "existing_table \"ab\" is invalid: shorter than 3 characters; expected the name \
+                 of an existing DynamoDB table: 3 to 255 characters",
+            ),
+            (
+                with(|s| s.existing_table = Some("t".repeat(256))),
+                "is invalid: longer than 255 characters; expected the name of an existing DynamoDB",
+            ),
+            (
+                with(|s| s.existing_table = Some("users table".to_owned())),
+                "existing_table \"users table\" is invalid: holds a character other than a \
+                 letter, digit, '_', '.' or '-'",
+            ),
+            (
+                with(|s| s.existing_bucket = Some("Users".to_owned())),
+                "existing_bucket \"Users\" is invalid: may hold only lowercase letters, digits, \
+                 '.' and '-'; expected the name of an existing S3 bucket",
+            ),
+            (
+                with(|s| s.existing_bucket = Some("ab".to_owned())),
+                "existing_bucket \"ab\" is invalid: must be 3 to 63 characters long",
+            ),
         ];
         for (settings, expected) in cases {
             let message = settings.validate().unwrap_err().to_string();
@@ -594,6 +680,22 @@ mod tests {
     }
 
     #[test]
+    fn the_flag_checks_are_the_settings_checks() {
+        assert!(check_existing_table("users").is_ok());
+        assert!(check_existing_bucket("users-mirror").is_ok());
+        for (check, value, setting) in [
+            (check_existing_table as fn(&str) -> _, "x", "existing_table"),
+            (check_existing_bucket, "a_b", "existing_bucket"),
+        ] {
+            let err = check(value).unwrap_err();
+            assert!(
+                matches!(err, SettingsError::Invalid { setting: s, .. } if s == setting),
+                "{err:?}"
+            );
+        }
+    }
+
+    #[test]
     fn an_empty_file_gives_the_defaults() {
         assert_eq!(
             StackSettings::from_toml_str("").unwrap(),
@@ -619,6 +721,8 @@ mod tests {
             log_retention_days = 30
             retain_data_on_teardown = true
             architecture = "x86_64"
+            existing_table = "users"
+            existing_bucket = "users-mirror"
         "#;
         let expected = StackSettings {
             stack_name: "users-dev".to_owned(),
@@ -636,6 +740,8 @@ mod tests {
             log_retention_days: 30,
             retain_data_on_teardown: true,
             architecture: Architecture::X86_64,
+            existing_table: Some("users".to_owned()),
+            existing_bucket: Some("users-mirror".to_owned()),
         };
         assert_eq!(StackSettings::from_toml_str(text).unwrap(), expected);
     }
@@ -646,6 +752,7 @@ mod tests {
             s.delete_scope = DeleteScope::Prefix;
             s.architecture = Architecture::X86_64;
             s.max_concurrency = Some(8);
+            s.existing_table = Some("users".to_owned());
         });
         let text = toml::to_string(&settings).unwrap();
         assert_eq!(StackSettings::from_toml_str(&text).unwrap(), settings);

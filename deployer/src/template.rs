@@ -2,7 +2,10 @@
 //!
 //! [`synthesize`] is a pure function of the settings and the artifact location, and every JSON
 //! object in it has its keys sorted, so the same inputs always give the same bytes and a deploy
-//! with nothing changed finds nothing to change.
+//! with nothing changed finds nothing to change. [`synthesize_adopting`] does the same for a stack
+//! that attaches to a table or bucket that exists already ([`Adoption`], checked by
+//! `stack::check_adoption`): the template then has no resource for it, names it literally, and
+//! says so in the outputs [`output::ADOPTED_TABLE`] and [`output::ADOPTED_BUCKET`].
 //!
 //! Physical names are left to CloudFormation except the function's, `<stack name>-mirror`:
 //! its log group must be named `/aws/lambda/<function name>` before the function exists, and
@@ -35,7 +38,8 @@ pub mod logical_id {
     /// The stream-to-function mapping (`AWS::Lambda::EventSourceMapping`).
     pub const EVENT_SOURCE_MAPPING: &str = "EventSourceMapping";
 
-    /// Every logical ID in the template.
+    /// Every logical ID in the template of a stack that adopts nothing; an adopted table leaves
+    /// out [`USERS_TABLE`], an adopted bucket [`DATA_BUCKET`] and [`DATA_BUCKET_POLICY`].
     pub const ALL: [&str; 8] = [
         USERS_TABLE,
         DATA_BUCKET,
@@ -65,7 +69,12 @@ pub mod output {
     /// The event source mapping's UUID.
     pub const EVENT_SOURCE_MAPPING_ID: &str = "EventSourceMappingId";
 
-    /// Every output name.
+    /// The adopted table's name; present only when the stack adopted an existing table.
+    pub const ADOPTED_TABLE: &str = "AdoptedTable";
+    /// The adopted bucket's name; present only when the stack adopted an existing bucket.
+    pub const ADOPTED_BUCKET: &str = "AdoptedBucket";
+
+    /// Every output name that every template has.
     pub const ALL: [&str; 7] = [
         TABLE_NAME,
         STREAM_ARN,
@@ -75,12 +84,16 @@ pub mod output {
         FAILURE_QUEUE_ARN,
         EVENT_SOURCE_MAPPING_ID,
     ];
+
+    /// The outputs a template has only when the stack adopts the resource they name.
+    pub const ADOPTED: [&str; 2] = [ADOPTED_TABLE, ADOPTED_BUCKET];
 }
 
 /// The checkov findings this stack accepts, as (logical ID, check ID, reason).
 ///
 /// [`synthesize`] writes each into its resource's `Metadata.checkov.skip`, where checkov reads
-/// it, so the reason travels with the template. Every other checkov check passes.
+/// it, so the reason travels with the template; the entries of a resource that an adopted table
+/// or bucket leaves out are left out with it. Every other checkov check passes.
 pub const CHECKOV_SKIPS: [(&str, &str, &str); 9] = [
     (
         logical_id::DATA_BUCKET,
@@ -161,6 +174,40 @@ pub fn log_group_name(stack_name: &str) -> String {
     format!("/aws/lambda/{}", function_name(stack_name))
 }
 
+/// A table or bucket that exists already and that the stack attaches to instead of creating it
+/// ("adopting" it); `stack::check_adoption` reads and checks both. The default adopts nothing.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Adoption {
+    pub table: Option<AdoptedTable>,
+    pub bucket: Option<AdoptedBucket>,
+}
+
+/// An existing users table whose stream the stack's mapping reads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdoptedTable {
+    /// The table's name.
+    pub name: String,
+    /// Its stream's ARN (DescribeTable's `LatestStreamArn`, read when deploying).
+    pub stream_arn: String,
+    /// Its string hash key attribute: the function's `KEY_ATTRIBUTE`.
+    pub key_attribute: String,
+    /// The KMS key the table is encrypted with (`SSEDescription.KMSMasterKeyArn`), if any: the
+    /// role may `kms:Decrypt` with it to read the stream.
+    pub kms_key_arn: Option<String>,
+}
+
+/// An existing bucket the function mirrors the users into.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdoptedBucket {
+    /// The bucket's name.
+    pub name: String,
+    /// The KMS key of the bucket's default encryption, if it names one: the role may
+    /// `kms:GenerateDataKey` with it to write objects. A key ARN, or, from a bare key id,
+    /// `arn:${AWS::Partition}:kms:<region>:<account>:key/<id>`, which the template puts in an
+    /// `Fn::Sub`.
+    pub kms_key_arn: Option<String>,
+}
+
 /// A template could not be rendered.
 #[derive(Debug, thiserror::Error)]
 pub enum TemplateError {
@@ -179,25 +226,53 @@ pub enum TemplateError {
     },
 }
 
-/// Builds the stack's CloudFormation template.
+/// Builds the stack's CloudFormation template, for a stack that creates its own table and
+/// bucket.
 ///
 /// It trusts `settings`; call [`StackSettings::validate`] first.
 pub fn synthesize(settings: &StackSettings, artifact: &ArtifactLocation) -> Value {
+    synthesize_adopting(settings, artifact, &Adoption::default())
+}
+
+/// Builds the stack's CloudFormation template, attached to the existing table and bucket of
+/// `adoption` where it names them: no resource for them (the stack never changes or deletes
+/// them), their names and ARNs written literally, the same permissions on them as on the
+/// stack's own plus the KMS permissions their encryption needs. With nothing adopted this is
+/// [`synthesize`].
+///
+/// It trusts `settings` and `adoption`; call [`StackSettings::validate`] and
+/// `stack::check_adoption` first.
+pub fn synthesize_adopting(
+    settings: &StackSettings,
+    artifact: &ArtifactLocation,
+    adoption: &Adoption,
+) -> Value {
     use logical_id::*;
 
     let mut resources = Map::new();
-    resources.insert(USERS_TABLE.into(), users_table(settings));
-    resources.insert(DATA_BUCKET.into(), data_bucket(settings));
-    resources.insert(DATA_BUCKET_POLICY.into(), data_bucket_policy());
+    if adoption.table.is_none() {
+        resources.insert(USERS_TABLE.into(), users_table(settings));
+    }
+    if adoption.bucket.is_none() {
+        resources.insert(DATA_BUCKET.into(), data_bucket(settings));
+        resources.insert(DATA_BUCKET_POLICY.into(), data_bucket_policy());
+    }
     resources.insert(FAILURE_QUEUE.into(), failure_queue());
     resources.insert(FUNCTION_LOG_GROUP.into(), function_log_group(settings));
-    resources.insert(FUNCTION_ROLE.into(), function_role(settings));
-    resources.insert(MIRROR_FUNCTION.into(), mirror_function(settings, artifact));
-    resources.insert(EVENT_SOURCE_MAPPING.into(), event_source_mapping(settings));
+    resources.insert(FUNCTION_ROLE.into(), function_role(settings, adoption));
+    resources.insert(
+        MIRROR_FUNCTION.into(),
+        mirror_function(settings, artifact, adoption),
+    );
+    resources.insert(
+        EVENT_SOURCE_MAPPING.into(),
+        event_source_mapping(settings, adoption),
+    );
     for (id, check, reason) in CHECKOV_SKIPS {
-        let resource = resources
-            .get_mut(id)
-            .expect("CHECKOV_SKIPS names resources of the template");
+        // A resource left out for an adopted table or bucket takes its suppressions with it.
+        let Some(resource) = resources.get_mut(id) else {
+            continue;
+        };
         let skips = resource
             .as_object_mut()
             .expect("a resource is an object")
@@ -218,18 +293,35 @@ pub fn synthesize(settings: &StackSettings, artifact: &ArtifactLocation) -> Valu
     add_output(
         output::TABLE_NAME,
         "Name of the users table",
-        reference(USERS_TABLE),
+        table_name(adoption),
     );
     add_output(
         output::STREAM_ARN,
         "ARN of the users table's stream",
-        get_att(USERS_TABLE, "StreamArn"),
+        stream_arn(adoption),
     );
     add_output(
         output::BUCKET_NAME,
         "Name of the bucket the users are mirrored into",
-        reference(DATA_BUCKET),
+        bucket_name(adoption),
     );
+    // Read back by later commands: a deploy keeps the adoption, a teardown leaves these alone.
+    if let Some(table) = &adoption.table {
+        add_output(
+            output::ADOPTED_TABLE,
+            "Name of the existing users table the stack adopted: not part of the stack, never \
+             changed or deleted by it",
+            table.name.clone().into(),
+        );
+    }
+    if let Some(bucket) = &adoption.bucket {
+        add_output(
+            output::ADOPTED_BUCKET,
+            "Name of the existing bucket the stack adopted: not part of the stack, never \
+             changed, emptied or deleted by it",
+            bucket.name.clone().into(),
+        );
+    }
     add_output(
         output::FUNCTION_NAME,
         "Name of the mirror function",
@@ -332,6 +424,52 @@ fn sub(text: String) -> Value {
     json!({ "Fn::Sub": text })
 }
 
+/// An ARN as the template writes it: in an `Fn::Sub` when it holds a `${...}` variable (a key
+/// ARN built with `${AWS::Partition}`), else as it is.
+fn arn(text: &str) -> Value {
+    if text.contains("${") {
+        sub(text.to_owned())
+    } else {
+        text.into()
+    }
+}
+
+/// The users table's name: the adopted one's, else the stack's own table.
+fn table_name(adoption: &Adoption) -> Value {
+    match &adoption.table {
+        Some(table) => table.name.clone().into(),
+        None => reference(logical_id::USERS_TABLE),
+    }
+}
+
+/// The users table's stream ARN: the adopted one's, else the stack's own table's.
+fn stream_arn(adoption: &Adoption) -> Value {
+    match &adoption.table {
+        Some(table) => table.stream_arn.clone().into(),
+        None => get_att(logical_id::USERS_TABLE, "StreamArn"),
+    }
+}
+
+/// The data bucket's name: the adopted one's, else the stack's own bucket.
+fn bucket_name(adoption: &Adoption) -> Value {
+    match &adoption.bucket {
+        Some(bucket) => bucket.name.clone().into(),
+        None => reference(logical_id::DATA_BUCKET),
+    }
+}
+
+/// The data bucket's ARN, followed by `suffix` (`/*` for its objects).
+fn bucket_arn(adoption: &Adoption, suffix: &str) -> Value {
+    match (&adoption.bucket, suffix) {
+        (Some(bucket), _) => sub(format!(
+            "arn:${{AWS::Partition}}:s3:::{}{suffix}",
+            bucket.name
+        )),
+        (None, "") => get_att(logical_id::DATA_BUCKET, "Arn"),
+        (None, _) => sub(format!("${{{}.Arn}}{suffix}", logical_id::DATA_BUCKET)),
+    }
+}
+
 /// `${FunctionLogGroup}`'s ARN without the `:*` that its `Arn` attribute ends with.
 fn log_group_arn(suffix: &str) -> Value {
     sub(format!(
@@ -432,10 +570,10 @@ fn function_log_group(settings: &StackSettings) -> Value {
     })
 }
 
-fn function_role(settings: &StackSettings) -> Value {
+fn function_role(settings: &StackSettings, adoption: &Adoption) -> Value {
     use logical_id::*;
 
-    let objects = sub(format!("${{{DATA_BUCKET}.Arn}}/*"));
+    let objects = bucket_arn(adoption, "/*");
     let mut statements = vec![json!({
         "Sid": "WriteUserObjects",
         "Effect": "Allow",
@@ -448,7 +586,25 @@ fn function_role(settings: &StackSettings) -> Value {
             "Sid": "ListUserPrefixes",
             "Effect": "Allow",
             "Action": ["s3:ListBucket"],
-            "Resource": get_att(DATA_BUCKET, "Arn"),
+            "Resource": bucket_arn(adoption, ""),
+        }));
+    }
+    if let Some(key) = adoption
+        .bucket
+        .as_ref()
+        .and_then(|b| b.kms_key_arn.as_deref())
+    {
+        // The adopted bucket encrypts new objects with this key by default, and uploading an
+        // object encrypted with a KMS key needs kms:GenerateDataKey on the key (S3 User Guide,
+        // "Using server-side encryption with AWS KMS keys (SSE-KMS)", Permissions:
+        // https://docs.aws.amazon.com/AmazonS3/latest/userguide/UsingKMSEncryption.html). The
+        // function only puts whole objects (no multipart upload, no read), so it needs no
+        // kms:Decrypt.
+        statements.push(json!({
+            "Sid": "EncryptUserObjects",
+            "Effect": "Allow",
+            "Action": ["kms:GenerateDataKey"],
+            "Resource": arn(key),
         }));
     }
     statements.extend([
@@ -460,7 +616,7 @@ fn function_role(settings: &StackSettings) -> Value {
                 "dynamodb:GetRecords",
                 "dynamodb:GetShardIterator",
             ],
-            "Resource": get_att(USERS_TABLE, "StreamArn"),
+            "Resource": stream_arn(adoption),
         }),
         // ListStreams has no resource type in IAM: "*" is the only resource AWS accepts
         // for it, and it is the only "*" resource in this policy.
@@ -483,6 +639,24 @@ fn function_role(settings: &StackSettings) -> Value {
             "Resource": [log_group_arn(""), log_group_arn(":*")],
         }),
     ]);
+    if let Some(key) = adoption
+        .table
+        .as_ref()
+        .and_then(|t| t.kms_key_arn.as_deref())
+    {
+        // A table's stream is always encrypted with the table's own key (DynamoDB Developer
+        // Guide, encryption at rest usage notes:
+        // https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/encryption.usagenotes.html),
+        // so reading the stream of a table encrypted with a KMS key decrypts with that key; AWS
+        // CDK's grantStreamRead grants the same (aws/aws-cdk#23400). On the AWS managed key
+        // (aws/dynamodb) the grant is redundant and harmless.
+        statements.push(json!({
+            "Sid": "DecryptUsersStream",
+            "Effect": "Allow",
+            "Action": ["kms:Decrypt"],
+            "Resource": arn(key),
+        }));
+    }
 
     json!({
         "Type": "AWS::IAM::Role",
@@ -503,11 +677,15 @@ fn function_role(settings: &StackSettings) -> Value {
     })
 }
 
-fn mirror_function(settings: &StackSettings, artifact: &ArtifactLocation) -> Value {
+fn mirror_function(
+    settings: &StackSettings,
+    artifact: &ArtifactLocation,
+    adoption: &Adoption,
+) -> Value {
     use logical_id::*;
 
     let mut variables = Map::new();
-    variables.insert(vars::BUCKET_NAME.into(), reference(DATA_BUCKET));
+    variables.insert(vars::BUCKET_NAME.into(), bucket_name(adoption));
     variables.insert(vars::KEY_PREFIX.into(), settings.key_prefix.clone().into());
     variables.insert(
         vars::OBJECT_NAME.into(),
@@ -520,6 +698,14 @@ fn mirror_function(settings: &StackSettings, artifact: &ArtifactLocation) -> Val
     // Unset means the function's own default, which may change with the function.
     if let Some(n) = settings.max_concurrency {
         variables.insert(vars::MAX_CONCURRENCY.into(), n.to_string().into());
+    }
+    // The stack's own table is keyed by the function's default attribute; an adopted one by
+    // its own hash key.
+    if let Some(table) = &adoption.table {
+        variables.insert(
+            vars::KEY_ATTRIBUTE.into(),
+            table.key_attribute.clone().into(),
+        );
     }
 
     json!({
@@ -549,13 +735,13 @@ fn mirror_function(settings: &StackSettings, artifact: &ArtifactLocation) -> Val
     })
 }
 
-fn event_source_mapping(settings: &StackSettings) -> Value {
+fn event_source_mapping(settings: &StackSettings, adoption: &Adoption) -> Value {
     use logical_id::*;
 
     json!({
         "Type": "AWS::Lambda::EventSourceMapping",
         "Properties": {
-            "EventSourceArn": get_att(USERS_TABLE, "StreamArn"),
+            "EventSourceArn": stream_arn(adoption),
             "FunctionName": reference(MIRROR_FUNCTION),
             // The function is idempotent, so replaying what the stream still holds is safe.
             "StartingPosition": "TRIM_HORIZON",
@@ -655,6 +841,68 @@ mod tests {
                 force_path_style: false,
             }
         );
+    }
+
+    #[test]
+    fn an_adopted_table_and_bucket_reach_the_function_and_the_mapping() {
+        let adoption = Adoption {
+            table: Some(AdoptedTable {
+                name: "people".to_owned(),
+                stream_arn: "arn:aws:dynamodb:eu-west-1:123456789012:table/people/stream/2024-05-01T00:00:00.000".to_owned(),
+                key_attribute: "user_id".to_owned(),
+                kms_key_arn: None,
+            }),
+            bucket: Some(AdoptedBucket {
+                name: "people-mirror".to_owned(),
+                kms_key_arn: None,
+            }),
+        };
+        let template = synthesize_adopting(&StackSettings::default(), &artifact(), &adoption);
+        let variables = &template["Resources"][logical_id::MIRROR_FUNCTION]["Properties"]
+            ["Environment"]["Variables"];
+        let environment: BTreeMap<String, String> = variables
+            .as_object()
+            .expect("the function has environment variables")
+            .iter()
+            .map(|(name, value)| {
+                let text = value
+                    .as_str()
+                    .unwrap_or_else(|| panic!("{name} is not text"));
+                (name.clone(), text.to_owned())
+            })
+            .collect();
+        let read = Config::from_lookup(|name| environment.get(name).cloned())
+            .expect("the adopted template configures the function");
+        assert_eq!(read.bucket, "people-mirror");
+        assert_eq!(read.key_attribute, "user_id");
+        let mapping = &template["Resources"][logical_id::EVENT_SOURCE_MAPPING]["Properties"];
+        assert_eq!(
+            mapping["EventSourceArn"],
+            adoption
+                .table
+                .as_ref()
+                .map(|t| t.stream_arn.clone())
+                .unwrap()
+        );
+    }
+
+    #[test]
+    fn an_arn_with_a_variable_is_substituted_and_a_plain_one_is_not() {
+        assert_eq!(
+            arn("arn:${AWS::Partition}:kms:eu-west-1:123456789012:key/k"),
+            json!({ "Fn::Sub": "arn:${AWS::Partition}:kms:eu-west-1:123456789012:key/k" })
+        );
+        assert_eq!(
+            arn("arn:aws:kms:eu-west-1:123456789012:key/k"),
+            json!("arn:aws:kms:eu-west-1:123456789012:key/k")
+        );
+    }
+
+    #[test]
+    fn checkov_skips_name_resources_of_the_template() {
+        for (id, check, _) in CHECKOV_SKIPS {
+            assert!(logical_id::ALL.contains(&id), "{check} names {id}");
+        }
     }
 
     #[test]

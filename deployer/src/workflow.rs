@@ -1,13 +1,14 @@
-//! The whole `deploy`: build the archive, upload it, synthesise the template, deploy the stack.
+//! The whole `deploy`: check what the stack adopts, build the archive, upload it, synthesise the
+//! template, deploy the stack.
 
 use std::collections::BTreeMap;
 
 use crate::artifact::{self, Artifact, BuildError, BuildOptions, Purpose};
 use crate::console::Console;
 use crate::settings::{ArtifactLocation, SettingsError, StackSettings};
-use crate::stack::{self, DeployOutcome, StackError};
+use crate::stack::{self, AdoptedNames, AdoptionError, DeployOutcome, StackError};
 use crate::target::Target;
-use crate::template;
+use crate::template::{self, Adoption};
 
 /// Failures of a deploy, by stage.
 #[derive(Debug, thiserror::Error)]
@@ -18,6 +19,9 @@ pub enum DeployError {
     Build(#[from] BuildError),
     #[error(transparent)]
     Stack(#[from] StackError),
+    /// An existing table or bucket the settings (or the deployed stack) name cannot be adopted.
+    #[error(transparent)]
+    Adoption(#[from] AdoptionError),
 }
 
 /// What a deploy did to the stack; serialised (`--output json`) as `up_to_date`, `created` or
@@ -59,6 +63,10 @@ pub struct DeployReport {
     pub artifact_key: String,
     pub artifact_sha256: String,
     pub artifact_uploaded: bool,
+    /// The existing table and bucket the stack adopted (`adopted_table`, `adopted_bucket`;
+    /// `null` when it has its own).
+    #[serde(flatten)]
+    pub adopted: AdoptedNames,
 }
 
 /// How `deploy` builds the function; the default suits every target the deployer runs the
@@ -73,8 +81,9 @@ pub struct DeployOptions {
     pub purpose: Option<Purpose>,
 }
 
-/// Deploys `settings` to `target`, building the function as `options` say. On real AWS the
-/// account and region are shown and confirmed through `console` before anything changes.
+/// Deploys `settings` to `target`, building the function as `options` say. The existing table
+/// and bucket the stack adopts are checked first ([`stack::check_adoption`]); then, on real AWS,
+/// the account and region are shown and confirmed through `console` before anything changes.
 pub async fn deploy(
     target: &Target,
     settings: &StackSettings,
@@ -82,7 +91,8 @@ pub async fn deploy(
     console: &mut dyn Console,
 ) -> Result<DeployReport, DeployError> {
     settings.validate()?;
-    confirm_deploy(target, settings, console).await?;
+    let adoption = stack::check_adoption(target, settings, console).await?;
+    confirm_deploy(target, settings, &adoption, console).await?;
     let build_options = build_options(target.is_aws(), settings, options);
     let built = tokio::task::block_in_place(|| {
         artifact::build(&build_options, &mut |line| console.line(line))
@@ -93,12 +103,12 @@ pub async fn deploy(
         built.size,
         built.sha256
     ));
-    deploy_artifact(target, settings, &built, console).await
+    deploy_artifact(target, settings, &adoption, &built, console).await
 }
 
 /// Deploys `settings` to `target` with an archive built beforehand, for callers that deploy
 /// several stacks from one build (builds running side by side would race on the archive).
-/// Confirms on real AWS, as [`deploy`] does.
+/// Checks what the stack adopts and confirms on real AWS, as [`deploy`] does.
 pub async fn deploy_built(
     target: &Target,
     settings: &StackSettings,
@@ -106,23 +116,42 @@ pub async fn deploy_built(
     console: &mut dyn Console,
 ) -> Result<DeployReport, DeployError> {
     settings.validate()?;
-    confirm_deploy(target, settings, console).await?;
-    deploy_artifact(target, settings, built, console).await
+    let adoption = stack::check_adoption(target, settings, console).await?;
+    confirm_deploy(target, settings, &adoption, console).await?;
+    deploy_artifact(target, settings, &adoption, built, console).await
 }
 
 async fn confirm_deploy(
     target: &Target,
     settings: &StackSettings,
+    adoption: &Adoption,
     console: &mut dyn Console,
 ) -> Result<(), StackError> {
-    let action = format!("deploy stack {}", settings.stack_name);
-    stack::confirm_on_aws(target, console, &action).await
+    stack::confirm_on_aws(target, console, &deploy_action(settings, adoption)).await
+}
+
+/// What a deploy will do, for its confirmation: "deploy stack S", with what it adopts.
+fn deploy_action(settings: &StackSettings, adoption: &Adoption) -> String {
+    let adopted = AdoptedNames::from(adoption);
+    let mut names = Vec::new();
+    if let Some(table) = &adopted.table {
+        names.push(format!("table {table}"));
+    }
+    if let Some(bucket) = &adopted.bucket {
+        names.push(format!("bucket {bucket}"));
+    }
+    let mut action = format!("deploy stack {}", settings.stack_name);
+    if !names.is_empty() {
+        action.push_str(&format!(" adopting the existing {}", names.join(" and ")));
+    }
+    action
 }
 
 /// Uploads the archive, synthesises the template for its architecture and deploys the stack.
 async fn deploy_artifact(
     target: &Target,
     settings: &StackSettings,
+    adoption: &Adoption,
     built: &Artifact,
     console: &mut dyn Console,
 ) -> Result<DeployReport, DeployError> {
@@ -141,7 +170,9 @@ async fn deploy_artifact(
         bucket: uploaded.bucket.clone(),
         key: uploaded.key.clone(),
     };
-    let body = template::to_json_string(&template::synthesize(&settings, &location));
+    let body = template::to_json_string(&template::synthesize_adopting(
+        &settings, &location, adoption,
+    ));
     let outcome = stack::deploy(target, stack_name, &body, console).await?;
 
     let (result, changes) = match &outcome {
@@ -163,6 +194,7 @@ async fn deploy_artifact(
         artifact_key: uploaded.key,
         artifact_sha256: built.sha256.clone(),
         artifact_uploaded: uploaded.uploaded,
+        adopted: AdoptedNames::from(adoption),
     })
 }
 
@@ -200,6 +232,10 @@ mod tests {
             artifact_key: "bootstrap-abc.zip".to_owned(),
             artifact_sha256: "abc".to_owned(),
             artifact_uploaded: false,
+            adopted: AdoptedNames {
+                table: Some("users".to_owned()),
+                bucket: None,
+            },
         };
         assert_eq!(
             serde_json::to_value(&report).unwrap(),
@@ -213,6 +249,8 @@ mod tests {
                 "artifact_key": "bootstrap-abc.zip",
                 "artifact_sha256": "abc",
                 "artifact_uploaded": false,
+                "adopted_table": "users",
+                "adopted_bucket": null,
             })
         );
         for (result, text) in [
@@ -224,6 +262,34 @@ mod tests {
             assert_eq!(result.as_str(), text);
             assert_eq!(result.to_string(), text);
         }
+    }
+
+    #[test]
+    fn the_confirmation_names_what_the_deploy_adopts() {
+        use crate::template::{AdoptedBucket, AdoptedTable};
+
+        let settings = StackSettings::default();
+        assert_eq!(
+            deploy_action(&settings, &Adoption::default()),
+            "deploy stack usersync"
+        );
+        let adoption = Adoption {
+            table: Some(AdoptedTable {
+                name: "people".to_owned(),
+                stream_arn: "arn:aws:dynamodb:us-east-1:123456789012:table/people/stream/x"
+                    .to_owned(),
+                key_attribute: "id".to_owned(),
+                kms_key_arn: None,
+            }),
+            bucket: Some(AdoptedBucket {
+                name: "people-mirror".to_owned(),
+                kms_key_arn: None,
+            }),
+        };
+        assert_eq!(
+            deploy_action(&settings, &adoption),
+            "deploy stack usersync adopting the existing table people and bucket people-mirror"
+        );
     }
 
     #[test]

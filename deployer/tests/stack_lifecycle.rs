@@ -5,17 +5,22 @@
 //! stack busy with another operation, stacks stuck in `UPDATE_ROLLBACK_FAILED`,
 //! `ROLLBACK_FAILED` and `DELETE_FAILED`, the teardown's order (event source mapping disabled
 //! before the data bucket is emptied, the deletion retried when the bucket was written to after
-//! emptying), and the assets bucket's owner check (`ExpectedBucketOwner` on every request).
+//! emptying), the assets bucket's owner check (`ExpectedBucketOwner` on every request), and a
+//! stack that adopted an existing table and bucket (remembered from its outputs, left alone by
+//! the teardown).
 
 mod support;
 
 use deployer::console::RecordingConsole;
 use deployer::settings::{ArtifactLocation, StackSettings};
 use deployer::stack::{
-    deploy, teardown, upload_artifact, DeployOutcome, ResourceFailure, ResourceStatus, StackError,
-    StackStatus, TeardownOutcome, UploadedArtifact,
+    check_adoption, deploy, teardown, teardown_report, upload_artifact, AdoptedNames,
+    AdoptionError, DeployOutcome, ResourceFailure, ResourceStatus, StackError, StackStatus,
+    TeardownOutcome, TeardownReport, UploadedArtifact,
 };
-use deployer::template::{synthesize, to_json_string};
+use deployer::template::{
+    output, synthesize, synthesize_adopting, to_json_string, AdoptedBucket, AdoptedTable, Adoption,
+};
 use support::{
     physical_id, Bucket, Change, ChangeSetOutcome, Clock, Event, ExistingStack, FakeAws, Mapping,
     Scenario, Step, ACCOUNT, ASSETS_BUCKET,
@@ -1507,4 +1512,186 @@ async fn teardown_skips_a_mapping_that_is_absent_disabled_or_not_served() {
             fake.unexpected()
         );
     }
+}
+
+/// The name of the existing table the adopting stack mirrors.
+const PEOPLE: &str = "people";
+/// The name of the existing bucket it mirrors into.
+const PEOPLE_MIRROR: &str = "people-mirror";
+
+/// A deployed stack that adopted the table [`PEOPLE`] and the bucket [`PEOPLE_MIRROR`] (which
+/// holds `keys`), with an enabled event source mapping.
+fn adopting_stack(keys: &[&str]) -> Scenario {
+    let adoption = Adoption {
+        table: Some(AdoptedTable {
+            name: PEOPLE.to_owned(),
+            stream_arn: format!(
+                "arn:aws:dynamodb:us-east-1:{ACCOUNT}:table/{PEOPLE}/stream/2024-05-01T00:00:00.000"
+            ),
+            key_attribute: "user_id".to_owned(),
+            kms_key_arn: None,
+        }),
+        bucket: Some(AdoptedBucket {
+            name: PEOPLE_MIRROR.to_owned(),
+            kms_key_arn: None,
+        }),
+    };
+    let template = to_json_string(&synthesize_adopting(
+        &StackSettings::default(),
+        &ArtifactLocation {
+            bucket: ASSETS_BUCKET.to_owned(),
+            key: format!("{STACK}/bootstrap-v1.zip"),
+        },
+        &adoption,
+    ));
+    let outputs = [
+        (output::TABLE_NAME, PEOPLE),
+        (output::ADOPTED_TABLE, PEOPLE),
+        (output::BUCKET_NAME, PEOPLE_MIRROR),
+        (output::ADOPTED_BUCKET, PEOPLE_MIRROR),
+    ]
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .to_vec();
+    Scenario {
+        existing: Some(ExistingStack {
+            status: "CREATE_COMPLETE".to_owned(),
+            template: as_stored(&template),
+            outputs,
+            history: vec![
+                Event::stack(STACK, "REVIEW_IN_PROGRESS").because("User Initiated"),
+                Event::stack(STACK, "CREATE_IN_PROGRESS").because("User Initiated"),
+                Event::resource("MirrorFunction", FUNCTION, "CREATE_COMPLETE"),
+                Event::resource("EventSourceMapping", MAPPING, "CREATE_COMPLETE"),
+                Event::stack(STACK, "CREATE_COMPLETE"),
+            ],
+        }),
+        buckets: vec![Bucket::new(PEOPLE_MIRROR, ACCOUNT, keys)],
+        mapping: enabled_mapping(0),
+        ..Scenario::new(STACK)
+    }
+}
+
+/// Teardown of a stack that adopted a table and a bucket disables the mapping and deletes the
+/// stack, but sends not one request to the adopted bucket (nothing emptied), says so, and
+/// reports what it left.
+#[tokio::test]
+async fn teardown_leaves_an_adopted_table_and_bucket_as_they_are() {
+    let keys = ["ada/userdata", "bob/userdata"];
+    let fake = FakeAws::new(adopting_stack(&keys));
+    let mut console = RecordingConsole::agreeing();
+
+    let report = teardown_report(&fake.target(), STACK, false, true, &mut console)
+        .await
+        .expect("teardown succeeds");
+
+    let adopted = AdoptedNames {
+        table: Some(PEOPLE.to_owned()),
+        bucket: Some(PEOPLE_MIRROR.to_owned()),
+    };
+    assert_eq!(
+        report,
+        TeardownReport {
+            outcome: TeardownOutcome::TornDown {
+                emptied_objects: 0,
+                removed_artifacts: 0,
+                data_retained: false,
+            },
+            adopted: adopted.clone(),
+        }
+    );
+    assert_eq!(
+        report.adopted.left().as_deref(),
+        Some("left: table people (its items), bucket people-mirror (its objects)")
+    );
+    assert_eq!(
+        fake.bucket_keys(PEOPLE_MIRROR),
+        Some(keys.map(str::to_owned).to_vec())
+    );
+    assert!(
+        fake.s3_calls().is_empty(),
+        "no S3 request at all: {:#?}",
+        fake.s3_calls()
+    );
+    assert_eq!(
+        fake.mutations(),
+        ["UpdateEventSourceMapping", "DeleteStack"]
+    );
+    assert_eq!(fake.mapping_state().as_deref(), Some("Disabled"));
+    assert_eq!(fake.stack_status(), None);
+    for line in [
+        "table people was adopted, not created by the stack: leaving it and its items as they are",
+        "bucket people-mirror was adopted, not created by the stack: leaving it and its objects \
+         as they are (not emptied)",
+    ] {
+        assert!(
+            console.lines.iter().any(|l| l == line),
+            "{line:?} not in {:#?}",
+            console.lines
+        );
+    }
+    assert!(fake.unexpected().is_empty(), "{:?}", fake.unexpected());
+
+    // `teardown` is the same without the names.
+    let fake = FakeAws::new(adopting_stack(&keys));
+    let outcome = teardown(&fake.target(), STACK, false, true, &mut console)
+        .await
+        .expect("teardown succeeds");
+    assert_eq!(outcome, report.outcome);
+}
+
+/// A stack that created its own table refuses to adopt an existing one instead (its own would be
+/// deleted), reading nothing but the stack; without existing_table it keeps its own, and the
+/// deploy's check reads nothing else.
+#[tokio::test]
+async fn a_stack_that_owns_its_table_refuses_an_existing_one_before_anything_changes() {
+    let fake = FakeAws::new(running_stack(&[], None));
+    let settings = StackSettings {
+        stack_name: STACK.to_owned(),
+        existing_table: Some(PEOPLE.to_owned()),
+        ..StackSettings::default()
+    };
+    let err = check_adoption(&fake.target(), &settings, &mut RecordingConsole::agreeing())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, AdoptionError::OwnsItsOwn { own, named, .. } if own == "usersync-test-users" && named == PEOPLE),
+        "{err:?}"
+    );
+    assert_eq!(fake.actions(), ["DescribeStacks"]);
+
+    // Without existing_table the stack keeps its own table, and nothing more is read.
+    let fake = FakeAws::new(running_stack(&[], None));
+    let plain = StackSettings {
+        stack_name: STACK.to_owned(),
+        ..StackSettings::default()
+    };
+    let adoption = check_adoption(&fake.target(), &plain, &mut RecordingConsole::agreeing())
+        .await
+        .unwrap();
+    assert_eq!(adoption, Adoption::default());
+    assert_eq!(fake.actions(), ["DescribeStacks"]);
+}
+
+/// A stack that adopted a bucket keeps it when the settings say nothing, and refuses another.
+#[tokio::test]
+async fn a_stack_that_adopted_a_bucket_refuses_another() {
+    let fake = FakeAws::new(adopting_stack(&[]));
+    let settings = StackSettings {
+        stack_name: STACK.to_owned(),
+        existing_table: Some(PEOPLE.to_owned()),
+        existing_bucket: Some("other-mirror".to_owned()),
+        ..StackSettings::default()
+    };
+    let message = check_adoption(&fake.target(), &settings, &mut RecordingConsole::agreeing())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        message.starts_with(
+            "stack usersync-test adopted bucket people-mirror, but existing_bucket names bucket \
+             other-mirror"
+        ),
+        "{message}"
+    );
+    assert!(fake.mutations().is_empty(), "{:?}", fake.mutations());
 }

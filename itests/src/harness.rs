@@ -93,45 +93,47 @@ impl Backend {
         let report = workflow::deploy_built(&target, &settings, &self.artifact, &mut console)
             .await
             .with_context(|| format!("failed to deploy stack {}", settings.stack_name))?;
-        let pipeline = match &self.running {
+        let local = match &self.running {
             Running::Local(_) => {
                 let function = report
                     .outputs
                     .get(output::FUNCTION_NAME)
-                    .context("the stack has no FunctionName output")?;
+                    .context("the stack has no FunctionName output")?
+                    .clone();
                 let (log, poller_log) = function_log(&settings.stack_name, None)?;
-                let pipeline = LocalPipeline::start(
-                    &target,
-                    function,
-                    PipelineOptions {
-                        binary: self.artifact.binary_path.clone(),
-                        poller: PollerOptions {
-                            poll_interval: Duration::from_millis(100),
-                            discovery_interval: Duration::from_secs(1),
-                            ..PollerOptions::default()
-                        },
-                        output: log,
-                        observer: poller_log,
-                        extra_environment: BTreeMap::new(),
+                let options = PipelineOptions {
+                    binary: self.artifact.binary_path.clone(),
+                    poller: PollerOptions {
+                        poll_interval: Duration::from_millis(100),
+                        discovery_interval: Duration::from_secs(1),
+                        ..PollerOptions::default()
                     },
-                )
-                .await
-                .with_context(|| {
-                    format!(
-                        "failed to start the local pipeline of {}",
-                        settings.stack_name
-                    )
-                })?;
-                Some(pipeline)
+                    output: log,
+                    observer: poller_log,
+                    extra_environment: BTreeMap::new(),
+                };
+                let pipeline = LocalPipeline::start(&target, &function, options.clone())
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "failed to start the local pipeline of {}",
+                            settings.stack_name
+                        )
+                    })?;
+                Some((pipeline, function, options))
             }
             Running::LocalStack(_) | Running::Endpoint(_) => None,
         };
-        Ok(crate::test_stack::TestStack::new(
-            target,
-            settings,
-            report.outputs,
-            pipeline,
-        ))
+        Ok(match local {
+            Some((pipeline, function, options)) => crate::test_stack::TestStack::new(
+                target,
+                settings,
+                report.outputs,
+                Some(pipeline),
+            )
+            .with_relaunch(&function, options),
+            None => crate::test_stack::TestStack::new(target, settings, report.outputs, None),
+        })
     }
 
     /// Stops what the backend started.

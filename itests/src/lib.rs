@@ -2,6 +2,7 @@
 
 pub mod backend;
 pub mod emulator;
+pub mod external;
 pub mod faults;
 pub mod harness;
 pub mod scenarios;

@@ -1,13 +1,24 @@
 //! The end-to-end scenarios: each deploys its own stack on the selected backend, writes users
 //! through DynamoDB and asserts on the bucket, waiting on the real pipeline with bounded,
 //! polled waits.
+//!
+//! Scenarios 1 to 8 are here; 9 to 12, on adopting, reconciling and replaying, each in a module
+//! of their own.
+
+mod adopt;
+mod drift;
+mod race;
+mod replay;
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
+use deployer::reconcile::{self, ReconcileOptions, ReconcileReport, RepairHook};
 use deployer::settings::{DeleteScope, StackSettings};
 use deployer::stack::{self, TeardownOutcome};
 use serde_json::{json, Value};
@@ -59,6 +70,22 @@ pub fn all() -> Vec<Scenario> {
             name: "e2e_08_teardown_leaves_nothing",
             run: |b| Box::pin(teardown_leaves_nothing(b)),
         },
+        Scenario {
+            name: "e2e_09_adopt_existing_table",
+            run: |b| Box::pin(adopt::adopt_existing_table(b)),
+        },
+        Scenario {
+            name: "e2e_10_drift",
+            run: |b| Box::pin(drift::drift(b)),
+        },
+        Scenario {
+            name: "e2e_11_reconcile_race",
+            run: |b| Box::pin(race::reconcile_race(b)),
+        },
+        Scenario {
+            name: "e2e_12_replay_prefix_scope",
+            run: |b| Box::pin(replay::replay_prefix_scope(b)),
+        },
     ]
 }
 
@@ -72,6 +99,39 @@ fn settings(label: &str) -> StackSettings {
 /// The JSON body the function writes for user `name` with a plan and a number.
 fn body(name: &str, plan: &str, seats: u32) -> Value {
     json!({"name": name, "plan": plan, "seats": seats})
+}
+
+/// Where the reconciles of stack `stack_name` keep their checkpoint:
+/// `target/usersync/itests/reconcile/<stack>`, next to the function logs.
+fn reconcile_dir(stack_name: &str) -> PathBuf {
+    deployer::project::state_dir()
+        .join("itests")
+        .join("reconcile")
+        .join(stack_name)
+}
+
+/// Runs the whole-table reconcile of `stack` (with repair or not, `hook` between each repair's
+/// read and write) afresh, as `cargo xtask reconcile` would; prints its summary.
+async fn reconcile_stack(
+    stack: &TestStack,
+    repair: bool,
+    hook: Option<Arc<dyn RepairHook>>,
+) -> Result<ReconcileReport> {
+    let stack_name = &stack.settings.stack_name;
+    let options = ReconcileOptions {
+        repair,
+        // Every run judges the bucket as it is now, never an earlier run's checkpoint.
+        restart: true,
+        state_dir: Some(reconcile_dir(stack_name)),
+        hook,
+        ..ReconcileOptions::default()
+    };
+    let report = reconcile::reconcile(&stack.target, stack_name, &options, &mut |_| {})
+        .await
+        .with_context(|| format!("the reconcile of stack {stack_name} failed"))?;
+    eprintln!("{stack_name}: reconcile: {}", report.summary());
+    let _ = std::fs::remove_dir_all(reconcile_dir(stack_name));
+    Ok(report)
 }
 
 async fn insert_25(stack: &TestStack) -> Result<Vec<String>> {

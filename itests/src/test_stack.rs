@@ -8,13 +8,15 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use aws_sdk_dynamodb::types::{AttributeValue, DeleteRequest, PutRequest, WriteRequest};
 use deployer::console::RecordingConsole;
-use deployer::mirror_check::{self, KeyLayout, MirrorDiff, KEY_ATTRIBUTE};
+use deployer::mirror_check::{self, KeyLayout, MirrorDiff};
 use deployer::settings::StackSettings;
-use deployer::stack::{self, TeardownOutcome};
+use deployer::stack::{self, TeardownOutcome, TeardownReport};
 use deployer::target::Target;
 use deployer::template::output;
 use serde_json::Value;
-use usersync_local::mapping::pipeline::LocalPipeline;
+use usersync_function::config::DEFAULT_KEY_ATTRIBUTE as KEY_ATTRIBUTE;
+use usersync_local::mapping::pipeline::{LocalPipeline, PipelineOptions, PipelineStart};
+use usersync_local::mapping::settings::StartingPosition;
 
 /// How long a scenario waits for the pipeline to catch up before it fails.
 pub const CONVERGE_TIMEOUT: Duration = Duration::from_secs(120);
@@ -44,7 +46,15 @@ pub struct TestStack {
     /// The local backend's function host and poller; `None` where the backend runs the
     /// function itself.
     pipeline: Option<LocalPipeline>,
+    /// How to start the local pipeline again, for a changed function configuration.
+    relaunch: Option<Relaunch>,
     torn_down: bool,
+}
+
+/// What the local pipeline was started with.
+struct Relaunch {
+    function: String,
+    options: PipelineOptions,
 }
 
 impl TestStack {
@@ -59,8 +69,19 @@ impl TestStack {
             settings,
             outputs,
             pipeline,
+            relaunch: None,
             torn_down: false,
         }
+    }
+
+    /// Remembers what the local pipeline of function `function` was started with, so that
+    /// [`TestStack::set_function_variable`] can start it again.
+    pub fn with_relaunch(mut self, function: &str, options: PipelineOptions) -> Self {
+        self.relaunch = Some(Relaunch {
+            function: function.to_owned(),
+            options,
+        });
+        self
     }
 
     fn output(&self, name: &str) -> &str {
@@ -75,8 +96,11 @@ impl TestStack {
         self.output(output::BUCKET_NAME)
     }
 
+    /// The function's layout. The suite's stacks create their table, whose hash key the template
+    /// leaves to the function's default `KEY_ATTRIBUTE`.
     pub fn layout(&self) -> KeyLayout {
         KeyLayout {
+            key_attribute: KEY_ATTRIBUTE.to_owned(),
             key_prefix: self.settings.key_prefix.clone(),
             object_name: self.settings.object_name.clone(),
         }
@@ -134,34 +158,7 @@ impl TestStack {
     }
 
     async fn batch_write(&self, requests: Vec<WriteRequest>) -> Result<()> {
-        let client = self.target.dynamodb();
-        for chunk in requests.chunks(25) {
-            let mut pending = chunk.to_vec();
-            for attempt in 0.. {
-                let output = client
-                    .batch_write_item()
-                    .request_items(self.table(), pending)
-                    .send()
-                    .await
-                    .context("failed to write a batch of users")?;
-                pending = output
-                    .unprocessed_items()
-                    .and_then(|left| left.get(self.table()))
-                    .cloned()
-                    .unwrap_or_default();
-                if pending.is_empty() {
-                    break;
-                }
-                if attempt == 20 {
-                    bail!(
-                        "DynamoDB left {} writes unprocessed 20 times",
-                        pending.len()
-                    );
-                }
-                tokio::time::sleep(Duration::from_millis(50 << attempt.min(5))).await;
-            }
-        }
-        Ok(())
+        write_batches(&self.target.dynamodb(), self.table(), requests).await
     }
 
     /// Waits until the bucket mirrors the table; fails with the difference after
@@ -259,8 +256,98 @@ impl TestStack {
         }
     }
 
+    /// Sets the deployed function's environment variable `name` to `value`
+    /// (UpdateFunctionConfiguration, which replaces the whole environment, so the others are
+    /// sent as they are) and waits until Lambda reports the update done: from then on, new
+    /// invocations run with it.
+    ///
+    /// The local pipeline reads the configuration once, when it starts, as a Lambda execution
+    /// environment does; Lambda starts new environments after an update, so the local pipeline
+    /// is started again. It starts at `LATEST`, standing for the deployed mapping, which keeps
+    /// its place in the stream across a configuration update: call this only once the pipeline
+    /// has handled every record written so far (a bounded wait on its effect), since records
+    /// it has not read yet are not read again.
+    pub async fn set_function_variable(&mut self, name: &str, value: &str) -> Result<()> {
+        let lambda = self.target.lambda();
+        let function = self.output(output::FUNCTION_NAME).to_owned();
+        let configuration = lambda
+            .get_function_configuration()
+            .function_name(&function)
+            .send()
+            .await
+            .with_context(|| format!("failed to read the configuration of {function}"))?;
+        let mut variables = configuration
+            .environment()
+            .and_then(|e| e.variables())
+            .cloned()
+            .unwrap_or_default();
+        variables.insert(name.to_owned(), value.to_owned());
+        lambda
+            .update_function_configuration()
+            .function_name(&function)
+            .environment(
+                aws_sdk_lambda::types::Environment::builder()
+                    .set_variables(Some(variables))
+                    .build(),
+            )
+            .send()
+            .await
+            .with_context(|| format!("failed to set {name} of function {function}"))?;
+        self.wait_for(&format!("the update of function {function}"), || {
+            let lambda = lambda.clone();
+            let function = function.clone();
+            async move {
+                let status = lambda
+                    .get_function_configuration()
+                    .function_name(&function)
+                    .send()
+                    .await?
+                    .last_update_status()
+                    .cloned();
+                match status {
+                    // No status at all: an emulator that applies updates at once.
+                    None | Some(aws_sdk_lambda::types::LastUpdateStatus::Successful) => Ok(true),
+                    Some(aws_sdk_lambda::types::LastUpdateStatus::Failed) => {
+                        bail!("Lambda failed to update function {function}")
+                    }
+                    Some(_) => Ok(false),
+                }
+            }
+        })
+        .await?;
+        if let (Some(pipeline), Some(relaunch)) = (self.pipeline.take(), &self.relaunch) {
+            pipeline
+                .stop()
+                .await
+                .context("the local poller stopped with an error")?;
+            let restarted = LocalPipeline::start_with(
+                &self.target,
+                &relaunch.function,
+                relaunch.options.clone(),
+                // Held: it returns once each shard has its iterator at LATEST, so no record
+                // written after this call is missed.
+                PipelineStart {
+                    starting_position: Some(StartingPosition::Latest),
+                    stand_in: false,
+                    held: true,
+                },
+            )
+            .await
+            .with_context(|| format!("failed to restart the local pipeline of {function}"))?;
+            restarted.release();
+            self.pipeline = Some(restarted);
+        }
+        Ok(())
+    }
+
     /// Stops the local pipeline and deletes the stack.
-    pub async fn teardown(mut self) -> Result<TeardownOutcome> {
+    pub async fn teardown(self) -> Result<TeardownOutcome> {
+        Ok(self.teardown_report().await?.outcome)
+    }
+
+    /// Stops the local pipeline and deletes the stack; says what the stack had adopted, which
+    /// the teardown left as it was.
+    pub async fn teardown_report(mut self) -> Result<TeardownReport> {
         self.torn_down = true;
         if let Some(pipeline) = self.pipeline.take() {
             pipeline
@@ -269,7 +356,7 @@ impl TestStack {
                 .context("the local poller stopped with an error")?;
         }
         let mut console = RecordingConsole::agreeing();
-        stack::teardown(
+        stack::teardown_report(
             &self.target,
             &self.settings.stack_name,
             false,
@@ -315,6 +402,42 @@ impl Drop for TestStack {
         });
         let _ = cleanup.join();
     }
+}
+
+/// Writes `requests` into `table` with BatchWriteItem, 25 at a time, resending what DynamoDB
+/// left unprocessed.
+pub async fn write_batches(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+    requests: Vec<WriteRequest>,
+) -> Result<()> {
+    for chunk in requests.chunks(25) {
+        let mut pending = chunk.to_vec();
+        for attempt in 0.. {
+            let output = client
+                .batch_write_item()
+                .request_items(table, pending)
+                .send()
+                .await
+                .context("failed to write a batch of users")?;
+            pending = output
+                .unprocessed_items()
+                .and_then(|left| left.get(table))
+                .cloned()
+                .unwrap_or_default();
+            if pending.is_empty() {
+                break;
+            }
+            if attempt == 20 {
+                bail!(
+                    "DynamoDB left {} writes unprocessed 20 times",
+                    pending.len()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50 << attempt.min(5))).await;
+        }
+    }
+    Ok(())
 }
 
 /// A user item: the key attribute plus `attributes`.

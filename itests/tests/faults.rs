@@ -189,7 +189,7 @@ async fn s3_unreachable_for_less_than_the_retry_budget_recovers_without_discards
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn s3_down_longer_than_the_retry_budget_queues_exactly_the_unapplied_records_and_replay_applies_them(
+async fn s3_down_longer_than_the_retry_budget_queues_exactly_the_unapplied_records_and_replay_repairs_their_users(
 ) -> Result<()> {
     let mut setup = Setup::new("replay", FaultConfig::new(3, FaultRates::NONE));
     setup.settings.batch_size = 10;
@@ -327,7 +327,7 @@ async fn s3_down_longer_than_the_retry_budget_queues_exactly_the_unapplied_recor
         &stack.settings.stack_name,
         ReplayOptions {
             dry_run: true,
-            discard_expired: false,
+            reconcile_expired: false,
         },
         &mut |line| eprintln!("replay: {line}"),
     )
@@ -342,16 +342,15 @@ async fn s3_down_longer_than_the_retry_budget_queues_exactly_the_unapplied_recor
         dry.messages.iter().map(|m| m.records).sum::<usize>() == 26,
         "{dry:#?}"
     );
-    ensure!(
-        dry.messages.iter().map(|m| m.superseded).sum::<usize>() == 1,
-        "{dry:#?}"
-    );
-    ensure!(dry.records_applied() == 25, "{dry:#?}");
+    // Each of the 26 records is a different user's.
+    ensure!(dry.users_named() == 26, "{dry:#?}");
+    ensure!(dry.users_repaired() == 0, "{dry:#?}");
     ensure!(test.queue_depth().await? == messages.len() as u64);
     ensure!(test.diff().await? == diff, "a dry run changed the bucket");
 
-    // The replay applies the 25 records whose users have nothing newer (lost-00's insert is
-    // superseded by its later version, which must survive), and deletes every message.
+    // The replay repairs the 26 users from the table's current state (lost-00 from its later
+    // version, which must survive, not from its insert in the batch), and deletes every
+    // message.
     let replayed = replay::replay_failures(
         test.target(),
         &stack.settings.stack_name,
@@ -370,7 +369,7 @@ async fn s3_down_longer_than_the_retry_budget_queues_exactly_the_unapplied_recor
             .all(|m| m.outcome == Outcome::Replayed && m.deleted),
         "{replayed:#?}"
     );
-    ensure!(replayed.records_applied() == 25, "{replayed:#?}");
+    ensure!(replayed.users_repaired() == 26, "{replayed:#?}");
     ensure!(
         test.queue_depth().await? == 0,
         "messages left after the replay"

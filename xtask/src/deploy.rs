@@ -1,7 +1,7 @@
 //! `cargo xtask deploy`: build, upload, create or update the stack.
 
 use anyhow::{Context, Result};
-use deployer::settings::parse_delete_scope;
+use deployer::settings::{check_existing_bucket, check_existing_table, parse_delete_scope};
 use deployer::workflow::{self, DeployResult};
 
 use crate::args::{number_in, print_json, TargetArgs};
@@ -24,6 +24,30 @@ pub struct DeployArgs {
     /// Keep the users table and the data bucket when the stack is torn down
     #[arg(long)]
     retain_data: bool,
+    /// Mirror this existing DynamoDB table instead of creating one (it needs a single string
+    /// hash key and a stream with new images) [default: existing_table from settings, else the
+    /// table the stack adopted before]
+    #[arg(long, value_name = "NAME", value_parser = existing_table)]
+    existing_table: Option<String>,
+    /// Mirror into this existing S3 bucket, of the stack's region and account, instead of
+    /// creating one [default: existing_bucket from settings, else the bucket the stack adopted
+    /// before]
+    #[arg(long, value_name = "NAME", value_parser = existing_bucket)]
+    existing_bucket: Option<String>,
+}
+
+/// `--existing-table`: refused while parsing (exit code 2) when it is no table name.
+fn existing_table(text: &str) -> Result<String, String> {
+    check_existing_table(text)
+        .map(|()| text.to_owned())
+        .map_err(|err| err.to_string())
+}
+
+/// `--existing-bucket`: refused while parsing (exit code 2) when it is no bucket name.
+fn existing_bucket(text: &str) -> Result<String, String> {
+    check_existing_bucket(text)
+        .map(|()| text.to_owned())
+        .map_err(|err| err.to_string())
 }
 
 pub async fn run(args: DeployArgs, target_args: &TargetArgs) -> Result<()> {
@@ -41,6 +65,12 @@ pub async fn run(args: DeployArgs, target_args: &TargetArgs) -> Result<()> {
         settings.delete_scope = parse_delete_scope(scope)?;
     }
     settings.retain_data_on_teardown |= args.retain_data;
+    if let Some(table) = args.existing_table {
+        settings.existing_table = Some(table);
+    }
+    if let Some(bucket) = args.existing_bucket {
+        settings.existing_bucket = Some(bucket);
+    }
     settings.validate().context("invalid stack settings")?;
 
     let mut console = TerminalConsole::new(target_args.yes);

@@ -1,12 +1,18 @@
 //! `cargo xtask dev`: the whole pipeline on this machine, with a live line per batch, until
 //! Ctrl-C; `--demo` runs a scripted session instead and exits.
+//!
+//! On an endpoint or AWS, `--take-over` lets dev disable the deployed stack's event source
+//! mapping while it runs; the mapping is enabled again however dev ends (Ctrl-C, while starting
+//! too, and errors included), so Ctrl-C is listened for from the start.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use deployer::mirror_check;
-use usersync_local::dev::{self, DevSession, DevTarget};
+use usersync_local::dev::{self, DevSession, DevTarget, TakeOver};
 use usersync_local::mapping::batch::{BatchEvent, Verdict};
 use usersync_local::mapping::poller::{PollerEvent, PollerObserver};
 use usersync_local::runtime::function_host::{OutputSink, OutputStream};
@@ -25,7 +31,14 @@ pub struct DevArgs {
     /// Print every line the function logs (default: only warnings, errors and non-JSON lines)
     #[arg(long)]
     function_logs: bool,
+    /// On an endpoint or AWS, where dev refuses to run beside the deployed stack's enabled event
+    /// source mapping: disable the mapping while dev runs, and enable it again when dev stops
+    #[arg(long)]
+    take_over: bool,
 }
+
+/// Ctrl-C, listened for once for the whole command.
+type Interrupt<'a> = Pin<&'a mut (dyn Future<Output = std::io::Result<()>> + Send)>;
 
 pub async fn run(args: DevArgs, target_args: &TargetArgs) -> Result<()> {
     let settings = target_args.settings()?;
@@ -39,28 +52,85 @@ pub async fn run(args: DevArgs, target_args: &TargetArgs) -> Result<()> {
     } else {
         DevTarget::PrivateEmulator
     };
+    if args.take_over && matches!(where_to, DevTarget::PrivateEmulator) {
+        eprintln!("note: --take-over has nothing to take over on dev's private emulator, whose stack is its own");
+    }
 
-    let mut console = TerminalConsole::new(target_args.yes);
-    let session = DevSession::start(
+    // Listening replaces Ctrl-C's default (ending the process at once) from here on, so that
+    // every way out passes by the restore below. (A yes/no question on AWS reads its answer
+    // first: Ctrl-C there ends dev once Enter is pressed.)
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    let mut take_over = TakeOver::new(args.take_over, target_args.profile.clone());
+    let result = run_session(
+        args,
+        target_args,
         where_to,
         &settings,
-        &mut console,
-        function_output(args.function_logs),
-        batch_lines(),
+        &mut take_over,
+        ctrl_c,
     )
-    .await
-    .context("failed to start the dev session")?;
+    .await;
+
+    let mut console = TerminalConsole::new(true);
+    let restored = take_over.restore(&mut console).await;
     console.finish();
+    match (result, restored) {
+        (result, Ok(())) => result,
+        (Ok(()), Err(err)) => Err(err.into()),
+        (Err(err), Err(restore)) => {
+            // Both are said: the session's failure is the command's, the restore's names the
+            // command that enables the mapping by hand.
+            eprintln!("{}", crate::error_line(&restore.into()));
+            Err(err)
+        }
+    }
+}
+
+/// Starts the session and runs it (or the demo) until Ctrl-C or its end.
+async fn run_session(
+    args: DevArgs,
+    target_args: &TargetArgs,
+    where_to: DevTarget,
+    settings: &deployer::settings::StackSettings,
+    take_over: &mut TakeOver,
+    mut ctrl_c: Interrupt<'_>,
+) -> Result<()> {
+    let mut console = TerminalConsole::new(target_args.yes);
+    let started = tokio::select! {
+        // Ctrl-C first, so that it is listened for before the start does anything.
+        biased;
+        signal = &mut ctrl_c => {
+            signal.context("failed to listen for Ctrl-C")?;
+            bail!("interrupted while the dev session was starting");
+        }
+        started = DevSession::start(
+            where_to,
+            settings,
+            take_over,
+            &mut console,
+            function_output(args.function_logs),
+            batch_lines(),
+        ) => started,
+    };
+    console.finish();
+    let session = started.context("failed to start the dev session")?;
 
     if args.demo {
-        return run_demo(session, Duration::from_secs(args.demo_timeout), target_args).await;
+        return run_demo(
+            session,
+            Duration::from_secs(args.demo_timeout),
+            target_args,
+            ctrl_c,
+        )
+        .await;
     }
 
     eprintln!("watching the stream; write to the table, or press Ctrl-C to stop");
     eprintln!("(a rebuilt bootstrap, e.g. `cargo xtask build --for-local`, is picked up on the next batch)");
     loop {
         tokio::select! {
-            signal = tokio::signal::ctrl_c() => {
+            signal = &mut ctrl_c => {
                 signal.context("failed to listen for Ctrl-C")?;
                 break;
             }
@@ -81,9 +151,20 @@ pub async fn run(args: DevArgs, target_args: &TargetArgs) -> Result<()> {
     Ok(())
 }
 
-async fn run_demo(session: DevSession, timeout: Duration, target_args: &TargetArgs) -> Result<()> {
+async fn run_demo(
+    session: DevSession,
+    timeout: Duration,
+    target_args: &TargetArgs,
+    ctrl_c: Interrupt<'_>,
+) -> Result<()> {
     let mut console = TerminalConsole::new(true);
-    let result = dev::demo(&session, timeout, &mut console).await;
+    let result = tokio::select! {
+        result = dev::demo(&session, timeout, &mut console) => result.map_err(anyhow::Error::from),
+        signal = ctrl_c => Err(signal.map_or_else(
+            |err| anyhow::Error::new(err).context("failed to listen for Ctrl-C"),
+            |()| anyhow!("interrupted"),
+        )),
+    };
     // Whatever happened, leave nothing behind.
     let target = session.target.clone();
     let (table, bucket) = session.table_and_bucket()?;

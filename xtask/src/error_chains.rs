@@ -22,9 +22,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use deployer::artifact::BuildError;
-use deployer::replay::{MessageError, ReplayError};
+use deployer::reconcile::{
+    DeployedMirrorError, MergeError, ReconcileError, StateError, UserRepairError,
+};
+use deployer::replay::{BatchReadError, MessageError, ReplayError};
 use deployer::settings::SettingsError;
-use deployer::stack::StackError;
+use deployer::stack::{Adoptable, AdoptionError, StackError};
 use deployer::streams::reader::ReadError;
 use deployer::streams::record::MissingSequenceNumber;
 use deployer::target::TargetError;
@@ -73,13 +76,23 @@ const TYPES: &[(&str, Coverage)] = &[
     // deployer
     ("StackError", Coverage::Samples(stack_errors)),
     ("DeployError", Coverage::Samples(deploy_errors)),
+    ("AdoptionError", Coverage::Samples(adoption_errors)),
     ("MessageError", Coverage::Samples(message_errors)),
     ("ReplayError", Coverage::Samples(replay_errors)),
+    ("BatchReadError", Coverage::Samples(batch_read_errors)),
     ("TargetError", Coverage::Samples(target_errors)),
     ("TemplateError", Coverage::Samples(template_errors)),
     ("BuildError", Coverage::Samples(build_errors)),
     ("SettingsError", Coverage::Samples(settings_errors)),
     ("ReadError", Coverage::Samples(read_errors)),
+    (
+        "DeployedMirrorError",
+        Coverage::Samples(deployed_mirror_errors),
+    ),
+    ("UserRepairError", Coverage::Samples(user_repair_errors)),
+    ("ReconcileError", Coverage::Samples(reconcile_errors)),
+    ("StateError", Coverage::Samples(state_errors)),
+    ("MergeError", Coverage::Samples(merge_errors)),
     (
         "MissingSequenceNumber",
         Coverage::Samples(missing_sequence_numbers),
@@ -220,6 +233,34 @@ fn deploy_errors() -> Vec<Sample> {
         sample(DeployError::Build(build_spawn())),
         sample(DeployError::Settings(settings_read())),
         sample(DeployError::Stack(stack_artifact())),
+        sample(DeployError::Adoption(
+            AdoptionError::Stack(stack_artifact()),
+        )),
+    ]
+}
+
+fn adoption_errors() -> Vec<Sample> {
+    vec![
+        sample(AdoptionError::Stack(stack_artifact())),
+        sample(AdoptionError::TableNotFound {
+            table: "people".to_owned(),
+            region: "eu-west-1".to_owned(),
+        }),
+        sample(AdoptionError::WrongViewType {
+            table: "people".to_owned(),
+            view_type: "KEYS_ONLY".to_owned(),
+            region: "eu-west-1".to_owned(),
+        }),
+        sample(AdoptionError::BucketKeyAlias {
+            bucket: "people-mirror".to_owned(),
+            alias: "alias/people".to_owned(),
+        }),
+        sample(AdoptionError::OwnsItsOwn {
+            stack: "usersync".to_owned(),
+            kind: Adoptable::Bucket,
+            own: "usersync-databucket-1".to_owned(),
+            named: "people-mirror".to_owned(),
+        }),
     ]
 }
 
@@ -233,9 +274,24 @@ fn message_errors() -> Vec<Sample> {
 fn replay_errors() -> Vec<Sample> {
     vec![
         sample(ReplayError::Stack(stack_artifact())),
-        sample(ReplayError::NoStack {
+        sample(ReplayError::Mirror(DeployedMirrorError::NoStack {
             stack: "usersync".to_owned(),
             target: "AWS".to_owned(),
+        })),
+    ]
+}
+
+fn batch_read_errors() -> Vec<Sample> {
+    vec![
+        sample(BatchReadError::Read(ReadError::Transient {
+            shard_id: "shardId-1".to_owned(),
+            message: "throttled".to_owned(),
+        })),
+        sample(BatchReadError::Unfinished {
+            shard_id: "shardId-1".to_owned(),
+            end: "000000000000000000105".to_owned(),
+            pages: 2000,
+            seconds: 300,
         }),
     ]
 }
@@ -360,6 +416,21 @@ fn dev_errors() -> Vec<Sample> {
         sample(DevError::Target(TargetError::NoRegion)),
         sample(DevError::Stack(stack_artifact())),
         sample(DevError::MissingOutput("DataBucketName")),
+        sample(DevError::FunctionSettings(
+            DeployedMirrorError::Stack(stack_artifact()),
+        )),
+        sample(DevError::MappingEnabled {
+            stack: "usersync".to_owned(),
+            uuid: "4b1c".to_owned(),
+            state: "Enabled".to_owned(),
+        }),
+        sample(DevError::Reconcile(Box::new(
+            ReconcileError::Aws(stack_artifact()),
+        ))),
+        sample(DevError::Restore {
+            command: "aws lambda update-event-source-mapping --uuid 4b1c --enabled".to_owned(),
+            source: stack_artifact(),
+        }),
     ]
 }
 
@@ -572,6 +643,100 @@ fn backend_errors() -> Vec<Sample> {
             source: os_error(ENOSPC),
         }),
         sample(BackendError::MissingEndpointUrl),
+    ]
+}
+
+fn deployed_mirror_errors() -> Vec<Sample> {
+    vec![
+        sample(DeployedMirrorError::Stack(stack_artifact())),
+        sample(DeployedMirrorError::NoStack {
+            stack: "usersync".to_owned(),
+            target: "AWS us-east-1".to_owned(),
+        }),
+        sample(DeployedMirrorError::FunctionConfig {
+            function: "usersync-mirror".to_owned(),
+            reason: "BUCKET_NAME is not set".to_owned(),
+        }),
+    ]
+}
+
+fn user_repair_errors() -> Vec<Sample> {
+    vec![
+        sample(UserRepairError::Table(stack_artifact())),
+        sample(UserRepairError::Store(StoreError {
+            operation: "put",
+            key: "alice/userdata".to_owned(),
+            message: "dispatch failure".to_owned(),
+        })),
+        sample(UserRepairError::StillChanging {
+            name: "alice".to_owned(),
+            rounds: 5,
+        }),
+    ]
+}
+
+fn state_database() -> StateError {
+    StateError::Database {
+        action: "open",
+        path: PathBuf::from("/work/target/usersync/reconcile/usersync/index.redb"),
+        source: Box::new(redb::Error::Io(os_error(EACCES))),
+    }
+}
+
+fn reconcile_errors() -> Vec<Sample> {
+    vec![
+        sample(ReconcileError::Options(
+            "--segments 0 is out of range: expected 1 to 1000000".to_owned(),
+        )),
+        sample(ReconcileError::Mirror(DeployedMirrorError::Stack(
+            stack_artifact(),
+        ))),
+        sample(ReconcileError::Aws(stack_artifact())),
+        sample(ReconcileError::Read(UserRepairError::Table(
+            stack_artifact(),
+        ))),
+        sample(ReconcileError::State(state_database())),
+        sample(ReconcileError::Cursor { segment: 3 }),
+        sample(ReconcileError::Report {
+            path: PathBuf::from("/work/target/usersync/reconcile/usersync/report.json"),
+            source: os_error(ENOSPC),
+        }),
+    ]
+}
+
+fn state_errors() -> Vec<Sample> {
+    vec![
+        sample(state_database()),
+        sample(StateError::Busy {
+            path: PathBuf::from("/work/target/usersync/reconcile/usersync/index.redb"),
+        }),
+        sample(StateError::ParametersChanged {
+            dir: PathBuf::from("/work/target/usersync/reconcile/usersync"),
+            changes: "segments: 4 → 8".to_owned(),
+        }),
+        sample(StateError::Io {
+            action: "create the state directory",
+            path: PathBuf::from("/work/target/usersync/reconcile/usersync"),
+            source: os_error(EROFS),
+        }),
+    ]
+}
+
+fn merge_errors() -> Vec<Sample> {
+    let json = serde_json::from_str::<u32>("{").expect_err("`{` is not a number");
+    vec![
+        sample(MergeError::Read {
+            path: PathBuf::from("share-0.json"),
+            source: os_error(ENOENT),
+        }),
+        sample(MergeError::Parse {
+            path: PathBuf::from("share-0.json"),
+            source: json,
+        }),
+        sample(MergeError::Shares {
+            found: "0/3, 1/3".to_owned(),
+            missing: "2/3".to_owned(),
+        }),
     ]
 }
 

@@ -1,6 +1,8 @@
 //! `cargo xtask`: usersync's command line. Each subcommand is a thin layer over the libraries (`deployer`, `usersync_local`, `usersync_bench`); the fuzz runner and the tool installers, which are CI tooling, live here.
 //!
-//! Exit codes: 0 success, 1 the operation failed, 2 bad usage (unknown flag, invalid value).
+//! Exit codes: 0 success, 1 the operation failed, 2 bad usage (unknown flag, invalid value);
+//! `reconcile` also exits 3 when it finds drift it was not asked to repair, and 130 when
+//! interrupted (see `reconcile.rs`).
 
 mod args;
 mod bench;
@@ -11,6 +13,8 @@ mod dev;
 #[cfg(test)]
 mod error_chains;
 mod fuzz;
+mod reconcile;
+mod reconcile_progress;
 mod replay;
 mod status;
 mod synth;
@@ -50,9 +54,13 @@ enum Command {
     Status,
     /// Empty the data bucket, delete the stack and remove the uploaded archives
     Teardown(teardown::TeardownArgs),
-    /// Replay the batches in the stack's failure queue: read their records back from the
-    /// stream, apply them as the function would, delete the messages replayed
+    /// Repair the users of the batches in the stack's failure queue from the table's current
+    /// state (their records, read back from the stream, name them); delete the messages
+    /// replayed. --reconcile-expired: reconcile the whole table for messages whose records expired
     ReplayFailures(replay::ReplayArgs),
+    /// Compare the bucket with the table under the deployed function's settings; --repair fixes
+    /// every missing, stale and orphaned object. Exit code 3: drift found (without --repair)
+    Reconcile(reconcile::ReconcileArgs),
     /// Measure the function's throughput against the raw S3 limit, its memory and cold start,
     /// end-to-end latency and deploy times; results under target/bench/
     Bench(bench::BenchArgs),
@@ -73,24 +81,30 @@ fn main() -> ExitCode {
         }
     };
     let target = &cli.target;
-    let result = match cli.command {
-        Command::Build(args) => build::run(args, target),
-        Command::Synth(args) => synth::run(args, target),
-        Command::Deploy(args) => runtime.block_on(deploy::run(args, target)),
-        Command::Dev(args) => runtime.block_on(dev::run(args, target)),
-        Command::Status => runtime.block_on(status::run(target)),
-        Command::Teardown(args) => runtime.block_on(teardown::run(args, target)),
-        Command::ReplayFailures(args) => runtime.block_on(replay::run(args, target)),
-        Command::Test(args) => test::run(args),
-        Command::Bench(args) => runtime.block_on(bench::run(args, target)),
+    let result: anyhow::Result<ExitCode> = match cli.command {
+        Command::Build(args) => build::run(args, target).map(success),
+        Command::Synth(args) => runtime.block_on(synth::run(args, target)).map(success),
+        Command::Deploy(args) => runtime.block_on(deploy::run(args, target)).map(success),
+        Command::Dev(args) => runtime.block_on(dev::run(args, target)).map(success),
+        Command::Status => runtime.block_on(status::run(target)).map(success),
+        Command::Teardown(args) => runtime.block_on(teardown::run(args, target)).map(success),
+        Command::ReplayFailures(args) => runtime.block_on(replay::run(args, target)).map(success),
+        Command::Test(args) => test::run(args).map(success),
+        Command::Bench(args) => runtime.block_on(bench::run(args, target)).map(success),
+        Command::Reconcile(args) => runtime.block_on(reconcile::run(args, target)),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(err) => {
             eprintln!("{}", error_line(&err));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The exit code of a command that finished without a code of its own.
+fn success((): ()) -> ExitCode {
+    ExitCode::SUCCESS
 }
 
 /// The line printed for a failed command: the whole chain once, ripgrep-style, "error: failed

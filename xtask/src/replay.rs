@@ -1,9 +1,10 @@
-//! `cargo xtask replay-failures`: apply the records of the batches in the stack's failure
-//! queue, read back from the stream, and delete the messages that were replayed.
+//! `cargo xtask replay-failures`: repair, from the table's current state, the users of the
+//! batches in the stack's failure queue (their records, read back from the stream, name them),
+//! and delete the messages replayed.
 
 use anyhow::{bail, Context, Result};
 use deployer::console::Console;
-use deployer::replay::{self, ReplayOptions};
+use deployer::replay::{self, MessageReport, ReplayOptions};
 
 use crate::args::{print_json, TargetArgs};
 use crate::console::TerminalConsole;
@@ -11,13 +12,14 @@ use deployer::stack;
 
 #[derive(clap::Args)]
 pub struct ReplayArgs {
-    /// Show what would be replayed; apply nothing and delete no message
+    /// Show which users each message names; repair nothing and delete no message
     #[arg(long)]
     dry_run: bool,
-    /// Delete messages whose records are no longer in the stream (the ones still there are
-    /// applied first); without it such messages are kept and reported
+    /// For messages whose records are no longer in the stream (so their users cannot all be
+    /// named): reconcile the whole table with repair, then delete those messages if nothing
+    /// failed; without it such messages are kept and reported
     #[arg(long)]
-    discard_expired: bool,
+    reconcile_expired: bool,
 }
 
 pub async fn run(args: ReplayArgs, target_args: &TargetArgs) -> Result<()> {
@@ -29,13 +31,13 @@ pub async fn run(args: ReplayArgs, target_args: &TargetArgs) -> Result<()> {
         stack::confirm_on_aws(
             &target,
             &mut console,
-            &format!("replay the failure queue of stack {stack_name} into its bucket"),
+            &format!("repair the users of the failure queue of stack {stack_name} in its bucket"),
         )
         .await?;
     }
     let options = ReplayOptions {
         dry_run: args.dry_run,
-        discard_expired: args.discard_expired,
+        reconcile_expired: args.reconcile_expired,
     };
     let report = replay::replay_failures(&target, &stack_name, options, &mut |line| {
         console.line(line)
@@ -48,23 +50,7 @@ pub async fn run(args: ReplayArgs, target_args: &TargetArgs) -> Result<()> {
         print_json(&report)?;
     } else {
         for message in &report.messages {
-            let range = message.batch.as_ref().map_or_else(
-                || "-".to_owned(),
-                |b| {
-                    format!(
-                        "{} {}..{}",
-                        b.shard_id, b.start_sequence_number, b.end_sequence_number
-                    )
-                },
-            );
-            println!(
-                "message {} {range}: {} record(s), {} applied, {} superseded: {}",
-                message.message_id,
-                message.records,
-                message.applied,
-                message.superseded,
-                message.outcome.label()
-            );
+            println!("{}", message_line(message));
         }
         println!("{}", report.summary());
     }
@@ -77,4 +63,76 @@ pub async fn run(args: ReplayArgs, target_args: &TargetArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// One message of the text report.
+fn message_line(message: &MessageReport) -> String {
+    let range = message.batch.as_ref().map_or_else(
+        || "-".to_owned(),
+        |b| {
+            format!(
+                "{} {}..{}",
+                b.shard_id, b.start_sequence_number, b.end_sequence_number
+            )
+        },
+    );
+    let mut counts = format!(
+        "{} record(s), {} user(s) named, {} repaired",
+        message.records,
+        message.users.len(),
+        message.repaired
+    );
+    if message.prefix_objects_deleted > 0 {
+        counts.push_str(&format!(
+            ", {} object(s) older than a REMOVE deleted",
+            message.prefix_objects_deleted
+        ));
+    }
+    if message.skipped > 0 {
+        counts.push_str(&format!(", {} skipped", message.skipped));
+    }
+    format!(
+        "message {} {range}: {counts}: {}",
+        message.message_id,
+        message.outcome.label()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use deployer::replay::{BatchInfo, Outcome};
+
+    #[test]
+    fn a_message_line_names_its_batch_and_what_was_done() {
+        let mut message = MessageReport {
+            message_id: "m1".into(),
+            batch: Some(BatchInfo {
+                shard_id: "shard-1".into(),
+                start_sequence_number: "100".into(),
+                end_sequence_number: "105".into(),
+                batch_size: Some(3),
+                stream_arn: "arn".into(),
+                condition: None,
+            }),
+            records: 3,
+            users: vec!["ann".into(), "bob".into()],
+            repaired: 2,
+            prefix_objects_deleted: 0,
+            skipped: 0,
+            outcome: Outcome::Replayed,
+            deleted: true,
+        };
+        assert_eq!(
+            message_line(&message),
+            "message m1 shard-1 100..105: 3 record(s), 2 user(s) named, 2 repaired: users repaired, message deleted"
+        );
+        message.prefix_objects_deleted = 4;
+        message.skipped = 1;
+        message.batch = None;
+        assert_eq!(
+            message_line(&message),
+            "message m1 -: 3 record(s), 2 user(s) named, 2 repaired, 4 object(s) older than a REMOVE deleted, 1 skipped: users repaired, message deleted"
+        );
+    }
 }

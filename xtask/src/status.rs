@@ -2,6 +2,7 @@
 
 use anyhow::{bail, Context, Result};
 use deployer::stack;
+use deployer::template::logical_id;
 
 use crate::args::{print_json, TargetArgs};
 
@@ -46,6 +47,24 @@ pub async fn run(target_args: &TargetArgs) -> Result<()> {
             resource.status_text(),
             resource.physical_id.as_deref().unwrap_or("-")
         );
+    }
+    // Not resources of the stack: the existing table and bucket it mirrors.
+    let adopted = [
+        (
+            logical_id::USERS_TABLE,
+            "AWS::DynamoDB::Table",
+            &report.adopted.table,
+        ),
+        (
+            logical_id::DATA_BUCKET,
+            "AWS::S3::Bucket",
+            &report.adopted.bucket,
+        ),
+    ];
+    for (id, resource_type, name) in adopted {
+        if let Some(name) = name {
+            println!("  {id:<22} {resource_type:<34} {:<20} {name}", "adopted");
+        }
     }
     println!("event source mapping");
     for mapping in &report.event_source_mappings {

@@ -136,6 +136,34 @@ fn numbers_out_of_range_are_usage_errors_naming_the_range() {
 }
 
 #[test]
+fn an_invalid_existing_table_or_bucket_is_a_usage_error_naming_the_rule() {
+    let endpoint = closed_endpoint();
+    for (flag, value, fragments) in [
+        (
+            "--existing-table",
+            "ab",
+            [
+                "existing_table \"ab\" is invalid: shorter than 3 characters",
+                "3 to 255 characters of letters, digits, '_', '.' and '-'",
+            ],
+        ),
+        (
+            "--existing-bucket",
+            "Users_Mirror",
+            [
+                "existing_bucket \"Users_Mirror\" is invalid",
+                "3 to 63 characters of a-z, 0-9, '.' and '-'",
+            ],
+        ),
+    ] {
+        assert_usage_error(
+            &["deploy", "--endpoint-url", &endpoint, flag, value],
+            &[flag, fragments[0], fragments[1]],
+        );
+    }
+}
+
+#[test]
 fn an_endpoint_that_is_down_is_named_with_the_fix() {
     let endpoint = closed_endpoint();
     for command in ["status", "deploy", "teardown"] {

@@ -63,8 +63,8 @@ pub(super) async fn receive_all(
 }
 
 /// Parses every message, then puts them in the order they are replayed: stream order (per
-/// stream and shard, by first sequence number), so that a user's later record is replayed
-/// after its earlier one; unreadable messages last.
+/// stream and shard, by first sequence number), so the report reads in the stream's order;
+/// unreadable messages last.
 pub(super) fn in_stream_order(received: Vec<Received>) -> Vec<Parsed> {
     let mut parsed: Vec<Parsed> = received
         .into_iter()
@@ -93,6 +93,23 @@ pub(super) async fn release(sqs: &aws_sdk_sqs::Client, queue_url: &str, message:
         .queue_url(queue_url)
         .receipt_handle(&message.receipt)
         .visibility_timeout(0)
+        .send()
+        .await;
+}
+
+/// Keeps a message hidden for `duration` from now, for work that outlasts the receive's
+/// timeout; a failure only leaves it at that timeout.
+pub(super) async fn hide(
+    sqs: &aws_sdk_sqs::Client,
+    queue_url: &str,
+    message: &Received,
+    duration: std::time::Duration,
+) {
+    let _ = sqs
+        .change_message_visibility()
+        .queue_url(queue_url)
+        .receipt_handle(&message.receipt)
+        .visibility_timeout(i32::try_from(duration.as_secs()).unwrap_or(i32::MAX))
         .send()
         .await;
 }

@@ -2,7 +2,8 @@
 
 use std::path::Path;
 
-use aws_sdk_s3::error::ProvideErrorMetadata;
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::operation::head_bucket::HeadBucketError;
 use aws_sdk_s3::types::{
     BucketLocationConstraint, CreateBucketConfiguration, PublicAccessBlockConfiguration,
     ServerSideEncryption, ServerSideEncryptionByDefault, ServerSideEncryptionConfiguration,
@@ -65,17 +66,30 @@ enum AssetsBucket {
     Missing,
 }
 
-/// Checks the assets bucket with `HeadBucket` and `ExpectedBucketOwner`: 200 when it exists and
-/// `account` owns it, 404 when it does not exist. A 403 is either another owner ("If the account
-/// ID that you provide does not match the actual owner of the bucket, the request fails with the
-/// HTTP status code 403 Forbidden") or credentials without `s3:ListBucket`, which HeadBucket
-/// needs (https://docs.aws.amazon.com/AmazonS3/latest/API/API_HeadBucket.html); a HEAD answer
-/// has no body to tell them apart, so the error names both.
-async fn check_assets_bucket(
+/// A bucket as S3 reports it to `HeadBucket` with `ExpectedBucketOwner`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum OwnedBucket {
+    /// 200: it exists and the account owns it.
+    Ours,
+    /// 404: it does not exist.
+    Missing,
+    /// 403: another account owns it, or the credentials lack `s3:ListBucket` on it.
+    Forbidden,
+}
+
+/// Asks S3 with `HeadBucket` and `ExpectedBucketOwner` whether `account` owns `bucket`: 200 when
+/// it exists and `account` owns it, 404 when it does not exist. A 403 is either another owner
+/// ("If the account ID that you provide does not match the actual owner of the bucket, the
+/// request fails with the HTTP status code 403 Forbidden") or credentials without
+/// `s3:ListBucket`, which HeadBucket needs
+/// (https://docs.aws.amazon.com/AmazonS3/latest/API/API_HeadBucket.html); a HEAD answer has no
+/// body to tell them apart, so the callers' errors name both. Any other answer (a redirect to
+/// another region, say) is returned as the SDK's error.
+pub(crate) async fn head_owned_bucket(
     s3: &aws_sdk_s3::Client,
     bucket: &str,
     account: &str,
-) -> Result<AssetsBucket, StackError> {
+) -> Result<OwnedBucket, SdkError<HeadBucketError>> {
     match s3
         .head_bucket()
         .bucket(bucket)
@@ -83,15 +97,30 @@ async fn check_assets_bucket(
         .send()
         .await
     {
-        Ok(_) => Ok(AssetsBucket::Ours),
+        Ok(_) => Ok(OwnedBucket::Ours),
         Err(err) => match err.raw_response().map(|r| r.status().as_u16()) {
-            Some(404) => Ok(AssetsBucket::Missing),
-            Some(403) => Err(StackError::AssetsBucketForbidden {
-                bucket: bucket.to_owned(),
-                account: account.to_owned(),
-            }),
-            _ => Err(aws_error(format!("check the assets bucket {bucket}"), err)),
+            Some(404) => Ok(OwnedBucket::Missing),
+            Some(403) => Ok(OwnedBucket::Forbidden),
+            _ => Err(err),
         },
+    }
+}
+
+/// Checks the assets bucket with [`head_owned_bucket`]; a 403 is
+/// [`StackError::AssetsBucketForbidden`], naming both causes.
+async fn check_assets_bucket(
+    s3: &aws_sdk_s3::Client,
+    bucket: &str,
+    account: &str,
+) -> Result<AssetsBucket, StackError> {
+    match head_owned_bucket(s3, bucket, account).await {
+        Ok(OwnedBucket::Ours) => Ok(AssetsBucket::Ours),
+        Ok(OwnedBucket::Missing) => Ok(AssetsBucket::Missing),
+        Ok(OwnedBucket::Forbidden) => Err(StackError::AssetsBucketForbidden {
+            bucket: bucket.to_owned(),
+            account: account.to_owned(),
+        }),
+        Err(err) => Err(aws_error(format!("check the assets bucket {bucket}"), err)),
     }
 }
 

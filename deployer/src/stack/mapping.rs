@@ -15,7 +15,7 @@ const DISABLE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 
 /// What became of the mapping.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum Quieted {
+pub enum Quieted {
     /// It was disabled by this call and reached `Disabled`.
     Disabled,
     /// It was disabled already, or is gone.
@@ -34,7 +34,7 @@ pub(crate) enum Quieted {
 /// states: https://docs.aws.amazon.com/lambda/latest/dg/API_EventSourceMappingConfiguration.html).
 /// AWS does not say that a `Disabled` mapping has no invocation still running, so the caller
 /// still expects a late write (teardown retries the bucket's deletion on `BucketNotEmpty`).
-pub(crate) async fn disable_mapping(
+pub async fn disable_mapping(
     target: &Target,
     uuid: &str,
     console: &mut dyn Console,

@@ -1,5 +1,7 @@
-//! The stack's lifecycle: deploy through change sets, status, teardown.
+//! The stack's lifecycle: deploy through change sets, status, teardown; the checks of an
+//! existing table and bucket a stack adopts.
 
+mod adopt;
 mod assets;
 mod bucket;
 mod deploy;
@@ -16,13 +18,18 @@ use aws_sdk_cloudformation::error::ProvideErrorMetadata;
 use aws_sdk_cloudformation::types::Stack;
 pub use aws_sdk_cloudformation::types::{ResourceStatus, StackStatus};
 
+pub use adopt::{
+    adopted_names, adoption_names, check_adoption, check_bucket, check_table, Adoptable,
+    AdoptedNames, AdoptionError,
+};
 pub use assets::{
     account_id, assets_bucket_name, confirm_on_aws, upload_artifact, UploadedArtifact,
 };
 pub use bucket::delete_all_versions;
 pub use deploy::{deploy, DeployOutcome};
+pub use mapping::{disable_mapping, Quieted};
 pub use status::{status, MappingReport, ResourceReport, StackReport};
-pub use teardown::{teardown, TeardownOutcome};
+pub use teardown::{teardown, teardown_report, TeardownOutcome, TeardownReport};
 
 use crate::target::Target;
 

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use aws_sdk_sqs::types::QueueAttributeName;
 
+use super::adopt::{adopted_names, AdoptedNames};
 use super::{
     as_text, aws_error, describe_stack, outputs_of, status_of, ResourceStatus, StackError,
     StackStatus,
@@ -58,6 +59,10 @@ pub struct StackReport {
     pub event_source_mappings: Vec<MappingReport>,
     pub failure_queue_depth: Option<u64>,
     pub bucket_objects: Option<u64>,
+    /// The existing table and bucket the stack adopted (from its outputs), which are no
+    /// resources of it: `adopted_table` and `adopted_bucket`, `null` when it has its own.
+    #[serde(flatten)]
+    pub adopted: AdoptedNames,
 }
 
 /// Reads the state of `stack`; `None` when it does not exist.
@@ -66,6 +71,7 @@ pub async fn status(target: &Target, stack: &str) -> Result<Option<StackReport>,
         return Ok(None);
     };
     let outputs = outputs_of(&found);
+    let adopted = adopted_names(&outputs);
     let resources = target
         .cloudformation()
         .describe_stack_resources()
@@ -105,6 +111,7 @@ pub async fn status(target: &Target, stack: &str) -> Result<Option<StackReport>,
         event_source_mappings,
         failure_queue_depth,
         bucket_objects,
+        adopted,
     }))
 }
 
@@ -193,6 +200,10 @@ mod tests {
             }],
             failure_queue_depth: Some(0),
             bucket_objects: None,
+            adopted: AdoptedNames {
+                table: Some("people".to_owned()),
+                bucket: None,
+            },
         };
         assert_eq!(
             serde_json::to_value(&report).unwrap(),
@@ -223,6 +234,8 @@ mod tests {
                 }],
                 "failure_queue_depth": 0,
                 "bucket_objects": null,
+                "adopted_table": "people",
+                "adopted_bucket": null,
             })
         );
     }
@@ -239,6 +252,7 @@ mod tests {
                 event_source_mappings: Vec::new(),
                 failure_queue_depth: None,
                 bucket_objects: None,
+                adopted: AdoptedNames::default(),
             };
             assert_eq!(serde_json::to_value(&report).unwrap()["status"], text);
         }

@@ -1,14 +1,16 @@
 //! Deleting the stack: quiet the event source mapping, empty the data bucket, delete the stack,
-//! remove uploaded archives.
+//! remove uploaded archives. An adopted table or bucket is left as it is: it is no resource of
+//! the stack, and the teardown neither empties nor deletes it.
 
+use super::adopt::{adopted_names, AdoptedNames};
 use super::assets::remove_artifacts;
 use super::bucket::delete_all_versions;
 use super::mapping::{disable_mapping, Quieted};
 use super::stuck::stuck;
 use super::wait::{seen_events, wait_for_stack};
 use super::{
-    aws_error, describe_stack, in_progress, ResourceFailure, ResourceStatus, StackError,
-    StackStatus,
+    aws_error, describe_stack, in_progress, outputs_of, ResourceFailure, ResourceStatus,
+    StackError, StackStatus,
 };
 use crate::console::Console;
 use crate::target::Target;
@@ -32,14 +34,17 @@ pub enum TeardownOutcome {
     },
 }
 
-/// Tears `stack` down. Unless `retain_data`, the event source mapping is disabled first (and
-/// waited for until `Disabled`), so that no invocation writes to the data bucket, then the bucket
-/// is emptied (every version and delete marker: CloudFormation cannot delete a bucket that holds
-/// anything). Unless `keep_assets`, the archives uploaded for the stack are removed afterwards.
-///
-/// A stack in `ROLLBACK_FAILED` or `DELETE_FAILED` can only be deleted, which is what this does;
-/// one in `UPDATE_ROLLBACK_FAILED` must have its rollback continued first
-/// ([`StackError::Stuck`] says how).
+/// What a teardown did, and the existing table and bucket the stack had adopted, which it left
+/// as they were; serialised as the outcome's fields with `adopted_table` and `adopted_bucket`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct TeardownReport {
+    #[serde(flatten)]
+    pub outcome: TeardownOutcome,
+    #[serde(flatten)]
+    pub adopted: AdoptedNames,
+}
+
+/// Tears `stack` down: [`teardown_report`] without the adopted names.
 pub async fn teardown(
     target: &Target,
     stack: &str,
@@ -47,13 +52,42 @@ pub async fn teardown(
     keep_assets: bool,
     console: &mut dyn Console,
 ) -> Result<TeardownOutcome, StackError> {
+    Ok(
+        teardown_report(target, stack, retain_data, keep_assets, console)
+            .await?
+            .outcome,
+    )
+}
+
+/// Tears `stack` down. Unless `retain_data`, the event source mapping is disabled first (and
+/// waited for until `Disabled`), so that no invocation writes to the data bucket, then the bucket
+/// is emptied (every version and delete marker: CloudFormation cannot delete a bucket that holds
+/// anything). Unless `keep_assets`, the archives uploaded for the stack are removed afterwards.
+///
+/// A table or bucket the stack adopted (its `AdoptedTable` and `AdoptedBucket` outputs) is left
+/// as it is, said through `console` and in the report: the bucket is not emptied, and neither is
+/// in the stack, so deleting the stack deletes neither.
+///
+/// A stack in `ROLLBACK_FAILED` or `DELETE_FAILED` can only be deleted, which is what this does;
+/// one in `UPDATE_ROLLBACK_FAILED` must have its rollback continued first
+/// ([`StackError::Stuck`] says how).
+pub async fn teardown_report(
+    target: &Target,
+    stack: &str,
+    retain_data: bool,
+    keep_assets: bool,
+    console: &mut dyn Console,
+) -> Result<TeardownReport, StackError> {
     let Some(existing) = describe_stack(target, stack).await? else {
         let removed_artifacts = if keep_assets {
             0
         } else {
             remove_artifacts(target, stack).await?
         };
-        return Ok(TeardownOutcome::NothingToTearDown { removed_artifacts });
+        return Ok(TeardownReport {
+            outcome: TeardownOutcome::NothingToTearDown { removed_artifacts },
+            adopted: AdoptedNames::default(),
+        });
     };
     if let Some(status) = existing.stack_status() {
         if in_progress(status) && *status != StackStatus::ReviewInProgress {
@@ -69,13 +103,30 @@ pub async fn teardown(
         }
     }
     let stack_id = existing.stack_id().unwrap_or(stack).to_owned();
+    let adopted = adopted_names(&outputs_of(&existing));
+    if let Some(table) = &adopted.table {
+        console.line(&format!(
+            "table {table} was adopted, not created by the stack: leaving it and its items as \
+             they are"
+        ));
+    }
+    if let Some(bucket) = &adopted.bucket {
+        console.line(&format!(
+            "bucket {bucket} was adopted, not created by the stack: leaving it and its objects as \
+             they are (not emptied)"
+        ));
+    }
 
     let mut emptied_objects = 0;
     let data_bucket = if retain_data {
         None
     } else {
         quiet_mapping(target, stack, console).await?;
-        live_resource(target, stack, logical_id::DATA_BUCKET).await?
+        if adopted.bucket.is_some() {
+            None
+        } else {
+            live_resource(target, stack, logical_id::DATA_BUCKET).await?
+        }
     };
     if let Some(bucket) = &data_bucket {
         emptied_objects += empty_bucket(target, bucket, console).await?;
@@ -126,10 +177,13 @@ pub async fn teardown(
     } else {
         remove_artifacts(target, stack).await?
     };
-    Ok(TeardownOutcome::TornDown {
-        emptied_objects,
-        removed_artifacts,
-        data_retained: retain_data,
+    Ok(TeardownReport {
+        outcome: TeardownOutcome::TornDown {
+            emptied_objects,
+            removed_artifacts,
+            data_retained: retain_data,
+        },
+        adopted,
     })
 }
 
@@ -217,4 +271,50 @@ async fn live_resource(
         .iter()
         .filter(|r| r.resource_status() != Some(&ResourceStatus::DeleteComplete))
         .find_map(|r| r.physical_resource_id().map(str::to_owned)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_teardown_report_keeps_the_outcome_s_json_and_adds_the_adopted_names() {
+        let report = TeardownReport {
+            outcome: TeardownOutcome::TornDown {
+                emptied_objects: 0,
+                removed_artifacts: 1,
+                data_retained: false,
+            },
+            adopted: AdoptedNames {
+                table: Some("people".to_owned()),
+                bucket: Some("people-mirror".to_owned()),
+            },
+        };
+        assert_eq!(
+            serde_json::to_value(&report).unwrap(),
+            serde_json::json!({
+                "outcome": "torn_down",
+                "emptied_objects": 0,
+                "removed_artifacts": 1,
+                "data_retained": false,
+                "adopted_table": "people",
+                "adopted_bucket": "people-mirror",
+            })
+        );
+        let nothing = TeardownReport {
+            outcome: TeardownOutcome::NothingToTearDown {
+                removed_artifacts: 0,
+            },
+            adopted: AdoptedNames::default(),
+        };
+        assert_eq!(
+            serde_json::to_value(&nothing).unwrap(),
+            serde_json::json!({
+                "outcome": "nothing_to_tear_down",
+                "removed_artifacts": 0,
+                "adopted_table": null,
+                "adopted_bucket": null,
+            })
+        );
+    }
 }

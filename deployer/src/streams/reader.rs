@@ -72,6 +72,21 @@ impl ShardReader {
         self.finished
     }
 
+    /// Takes the shard's iterator now, if the reader has none yet, rather than at the first read.
+    ///
+    /// This fixes where a [`ReadPosition::Latest`] reader starts: LATEST means "just after the
+    /// most recent stream record in the shard" when the iterator is handed out
+    /// (https://docs.aws.amazon.com/amazondynamodb/latest/APIReference/API_streams_GetShardIterator.html),
+    /// so every record written after this call is read. The iterator expires 15 minutes after it
+    /// was handed out (same page): read within that time, or the reader takes a new one at its
+    /// position, which for a reader still at LATEST is a later point.
+    pub async fn open(&mut self) -> Result<(), ReadError> {
+        if self.iterator.is_none() && !self.finished {
+            self.iterator = Some(self.new_iterator().await?);
+        }
+        Ok(())
+    }
+
     /// Reads the next records, at most `limit` (capped at [`MAX_RECORDS_PER_READ`]). An empty
     /// answer means nothing new yet, or, once [`is_finished`](Self::is_finished), nothing ever.
     pub async fn read(&mut self, limit: usize) -> Result<Vec<StreamEventRecord>, ReadError> {
@@ -94,6 +109,15 @@ impl ShardReader {
             Ok(output) => output,
             Err(err) => {
                 let message = DisplayErrorContext(&err).to_string();
+                // Throttling, a service fault or a request that never got an answer leave the
+                // iterator valid: keep it. A new one would start at the reader's position,
+                // which for a reader still at LATEST is past whatever was written meanwhile.
+                let iterator_still_valid = err.as_service_error().is_none_or(|e| {
+                    e.is_limit_exceeded_exception() || e.is_internal_server_error()
+                });
+                if iterator_still_valid {
+                    self.iterator = Some(iterator);
+                }
                 return match err.into_service_error() {
                     // Iterators live 15 minutes; a new one continues after the last record.
                     GetRecordsError::ExpiredIteratorException(_) => Ok(Vec::new()),

@@ -8,6 +8,10 @@
 //! deployed mapping (DynamoDB Streams allows two readers per shard), so both apply the records:
 //! harmless, as every operation is idempotent, but disable the deployed mapping to be the only
 //! consumer.
+//!
+//! [`LocalPipeline::start_with`] begins otherwise ([`PipelineStart`]): `dev` against a shared
+//! target stands in for the deployed mapping it disabled, and starts at LATEST, held until it
+//! has reconciled the table (`crate::dev`).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -15,11 +19,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aws_credential_types::provider::ProvideCredentials;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::mapping::poller::{MappingState, Poller, PollerError, PollerObserver, PollerOptions};
-use crate::mapping::settings::{enabled_in, MappingError, MappingSettings};
+use crate::mapping::settings::{enabled_in, MappingError, MappingSettings, StartingPosition};
 use crate::runtime::function_host::{FunctionHost, FunctionSpec, HostError, OutputSink};
 use deployer::target::Target;
 use usersync_function::config::vars;
@@ -47,6 +51,8 @@ pub enum PipelineError {
         #[source]
         source: PollerError,
     },
+    #[error("the poller for mapping {uuid} ended before it had its starting positions")]
+    NotPositioned { uuid: String },
 }
 
 /// What to run and how to report it.
@@ -62,20 +68,50 @@ pub struct PipelineOptions {
     pub extra_environment: BTreeMap<String, String>,
 }
 
+/// How the pipeline begins, where that is not simply as the deployed mappings say
+/// ([`PipelineStart::default`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PipelineStart {
+    /// Where the shards open at the start are read from, over each mapping's own
+    /// `StartingPosition`.
+    pub starting_position: Option<StartingPosition>,
+    /// Runs the mappings whatever the deployed mappings' state, without following it: the
+    /// caller stands in for deployed mappings that it disabled, so that it is the stream's only
+    /// consumer.
+    pub stand_in: bool,
+    /// Invokes nothing until [`LocalPipeline::release`]; [`LocalPipeline::start_with`] returns
+    /// once every shard open at the start has its iterator.
+    pub held: bool,
+}
+
 /// The function host and the pollers, running until [`LocalPipeline::stop`].
 pub struct LocalPipeline {
     host: Arc<FunctionHost>,
     mappings: Vec<MappingSettings>,
     stop: watch::Sender<bool>,
+    /// Set when invocations may go (at once, unless the start was held).
+    release: watch::Sender<bool>,
     pollers: Vec<JoinHandle<Result<(), PollerError>>>,
 }
 
 impl LocalPipeline {
-    /// Starts the pipeline for the deployed function `function_name` on `target`.
+    /// Starts the pipeline for the deployed function `function_name` on `target`, reading as
+    /// the deployed mappings say and following their state.
     pub async fn start(
         target: &Target,
         function_name: &str,
         options: PipelineOptions,
+    ) -> Result<Self, PipelineError> {
+        Self::start_with(target, function_name, options, PipelineStart::default()).await
+    }
+
+    /// Starts the pipeline as `start` says. Held, it returns once every shard open at the start
+    /// has its iterator, and invokes nothing until [`release`](Self::release).
+    pub async fn start_with(
+        target: &Target,
+        function_name: &str,
+        options: PipelineOptions,
+        start: PipelineStart,
     ) -> Result<Self, PipelineError> {
         let lambda = target.lambda();
         let configuration = lambda
@@ -138,11 +174,23 @@ impl LocalPipeline {
         spec.environment = function_environment(target, &configuration).await?;
         spec.environment.extend(options.extra_environment.clone());
 
+        // The mappings as they run here.
+        for settings in &mut mappings {
+            if let Some(position) = start.starting_position {
+                settings.starting_position = position;
+            }
+            if start.stand_in {
+                settings.enabled = true;
+            }
+        }
+
         let host = Arc::new(FunctionHost::start_with_output(spec, options.output.clone()).await?);
         let (stop, stopped) = watch::channel(false);
+        let (release, released) = watch::channel(!start.held);
         let mut pollers = Vec::new();
+        let mut positioned = Vec::new();
         for settings in &mappings {
-            let poller = Poller::new(
+            let mut poller = Poller::new(
                 settings.clone(),
                 target.dynamodb_streams(),
                 target.sqs(),
@@ -154,23 +202,46 @@ impl LocalPipeline {
             .map_err(|source| PipelineError::Poller {
                 uuid: settings.uuid.clone(),
                 source,
-            })?
-            // Disabling (or enabling) the deployed mapping pauses (or resumes) this one too.
-            .follow_state(Arc::new(DeployedMappingState {
-                lambda: target.lambda(),
-                uuid: settings.uuid.clone(),
-            }));
+            })?;
+            if !start.stand_in {
+                // Disabling (or enabling) the deployed mapping pauses (or resumes) this one too.
+                poller = poller.follow_state(Arc::new(DeployedMappingState {
+                    lambda: target.lambda(),
+                    uuid: settings.uuid.clone(),
+                }));
+            }
+            if start.held {
+                let (told, told_rx) = oneshot::channel();
+                poller = poller.hold(released.clone(), told);
+                positioned.push((settings.uuid.clone(), told_rx));
+            }
             pollers.push(tokio::spawn(poller.run(stopped.clone())));
         }
-        Ok(Self {
+        let pipeline = Self {
             host,
             mappings,
             stop,
+            release,
             pollers,
-        })
+        };
+        for (uuid, told) in positioned {
+            // Unsent: the poller ended; stopping the pipeline returns why.
+            if told.await.is_err() {
+                return Err(match pipeline.stop().await {
+                    Err(source) => PipelineError::Poller { uuid, source },
+                    Ok(()) => PipelineError::NotPositioned { uuid },
+                });
+            }
+        }
+        Ok(pipeline)
     }
 
-    /// The mappings being run.
+    /// Lets a held pipeline invoke the function; nothing to do for one that was not held.
+    pub fn release(&self) {
+        self.release.send_replace(true);
+    }
+
+    /// The mappings being run, as they run here.
     pub fn mappings(&self) -> &[MappingSettings] {
         &self.mappings
     }

@@ -15,6 +15,10 @@
 //!   later are read from their start, as Lambda does. Checkpoints live in memory: a restarted
 //!   poller starts again from `StartingPosition` (the function's operations are idempotent,
 //!   so replaying is safe).
+//! - A held poller ([`Poller::hold`]) takes the iterators of the shards open at its start before
+//!   anything else, says so, and then reads on but invokes nothing until it is released: what
+//!   is written from that point on waits in the stream (and, a batch per shard, in memory) for
+//!   the caller to finish what it does first (`dev` reconciles the whole table).
 //! - With a [`MappingState`] to follow ([`Poller::follow_state`]), the mapping's state is read
 //!   again at each shard discovery: while the mapping is disabled the poller reads and invokes
 //!   nothing (a batch already being invoked finishes), and it goes on from where it stopped once
@@ -27,7 +31,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
 
 use crate::mapping::batch::{BatchEvent, BatchRunner, RetryBackoff};
@@ -126,6 +130,14 @@ pub struct Poller<I> {
     shared: Arc<Shared<I>>,
     /// Where the mapping's state is read again, if anywhere.
     state: Option<Arc<dyn MappingState>>,
+    hold: Option<Hold>,
+}
+
+/// A held start: invocations wait for `release` to turn true; `positioned` is told once every
+/// shard open at the start has its iterator.
+struct Hold {
+    release: watch::Receiver<bool>,
+    positioned: oneshot::Sender<()>,
 }
 
 struct Shared<I> {
@@ -163,7 +175,20 @@ impl<I: Invoker + 'static> Poller<I> {
                 observer,
             }),
             state: None,
+            hold: None,
         })
+    }
+
+    /// Holds the poller: it takes the iterator of every shard open at its start first (so that,
+    /// from `StartingPosition::Latest`, what is written after that is read), tells
+    /// `positioned`, and then reads on but invokes nothing until `release` turns true. The
+    /// `positioned` sender is dropped unsent when the poller stops before that.
+    pub fn hold(mut self, release: watch::Receiver<bool>, positioned: oneshot::Sender<()>) -> Self {
+        self.hold = Some(Hold {
+            release,
+            positioned,
+        });
+        self
     }
 
     /// Follows the mapping's state as `state` reports it, read again at each shard discovery:
@@ -182,6 +207,11 @@ impl<I: Invoker + 'static> Poller<I> {
     pub async fn run(self, mut stop: watch::Receiver<bool>) -> Result<(), PollerError> {
         let shared = self.shared;
         let state = self.state;
+        // Unheld, the release is a flag that is always set (its sender gone).
+        let (release, mut positioned) = match self.hold {
+            Some(hold) => (hold.release, Some(hold.positioned)),
+            None => (watch::channel(true).1, None),
+        };
         let observe = |event| (shared.observer)(event);
         let uuid = &shared.settings.uuid;
         if !shared.settings.enabled {
@@ -214,16 +244,32 @@ impl<I: Invoker + 'static> Poller<I> {
                             shard_id: shard_id.clone(),
                             position: position.clone(),
                         });
+                        let mut reader = ShardReader::new(
+                            shared.streams.clone(),
+                            &shared.settings.stream_arn,
+                            &shard_id,
+                            position,
+                        );
+                        // Still to tell: these are the shards open at the start.
+                        if positioned.is_some()
+                            && !open_reader(&shared, &mut reader, &mut stop).await?
+                        {
+                            tasks.shutdown().await;
+                            return Ok(());
+                        }
                         let shared = Arc::clone(&shared);
                         let stop = stop.clone();
                         let enabled = enabled_now.clone();
+                        let release = release.clone();
                         tasks.spawn(async move {
-                            let result =
-                                read_shard(&shared, &shard_id, position, stop, enabled).await;
+                            let result = read_shard(&shared, reader, stop, enabled, release).await;
                             (shard_id, result)
                         });
                     }
                     first_discovery = false;
+                    if let Some(positioned) = positioned.take() {
+                        let _ = positioned.send(());
+                    }
                 }
                 Err(ReadError::StreamGone {
                     stream_arn,
@@ -292,18 +338,56 @@ async fn refresh_state(
     }
 }
 
-/// Waits while the mapping is disabled; `false` when the poller stops meanwhile.
-async fn until_enabled(
-    enabled: &mut watch::Receiver<bool>,
-    stop: &mut watch::Receiver<bool>,
-) -> bool {
-    if *enabled.borrow() {
+/// Waits while `flag` (the mapping being enabled, a hold being released) is unset; `false` when
+/// the poller stops meanwhile.
+async fn until_set(flag: &mut watch::Receiver<bool>, stop: &mut watch::Receiver<bool>) -> bool {
+    if *flag.borrow() {
         return true;
     }
     // The guards `wait_for` returns are dropped within their arm.
     tokio::select! {
-        resumed = enabled.wait_for(|on| *on) => resumed.is_ok(),
+        resumed = flag.wait_for(|on| *on) => resumed.is_ok(),
         _ = stop.wait_for(|stopped| *stopped) => false,
+    }
+}
+
+/// Takes `reader`'s iterator now, retrying what is worth retrying; `false` when the poller
+/// stops meanwhile.
+async fn open_reader<I>(
+    shared: &Shared<I>,
+    reader: &mut ShardReader,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<bool, PollerError> {
+    let mut failures = 0u32;
+    loop {
+        match reader.open().await {
+            Ok(()) => return Ok(true),
+            Err(ReadError::StreamGone {
+                stream_arn,
+                message,
+            }) => {
+                return Err(PollerError::StreamGone {
+                    stream_arn,
+                    message,
+                })
+            }
+            Err(err) => {
+                failures += 1;
+                (shared.observer)(PollerEvent::ReadFailed {
+                    message: err.to_string(),
+                });
+                let wait = shared.options.retry_backoff.max.min(
+                    shared
+                        .options
+                        .poll_interval
+                        .saturating_mul(failures.min(20)),
+                );
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    _ = stop.wait_for(|stopped| *stopped) => return Ok(false),
+                }
+            }
+        }
     }
 }
 
@@ -364,22 +448,19 @@ impl ShardTable {
     }
 }
 
-/// Reads one shard to its end (or until stopped), invoking the function batch by batch; nothing
-/// is read or invoked while `enabled` says the mapping is disabled.
+/// Reads one shard to its end (or until stopped) through `reader`, invoking the function batch
+/// by batch; nothing is read or invoked while `enabled` says the mapping is disabled, and
+/// nothing is invoked until `release` is set.
 async fn read_shard<I: Invoker>(
     shared: &Shared<I>,
-    shard_id: &str,
-    position: ReadPosition,
+    mut reader: ShardReader,
     mut stop: watch::Receiver<bool>,
     mut enabled: watch::Receiver<bool>,
+    mut release: watch::Receiver<bool>,
 ) -> Result<(), PollerError> {
     let settings = &shared.settings;
-    let mut reader = ShardReader::new(
-        shared.streams.clone(),
-        &settings.stream_arn,
-        shard_id,
-        position,
-    );
+    let shard_id = reader.shard_id().to_owned();
+    let shard_id = shard_id.as_str();
     let observer = Arc::clone(&shared.observer);
     let observe_batch = move |event: BatchEvent| observer(PollerEvent::Batch(event));
     let runner = BatchRunner {
@@ -406,11 +487,14 @@ async fn read_shard<I: Invoker>(
             if first_record_at.is_none() && !pending.is_empty() {
                 first_record_at = Some(Instant::now());
             }
+            // Held, the reader reads on until a batch is full: reading keeps the iterator alive
+            // (it expires when unused for 15 minutes), and a full batch is past its LATEST start.
+            let held = !*release.borrow();
             // With no window, whatever one read brought is a batch.
-            if first_record_at.is_some_and(|at| at.elapsed() >= settings.batching_window) {
+            if !held && first_record_at.is_some_and(|at| at.elapsed() >= settings.batching_window) {
                 break;
             }
-            if !until_enabled(&mut enabled, &mut stop).await {
+            if !until_set(&mut enabled, &mut stop).await {
                 return Ok(());
             }
             let wanted = (settings.batch_size - pending.len()).min(MAX_RECORDS_PER_READ);
@@ -454,11 +538,11 @@ async fn read_shard<I: Invoker>(
             };
             if got == 0 && !reader.is_finished() {
                 let wait = match first_record_at {
-                    Some(at) => shared
+                    Some(at) if !held => shared
                         .options
                         .poll_interval
                         .min(settings.batching_window.saturating_sub(at.elapsed())),
-                    None => shared.options.poll_interval,
+                    _ => shared.options.poll_interval,
                 };
                 tokio::select! {
                     () = tokio::time::sleep(wait) => {}
@@ -473,8 +557,9 @@ async fn read_shard<I: Invoker>(
             continue;
         }
 
-        // Disabled since these records were read: they wait, unsent, for the mapping.
-        if !until_enabled(&mut enabled, &mut stop).await {
+        // Disabled since these records were read: they wait, unsent, for the mapping; held,
+        // they wait for the release.
+        if !until_set(&mut enabled, &mut stop).await || !until_set(&mut release, &mut stop).await {
             return Ok(());
         }
         let batch = take_batch(&mut pending, settings.batch_size);
@@ -636,19 +721,16 @@ mod tests {
         let (set_enabled, mut enabled) = watch::channel(false);
         let (set_stop, mut stop) = watch::channel(false);
 
-        let (resumed, ()) = tokio::join!(until_enabled(&mut enabled, &mut stop), async {
+        let (resumed, ()) = tokio::join!(until_set(&mut enabled, &mut stop), async {
             tokio::time::sleep(short).await;
             set_enabled.send_replace(true);
         });
         assert!(resumed, "goes on once enabled");
-        assert!(
-            until_enabled(&mut enabled, &mut stop).await,
-            "enabled: at once"
-        );
+        assert!(until_set(&mut enabled, &mut stop).await, "enabled: at once");
 
         set_enabled.send_replace(false);
         {
-            let waiting = until_enabled(&mut enabled, &mut stop);
+            let waiting = until_set(&mut enabled, &mut stop);
             tokio::pin!(waiting);
             assert!(
                 tokio::time::timeout(short, &mut waiting).await.is_err(),
