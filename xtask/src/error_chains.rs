@@ -416,17 +416,17 @@ fn dev_errors() -> Vec<Sample> {
         sample(DevError::Target(TargetError::NoRegion)),
         sample(DevError::Stack(stack_artifact())),
         sample(DevError::MissingOutput("DataBucketName")),
-        sample(DevError::FunctionSettings(
-            DeployedMirrorError::Stack(stack_artifact()),
-        )),
+        sample(DevError::FunctionSettings(DeployedMirrorError::Stack(
+            stack_artifact(),
+        ))),
         sample(DevError::MappingEnabled {
             stack: "usersync".to_owned(),
             uuid: "4b1c".to_owned(),
             state: "Enabled".to_owned(),
         }),
-        sample(DevError::Reconcile(Box::new(
-            ReconcileError::Aws(stack_artifact()),
-        ))),
+        sample(DevError::Reconcile(Box::new(ReconcileError::Aws(
+            stack_artifact(),
+        )))),
         sample(DevError::Restore {
             command: "aws lambda update-event-source-mapping --uuid 4b1c --enabled".to_owned(),
             source: stack_artifact(),
