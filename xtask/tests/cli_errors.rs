@@ -369,3 +369,27 @@ fn answer(
     )?;
     stream.flush()
 }
+
+#[test]
+fn synth_of_an_adopting_stack_reads_the_target_and_names_it_when_down() {
+    // The template of an adopting stack holds the table's current stream ARN, so synth must
+    // read it from the target, as deploy does, instead of printing a table of its own.
+    let (_, home) = isolated();
+    let config = home.join("adopting.toml");
+    std::fs::write(&config, "existing_table = \"users\"\n").unwrap();
+    let endpoint = closed_endpoint();
+    let started = Instant::now();
+    let output = Command::new(XTASK)
+        .args(["synth", "--endpoint-url", &endpoint, "--config"])
+        .arg(&config)
+        .env("HOME", &home)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output()
+        .expect("xtask runs");
+    let line = assert_one_line_failure(
+        &output,
+        started.elapsed(),
+        &[&format!("the endpoint {endpoint} is not reachable")],
+    );
+    assert!(output.stdout.is_empty(), "printed a template: {line}");
+}
