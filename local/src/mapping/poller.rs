@@ -351,6 +351,40 @@ async fn until_set(flag: &mut watch::Receiver<bool>, stop: &mut watch::Receiver<
     }
 }
 
+/// After the `failures`-th failed read in a row: a stream that is gone ends the poller; any
+/// other failure is reported and waited out, longer after each one. `false` when the poller
+/// stops meanwhile.
+async fn after_read_failure<I>(
+    shared: &Shared<I>,
+    stop: &mut watch::Receiver<bool>,
+    err: ReadError,
+    failures: u32,
+) -> Result<bool, PollerError> {
+    if let ReadError::StreamGone {
+        stream_arn,
+        message,
+    } = err
+    {
+        return Err(PollerError::StreamGone {
+            stream_arn,
+            message,
+        });
+    }
+    (shared.observer)(PollerEvent::ReadFailed {
+        message: err.to_string(),
+    });
+    let wait = shared.options.retry_backoff.max.min(
+        shared
+            .options
+            .poll_interval
+            .saturating_mul(failures.min(20)),
+    );
+    tokio::select! {
+        () = tokio::time::sleep(wait) => Ok(true),
+        _ = stop.wait_for(|stopped| *stopped) => Ok(false),
+    }
+}
+
 /// Takes `reader`'s iterator now, retrying what is worth retrying; `false` when the poller
 /// stops meanwhile.
 async fn open_reader<I>(
@@ -362,29 +396,10 @@ async fn open_reader<I>(
     loop {
         match reader.open().await {
             Ok(()) => return Ok(true),
-            Err(ReadError::StreamGone {
-                stream_arn,
-                message,
-            }) => {
-                return Err(PollerError::StreamGone {
-                    stream_arn,
-                    message,
-                })
-            }
             Err(err) => {
                 failures += 1;
-                (shared.observer)(PollerEvent::ReadFailed {
-                    message: err.to_string(),
-                });
-                let wait = shared.options.retry_backoff.max.min(
-                    shared
-                        .options
-                        .poll_interval
-                        .saturating_mul(failures.min(20)),
-                );
-                tokio::select! {
-                    () = tokio::time::sleep(wait) => {}
-                    _ = stop.wait_for(|stopped| *stopped) => return Ok(false),
+                if !after_read_failure(shared, stop, err, failures).await? {
+                    return Ok(false);
                 }
             }
         }
@@ -509,29 +524,10 @@ async fn read_shard<I: Invoker>(
                     pending.extend(records);
                     got
                 }
-                Err(ReadError::StreamGone {
-                    stream_arn,
-                    message,
-                }) => {
-                    return Err(PollerError::StreamGone {
-                        stream_arn,
-                        message,
-                    })
-                }
                 Err(err) => {
                     read_failures += 1;
-                    (shared.observer)(PollerEvent::ReadFailed {
-                        message: err.to_string(),
-                    });
-                    let wait = shared.options.retry_backoff.max.min(
-                        shared
-                            .options
-                            .poll_interval
-                            .saturating_mul(read_failures.min(20)),
-                    );
-                    tokio::select! {
-                        () = tokio::time::sleep(wait) => {}
-                        _ = stop.wait_for(|stopped| *stopped) => return Ok(()),
+                    if !after_read_failure(shared, &mut stop, err, read_failures).await? {
+                        return Ok(());
                     }
                     continue;
                 }
