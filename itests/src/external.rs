@@ -73,6 +73,8 @@ impl External {
     /// `TRIM_HORIZON`, so a stream holding the fill's records would have the function mirror
     /// them on its own, and nothing would be left for the reconcile the adoption is followed by.
     /// An account that adopts a table usually has exactly that: users the stream never carried.
+    /// (LocalStack 4.14.0 creates the stream on such an update: `update_table` in
+    /// `services/dynamodb/provider.py` calls `create_dynamodb_stream`.)
     pub async fn enable_stream(&self) -> Result<()> {
         self.target
             .dynamodb()
@@ -105,8 +107,7 @@ impl External {
             let active = table.and_then(|t| t.table_status()) == Some(&TableStatus::Active);
             let streaming = table.is_some_and(|t| {
                 t.latest_stream_arn().is_some()
-                    && t.stream_specification()
-                        .is_some_and(|s| s.stream_enabled())
+                    && t.stream_specification().is_some_and(|s| s.stream_enabled())
             });
             if active && (streaming || !with_stream) {
                 return Ok(());
@@ -174,11 +175,8 @@ impl Drop for External {
         if self.removed {
             return;
         }
-        let (target, table, bucket) = (
-            self.target.clone(),
-            self.table.clone(),
-            self.bucket.clone(),
-        );
+        let (target, table, bucket) =
+            (self.target.clone(), self.table.clone(), self.bucket.clone());
         let cleanup = std::thread::spawn(move || {
             let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -220,7 +218,12 @@ pub async fn delete_keys(s3: &aws_sdk_s3::Client, bucket: &str, keys: &[String])
         let output = s3
             .delete_objects()
             .bucket(bucket)
-            .delete(Delete::builder().set_objects(Some(objects)).quiet(true).build()?)
+            .delete(
+                Delete::builder()
+                    .set_objects(Some(objects))
+                    .quiet(true)
+                    .build()?,
+            )
             .send()
             .await
             .with_context(|| format!("failed to delete objects of bucket {bucket}"))?;
@@ -238,7 +241,12 @@ pub async fn delete_keys(s3: &aws_sdk_s3::Client, bucket: &str, keys: &[String])
 }
 
 async fn remove(target: &Target, table: &str, bucket: &str) -> Result<()> {
-    let deleted = target.dynamodb().delete_table().table_name(table).send().await;
+    let deleted = target
+        .dynamodb()
+        .delete_table()
+        .table_name(table)
+        .send()
+        .await;
     if let Err(err) = deleted {
         if !err
             .as_service_error()

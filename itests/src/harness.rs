@@ -125,13 +125,10 @@ impl Backend {
             Running::LocalStack(_) | Running::Endpoint(_) => None,
         };
         Ok(match local {
-            Some((pipeline, function, options)) => crate::test_stack::TestStack::new(
-                target,
-                settings,
-                report.outputs,
-                Some(pipeline),
-            )
-            .with_relaunch(&function, options),
+            Some((pipeline, function, options)) => {
+                crate::test_stack::TestStack::new(target, settings, report.outputs, Some(pipeline))
+                    .with_relaunch(&function, options)
+            }
             None => crate::test_stack::TestStack::new(target, settings, report.outputs, None),
         })
     }

@@ -258,8 +258,13 @@ impl TestStack {
 
     /// Sets the deployed function's environment variable `name` to `value`
     /// (UpdateFunctionConfiguration, which replaces the whole environment, so the others are
-    /// sent as they are) and waits until Lambda reports the update done: from then on, new
-    /// invocations run with it.
+    /// sent as they are) and waits until Lambda reports the update done (`LastUpdateStatus`
+    /// `Successful`): from then on, new invocations run with it. LocalStack 4.14.0 does the same:
+    /// `update_function_configuration` (`services/lambda_/provider.py`) stores the new `$LATEST`
+    /// with `LastUpdateStatus` `InProgress` and starts it (`update_version`,
+    /// `services/lambda_/invocation/lambda_service.py`); once it is active,
+    /// `update_version_state` makes it the version invocations go to, shuts the old one down and
+    /// sets `Successful`.
     ///
     /// The local pipeline reads the configuration once, when it starts, as a Lambda execution
     /// environment does; Lambda starts new environments after an update, so the local pipeline

@@ -20,9 +20,12 @@ use crate::target::Target;
 const HIDDEN_WHILE_RECONCILING: Duration = Duration::from_secs(11 * 3600);
 
 /// Reconciles the whole table with repair.
-pub(super) trait WholeTableReconcile {
-    // Not required to be `Send`: the reconcile's own future is not provably so.
-    async fn reconcile(&self, progress: &mut (dyn FnMut(&str) + Send)) -> ExpiredReconcile;
+pub(super) trait WholeTableReconcile: Sync {
+    // `Send`, so that the whole replay can be spawned.
+    fn reconcile(
+        &self,
+        progress: &mut (dyn FnMut(&str) + Send),
+    ) -> impl std::future::Future<Output = ExpiredReconcile> + Send;
 }
 
 /// The stack's whole table, through `reconcile::reconcile`.

@@ -125,3 +125,16 @@ async fn run(
     };
     Ok(context.report(options.dry_run, reports, expired_reconcile))
 }
+
+/// Callers spawn the replay (the end-to-end suite's scenarios are `Send` futures): a change that
+/// makes its future lose `Send` fails to compile here rather than there.
+#[allow(dead_code, reason = "a compile-time check, never called")]
+fn replay_future_is_send(target: &Target) {
+    fn is_send<T: Send>(_: T) {}
+    is_send(replay_failures(
+        target,
+        "stack",
+        ReplayOptions::default(),
+        &mut |_| {},
+    ));
+}

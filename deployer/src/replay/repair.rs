@@ -22,8 +22,14 @@ pub(super) struct UsersRepaired {
 
 /// Repairs `users`.
 pub(super) async fn repair_users(context: &Context, users: &[BatchUser]) -> UsersRepaired {
-    let results: Vec<Result<usize, String>> = stream::iter(users)
+    // The futures are made first (none runs until polled): mapping inside the stream would
+    // make a closure over `&BatchUser` that rustc cannot prove general enough for the whole
+    // replay's future to be `Send` (rust-lang/rust#102211), and callers spawn it.
+    let repairs: Vec<_> = users
+        .iter()
         .map(|user| repair_user(context, user))
+        .collect();
+    let results: Vec<Result<usize, String>> = stream::iter(repairs)
         .buffered(context.config.max_concurrency.get())
         .collect()
         .await;

@@ -158,24 +158,31 @@ pub const CALLED_DIRECTLY: &[(&str, &str)] = &[
     ("cloudformation", "the deployer's stack lifecycle"),
     (
         "s3",
-        "the deployer uploads the function's archive; the scenarios read the bucket",
+        "the deployer uploads the function's archive; the scenarios read the bucket, change it \
+         behind the function's back (e2e_10, e2e_11, e2e_12), and create and delete the bucket \
+         a stack adopts (e2e_09)",
     ),
     (
         "sts",
         "the deployer names the assets bucket after the account (sts:GetCallerIdentity)",
     ),
-    ("dynamodb", "the scenarios write and read users"),
+    (
+        "dynamodb",
+        "the scenarios write and read users, and create, fill, stream and delete the table a \
+         stack adopts (e2e_09: CreateTable, BatchWriteItem, UpdateTable, DeleteTable)",
+    ),
     (
         "dynamodbstreams",
         "the deployer's stream reader and replay (deployer/src/streams, deployer/src/replay)",
     ),
     (
         "lambda",
-        "the deployer's status reads the function and its mapping",
+        "the deployer's status reads the function and its mapping; e2e_12 changes the \
+         function's environment (UpdateFunctionConfiguration)",
     ),
     (
         "sqs",
-        "the deployer's status and replay read the failure queue",
+        "the deployer's status and replay read the failure queue, and so does e2e_12",
     ),
 ];
 
@@ -875,6 +882,53 @@ mod tests {
             assert!(
                 started.contains(service),
                 "{service} ({why}) is not started"
+            );
+        }
+    }
+
+    #[test]
+    fn a_stack_that_adopts_its_table_and_bucket_needs_no_other_service() {
+        // The services are derived once, from the default template; a scenario's stack that
+        // adopts a table and a bucket (e2e_09) has a template without them, whose services must
+        // be among those started. The table and the bucket themselves are made by the scenario
+        // with DynamoDB's and S3's APIs, which CALLED_DIRECTLY starts whatever the template.
+        let artifact = ArtifactLocation {
+            bucket: "usersync-assets".to_owned(),
+            key: "bootstrap.zip".to_owned(),
+        };
+        let adoption = deployer::template::Adoption {
+            table: Some(deployer::template::AdoptedTable {
+                name: "people".to_owned(),
+                stream_arn: "arn:aws:dynamodb:us-east-1:000000000000:table/people/stream/x"
+                    .to_owned(),
+                key_attribute: "name".to_owned(),
+                kms_key_arn: None,
+            }),
+            bucket: Some(deployer::template::AdoptedBucket {
+                name: "people-mirror".to_owned(),
+                kms_key_arn: None,
+            }),
+        };
+        let adopting = deployer::template::synthesize_adopting(
+            &StackSettings::default(),
+            &artifact,
+            &adoption,
+        );
+        let types = resource_types(&adopting);
+        assert!(!types.contains("AWS::DynamoDB::Table"), "{types:?}");
+        assert!(!types.contains("AWS::S3::Bucket"), "{types:?}");
+        let spec = default_spec();
+        let started = spec.services();
+        for service in required_services(&adopting).unwrap() {
+            assert!(
+                started.contains(&service.as_str()),
+                "an adopting stack needs {service}, which SERVICES={started:?} leaves out"
+            );
+        }
+        for service in ["dynamodb", "dynamodbstreams", "s3", "lambda", "sqs"] {
+            assert!(
+                CALLED_DIRECTLY.iter().any(|(called, _)| *called == service),
+                "{service} is called by the scenarios but not listed in CALLED_DIRECTLY"
             );
         }
     }

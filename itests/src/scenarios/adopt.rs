@@ -9,7 +9,7 @@ use deployer::settings::StackSettings;
 use deployer::stack::{self, TeardownOutcome};
 use deployer::target::Target;
 
-use super::{body, reconcile_stack};
+use super::{body, reconcile_options, reconcile_stack};
 use crate::emulator::REGION;
 use crate::external::External;
 use crate::harness::Backend;
@@ -51,17 +51,22 @@ pub(super) async fn adopt_existing_table(backend: &Backend) -> Result<()> {
     );
 
     // Drift found without repair is exit code 3 (the issue's own precision over its "exits 1").
-    let found = reconcile_stack(&stack, false, None).await?;
+    let found = reconcile_stack(&stack, reconcile_options(false)).await?;
     ensure!(
-        (found.table_items, found.objects, found.missing, found.stale, found.orphaned)
-            == (USERS as u64, 0, USERS as u64, 0, 0)
+        (
+            found.table_items,
+            found.objects,
+            found.missing,
+            found.stale,
+            found.orphaned
+        ) == (USERS as u64, 0, USERS as u64, 0, 0)
             && found.foreign == 0
             && found.exit_code() == EXIT_DRIFT,
         "expected {USERS} users missing and exit code {EXIT_DRIFT}, got exit code {}: {}",
         found.exit_code(),
         found.summary()
     );
-    let repaired = reconcile_stack(&stack, true, None).await?;
+    let repaired = reconcile_stack(&stack, reconcile_options(true)).await?;
     ensure!(
         repaired.missing == USERS as u64
             && repaired.repaired == USERS as u64
@@ -76,14 +81,19 @@ pub(super) async fn adopt_existing_table(backend: &Backend) -> Result<()> {
     // The stream drives the function from here on: 10 inserted, 10 updated, 10 deleted.
     for i in 0..10 {
         stack
-            .put_user(&format!("joined-{i}"), &[("plan", s("free")), ("seats", n(1))])
+            .put_user(
+                &format!("joined-{i}"),
+                &[("plan", s("free")), ("seats", n(1))],
+            )
             .await?;
         stack
             .put_user(&names[i], &[("plan", s("pro")), ("seats", n(100 + i))])
             .await?;
         stack.delete_user(&names[USERS - 1 - i]).await?;
     }
-    stack.wait_in_step("10 inserts, updates and deletes").await?;
+    stack
+        .wait_in_step("10 inserts, updates and deletes")
+        .await?;
     let objects = stack.objects().await?;
     ensure!(
         objects.len() == USERS,

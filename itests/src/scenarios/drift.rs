@@ -6,7 +6,7 @@ use anyhow::{ensure, Result};
 use deployer::reconcile::report::{EXIT_DRIFT, EXIT_IN_STEP};
 use serde_json::json;
 
-use super::{reconcile_stack, settings};
+use super::{reconcile_options, reconcile_stack, settings};
 use crate::external::delete_keys;
 use crate::harness::Backend;
 use crate::test_stack::{n, s, user_item};
@@ -46,10 +46,15 @@ pub(super) async fn drift(backend: &Backend) -> Result<()> {
         stack.put_object(foreign, "not a user's").await?;
     }
 
-    let found = reconcile_stack(&stack, false, None).await?;
+    let found = reconcile_stack(&stack, reconcile_options(false)).await?;
     ensure!(
-        (found.table_items, found.missing, found.stale, found.orphaned, found.foreign)
-            == (USERS as u64, 10, 5, 7, 3)
+        (
+            found.table_items,
+            found.missing,
+            found.stale,
+            found.orphaned,
+            found.foreign
+        ) == (USERS as u64, 10, 5, 7, 3)
             && found.drifted_users == 22
             && found.exit_code() == EXIT_DRIFT,
         "expected 10 missing, 5 stale, 7 orphaned and 3 foreign, exit code {EXIT_DRIFT}; got \
@@ -58,7 +63,7 @@ pub(super) async fn drift(backend: &Backend) -> Result<()> {
         found.summary()
     );
 
-    let repaired = reconcile_stack(&stack, true, None).await?;
+    let repaired = reconcile_stack(&stack, reconcile_options(true)).await?;
     ensure!(
         repaired.repaired == 22 && repaired.failed == 0 && repaired.exit_code() == EXIT_IN_STEP,
         "expected 22 users repaired, got exit code {}: {}",
@@ -81,10 +86,15 @@ pub(super) async fn drift(backend: &Backend) -> Result<()> {
         keys.len()
     );
 
-    let again = reconcile_stack(&stack, false, None).await?;
+    let again = reconcile_stack(&stack, reconcile_options(false)).await?;
     ensure!(
-        (again.missing, again.stale, again.orphaned, again.drifted_users, again.repaired)
-            == (0, 0, 0, 0, 0)
+        (
+            again.missing,
+            again.stale,
+            again.orphaned,
+            again.drifted_users,
+            again.repaired
+        ) == (0, 0, 0, 0, 0)
             && again.foreign == 3
             && again.exit_code() == EXIT_IN_STEP,
         "a second run should find nothing to do (only the 3 foreign keys, never touched); got \

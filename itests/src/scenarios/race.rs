@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use aws_sdk_dynamodb::types::AttributeValue;
 use deployer::reconcile::report::EXIT_IN_STEP;
-use deployer::reconcile::RepairHook;
+use deployer::reconcile::{ReconcileOptions, RepairHook};
 use futures::future::BoxFuture;
 use futures::{StreamExt, TryStreamExt};
 use serde_json::{json, Value};
@@ -31,7 +31,7 @@ const MIRROR_POLL: Duration = Duration::from_millis(50);
 
 /// Modified while the reconcile runs: every tenth user (200).
 fn modified(i: usize) -> bool {
-    i % 10 == 0
+    i.is_multiple_of(10)
 }
 
 /// Deleted while the reconcile runs: every twentieth, offset from the modified ones (100).
@@ -102,7 +102,9 @@ impl ConcurrentWrites {
 
     fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         // A panic elsewhere does not make the sets wrong: they are only ever inserted into.
-        mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        mutex
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -128,7 +130,11 @@ impl RepairHook for ConcurrentWrites {
 }
 
 pub(super) async fn reconcile_race(backend: &Backend) -> Result<()> {
-    let stack = backend.deploy(settings("race")).await?;
+    let mut settings = settings("race");
+    // Each concurrent write waits for the function to mirror it: no batching window to wait
+    // out first.
+    settings.maximum_batching_window_seconds = 0;
+    let stack = backend.deploy(settings).await?;
     let names: Vec<String> = (0..USERS).map(|i| format!("race-{i:04}")).collect();
     let items = names
         .iter()
@@ -177,9 +183,20 @@ pub(super) async fn reconcile_race(backend: &Backend) -> Result<()> {
         written: Mutex::default(),
         errors: Mutex::default(),
     });
-    let report = reconcile_stack(&stack, true, Some(Arc::clone(&hook) as _)).await?;
+    let options = ReconcileOptions {
+        repair: true,
+        hook: Some(Arc::clone(&hook) as _),
+        // Every hook waits for the function, holding up one repair: more at once keep the
+        // others going (about one user in seven is written).
+        concurrency: 64,
+        ..ReconcileOptions::default()
+    };
+    let report = reconcile_stack(&stack, options).await?;
     let errors = ConcurrentWrites::lock(&hook.errors).clone();
-    ensure!(errors.is_empty(), "the concurrent writes failed: {errors:?}");
+    ensure!(
+        errors.is_empty(),
+        "the concurrent writes failed: {errors:?}"
+    );
     let written = ConcurrentWrites::lock(&hook.written).len();
     ensure!(
         written == 300,
@@ -243,7 +260,11 @@ async fn read_json(s3: &aws_sdk_s3::Client, bucket: &str, key: &str) -> Result<O
 }
 
 /// Puts `objects` (key, body) into `bucket`, 16 at a time.
-async fn put_all(s3: &aws_sdk_s3::Client, bucket: &str, objects: Vec<(String, String)>) -> Result<()> {
+async fn put_all(
+    s3: &aws_sdk_s3::Client,
+    bucket: &str,
+    objects: Vec<(String, String)>,
+) -> Result<()> {
     // Owned keys, bodies and clients: a stream of futures borrowing them is one rustc cannot
     // prove `Send` for every lifetime, which a scenario's future must be.
     let puts = objects.into_iter().map(|(key, body)| {

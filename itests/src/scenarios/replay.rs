@@ -7,6 +7,17 @@
 //! `BUCKET_NAME`), which any backend applies to the invocations after the update, and the
 //! mapping is deployed with no retries and no bisection, so each failing batch goes to the
 //! failure queue after one invocation.
+//!
+//! What this relies on in LocalStack 4.14.0 (`localstack-core/localstack/`):
+//! `services/lambda_/event_source_mapping/pollers/stream_poller.py` retries from the lowest
+//! failed sequence number after a partial batch failure, and once `max_retries_exceeded` (more
+//! attempts than `MaximumRetryAttempts`, so after the first with 0) sends the batch's
+//! coordinates, `batchSize` included, to the SQS destination (`send_events_to_dlq`,
+//! `create_dlq_event`) under `DDBStreamBatchInfo` (`pollers/dynamodb_poller.py`); stream records
+//! carry `ApproximateCreationDateTime` as whole seconds (`int(time.time())`, `get_record_template`
+//! in `services/dynamodb/provider.py`). Its `DeleteObjects` (`services/s3/provider.py`) ignores
+//! the per-key ETag condition the replay's prefix cleanup sends; nothing rewrites the user's
+//! objects during the replay here, so the scenario does not depend on it.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -48,8 +59,13 @@ pub(super) async fn replay_prefix_scope(backend: &Backend) -> Result<()> {
 
     let bucket = stack.bucket().to_owned();
     // Never created: the stack's name is unique, and no bucket is named after it.
-    let missing = format!("{}-no-such-bucket", stack.settings.stack_name.to_lowercase());
-    stack.set_function_variable(vars::BUCKET_NAME, &missing).await?;
+    let missing = format!(
+        "{}-no-such-bucket",
+        stack.settings.stack_name.to_lowercase()
+    );
+    stack
+        .set_function_variable(vars::BUCKET_NAME, &missing)
+        .await?;
     stack.delete_user(USER).await?;
     stack
         .put_user(USER, &[("plan", s("pro")), ("seats", n(3))])
@@ -70,7 +86,9 @@ pub(super) async fn replay_prefix_scope(backend: &Backend) -> Result<()> {
             && stack.all_keys().await?.contains(&avatar),
         "the outage should have left the bucket as it was, found {objects:?}"
     );
-    stack.set_function_variable(vars::BUCKET_NAME, &bucket).await?;
+    stack
+        .set_function_variable(vars::BUCKET_NAME, &bucket)
+        .await?;
 
     let report = replay(&stack).await?;
     ensure!(
@@ -115,21 +133,16 @@ pub(super) async fn replay_prefix_scope(backend: &Backend) -> Result<()> {
 }
 
 /// Runs `replay-failures` on the stack, as `cargo xtask replay-failures` would.
-///
-/// On a blocking thread of its own: the replay's future is not `Send` (rustc cannot prove it
-/// for the closure its per-user repair stream maps with, a higher-ranked lifetime), and a
-/// scenario's future must be, so it is driven there with the runtime's handle instead.
 async fn replay(stack: &TestStack) -> Result<ReplayReport> {
-    let (target, stack_name) = (stack.target.clone(), stack.settings.stack_name.clone());
-    let runtime = tokio::runtime::Handle::current();
-    tokio::task::spawn_blocking(move || {
-        runtime.block_on(async {
-            let mut progress = |line: &str| eprintln!("{stack_name}: replay: {line}");
-            replay_failures(&target, &stack_name, ReplayOptions::default(), &mut progress).await
-        })
-    })
+    let stack_name = &stack.settings.stack_name;
+    let mut progress = |line: &str| eprintln!("{stack_name}: replay: {line}");
+    replay_failures(
+        &stack.target,
+        stack_name,
+        ReplayOptions::default(),
+        &mut progress,
+    )
     .await
-    .context("the replay task failed")?
     .context("replay-failures failed")
 }
 
@@ -158,7 +171,11 @@ async fn last_modified(stack: &TestStack, keys: &[&str]) -> Result<u64> {
 /// visible again at once, so that the replay reads them all.
 async fn queued_records(stack: &TestStack) -> Result<u64> {
     let sqs = stack.target.sqs();
-    let url = stack.outputs.get(output::FAILURE_QUEUE_URL).cloned().unwrap_or_default();
+    let url = stack
+        .outputs
+        .get(output::FAILURE_QUEUE_URL)
+        .cloned()
+        .unwrap_or_default();
     let mut records = 0;
     let mut receipts = Vec::new();
     loop {
@@ -196,7 +213,11 @@ async fn queued_records(stack: &TestStack) -> Result<u64> {
 
 /// Messages in the failure queue, visible or not.
 async fn queue_depth(stack: &TestStack) -> Result<u64> {
-    let url = stack.outputs.get(output::FAILURE_QUEUE_URL).cloned().unwrap_or_default();
+    let url = stack
+        .outputs
+        .get(output::FAILURE_QUEUE_URL)
+        .cloned()
+        .unwrap_or_default();
     let attributes = stack
         .target
         .sqs()
@@ -217,4 +238,3 @@ async fn queue_depth(stack: &TestStack) -> Result<u64> {
     Ok(read(QueueAttributeName::ApproximateNumberOfMessages)
         + read(QueueAttributeName::ApproximateNumberOfMessagesNotVisible))
 }
-

@@ -14,11 +14,10 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{ensure, Context, Result};
-use deployer::reconcile::{self, ReconcileOptions, ReconcileReport, RepairHook};
+use deployer::reconcile::{self, ReconcileOptions, ReconcileReport};
 use deployer::settings::{DeleteScope, StackSettings};
 use deployer::stack::{self, TeardownOutcome};
 use serde_json::{json, Value};
@@ -101,6 +100,14 @@ fn body(name: &str, plan: &str, seats: u32) -> Value {
     json!({"name": name, "plan": plan, "seats": seats})
 }
 
+/// A reconcile that only compares (`repair: false`) or also repairs.
+fn reconcile_options(repair: bool) -> ReconcileOptions {
+    ReconcileOptions {
+        repair,
+        ..ReconcileOptions::default()
+    }
+}
+
 /// Where the reconciles of stack `stack_name` keep their checkpoint:
 /// `target/usersync/itests/reconcile/<stack>`, next to the function logs.
 fn reconcile_dir(stack_name: &str) -> PathBuf {
@@ -110,21 +117,15 @@ fn reconcile_dir(stack_name: &str) -> PathBuf {
         .join(stack_name)
 }
 
-/// Runs the whole-table reconcile of `stack` (with repair or not, `hook` between each repair's
-/// read and write) afresh, as `cargo xtask reconcile` would; prints its summary.
-async fn reconcile_stack(
-    stack: &TestStack,
-    repair: bool,
-    hook: Option<Arc<dyn RepairHook>>,
-) -> Result<ReconcileReport> {
+/// Runs the whole-table reconcile of `stack` as `options` say, afresh, as `cargo xtask
+/// reconcile` would; prints its summary.
+async fn reconcile_stack(stack: &TestStack, options: ReconcileOptions) -> Result<ReconcileReport> {
     let stack_name = &stack.settings.stack_name;
     let options = ReconcileOptions {
-        repair,
         // Every run judges the bucket as it is now, never an earlier run's checkpoint.
         restart: true,
         state_dir: Some(reconcile_dir(stack_name)),
-        hook,
-        ..ReconcileOptions::default()
+        ..options
     };
     let report = reconcile::reconcile(&stack.target, stack_name, &options, &mut |_| {})
         .await
