@@ -320,22 +320,11 @@ fn push_example(examples: &mut Vec<String>, key: &str) {
 mod tests {
     use std::collections::BTreeMap;
     use std::convert::Infallible;
-    use std::num::NonZeroUsize;
+
+    use usersync_function::testing::config;
 
     use super::*;
     use crate::reconcile::etag::md5_of;
-
-    fn config(prefix: &str, scope: DeleteScope) -> Config {
-        Config {
-            bucket: "b".into(),
-            key_prefix: prefix.into(),
-            object_name: "userdata".into(),
-            delete_scope: scope,
-            max_concurrency: NonZeroUsize::new(4).unwrap(),
-            key_attribute: "name".into(),
-            force_path_style: false,
-        }
-    }
 
     fn meta(body: &[u8]) -> ObjectMeta {
         ObjectMeta {
@@ -407,7 +396,10 @@ mod tests {
 
     #[test]
     fn every_class_under_object_scope() {
-        let config = config("u/", DeleteScope::Object);
+        let config = Config {
+            key_prefix: "u/".into(),
+            ..config("b", DeleteScope::Object)
+        };
         let verdicts = judge(
             &[
                 ("u/ann/userdata", ANN),
@@ -450,7 +442,7 @@ mod tests {
 
     #[test]
     fn every_class_under_prefix_scope() {
-        let config = config("", DeleteScope::Prefix);
+        let config = config("b", DeleteScope::Prefix);
         let verdicts = judge(
             &[("ann/userdata", ANN), ("bob/userdata", BOB)],
             &[
@@ -485,7 +477,7 @@ mod tests {
     fn groups_of_names_that_are_prefixes_of_each_other_stay_apart() {
         // "a-b/..." sorts between "a" and "a/...": the merge must still pair each user with
         // their own keys.
-        let config = config("", DeleteScope::Prefix);
+        let config = config("b", DeleteScope::Prefix);
         let verdicts = judge(
             &[
                 ("a/userdata", ANN),
@@ -522,7 +514,7 @@ mod tests {
 
     #[test]
     fn a_differing_etag_is_stale_only_when_the_body_differs() {
-        let config = config("", DeleteScope::Object);
+        let config = config("b", DeleteScope::Object);
         let users: BTreeMap<String, Md5Digest> =
             BTreeMap::from([("ann/userdata".to_owned(), md5_of(ANN))]);
         // The listing's ETag is some other MD5 (an object re-encrypted or copied) but the body
@@ -559,7 +551,7 @@ mod tests {
 
     #[test]
     fn a_kms_bucket_or_a_multipart_etag_reads_every_body() {
-        let config = config("", DeleteScope::Object);
+        let config = config("b", DeleteScope::Object);
         let verdicts = judge(
             &[("ann/userdata", ANN), ("bob/userdata", BOB)],
             &[("ann/userdata", ANN), ("bob/userdata", b"{}")],
@@ -599,7 +591,7 @@ mod tests {
 
     #[test]
     fn a_share_judges_only_its_own_unscanned_users_and_asks_before_calling_them_orphans() {
-        let config = config("", DeleteScope::Object);
+        let config = config("b", DeleteScope::Object);
         let mine = |text: &str| text != "bob" && text != "x/y";
         let verdicts = judge(
             &[("ann/userdata", ANN)],
@@ -632,7 +624,7 @@ mod tests {
 
     #[test]
     fn a_walk_stops_after_max_groups_and_resumes_after_the_last() {
-        let config = config("", DeleteScope::Prefix);
+        let config = config("b", DeleteScope::Prefix);
         let keys = ["a/1", "a/2", "a0", "b/userdata", "c"];
         let objects: Vec<(String, ObjectMeta)> =
             keys.iter().map(|k| ((*k).to_owned(), meta(b"x"))).collect();

@@ -287,7 +287,6 @@ fn scan_segment<'a, T: TableScanner>(
 
 #[cfg(test)]
 mod tests {
-    use std::num::NonZeroUsize;
     use std::sync::{Arc, Mutex};
 
     use aws_sdk_dynamodb::operation::describe_table::DescribeTableOutput;
@@ -295,19 +294,14 @@ mod tests {
     use aws_sdk_dynamodb::types::TableDescription;
     use aws_sdk_dynamodb::Client;
     use aws_smithy_mocks::{mock, mock_client, RuleMode};
-    use usersync_function::DeleteScope;
+    use usersync_function::{testing, DeleteScope};
 
     use super::*;
 
     fn config() -> Config {
         Config {
-            bucket: "b".into(),
             key_prefix: "u/".into(),
-            object_name: "userdata".into(),
-            delete_scope: DeleteScope::Object,
-            max_concurrency: NonZeroUsize::new(4).unwrap(),
-            key_attribute: "name".into(),
-            force_path_style: false,
+            ..testing::config("b", DeleteScope::Object)
         }
     }
 

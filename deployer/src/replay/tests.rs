@@ -2,12 +2,11 @@
 //! queue when the table, the stream and the bucket disagree in the ways a real outage leaves
 //! them.
 
-use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use aws_sdk_dynamodbstreams::types::OperationType::{Insert, Modify, Remove};
-use usersync_function::{Config, DeleteScope, S3Store};
+use usersync_function::{testing, DeleteScope, S3Store};
 
 use super::batch_read::ReadLimits;
 use super::context::Context;
@@ -17,23 +16,11 @@ use super::scripted::{batch_message, record, Cloud, ScriptedShard, BUCKET, QUEUE
 use super::{run, Outcome, ReplayOptions, ReplayReport};
 use crate::reconcile::DynamoTable;
 
-fn config(scope: DeleteScope) -> Config {
-    Config {
-        bucket: BUCKET.into(),
-        key_prefix: String::new(),
-        object_name: "userdata".into(),
-        delete_scope: scope,
-        max_concurrency: NonZeroUsize::new(4).unwrap(),
-        key_attribute: "name".into(),
-        force_path_style: false,
-    }
-}
-
 fn context(cloud: &Cloud, scope: DeleteScope) -> Context {
     Context {
         stack_name: "usersync".into(),
         queue_url: QUEUE_URL.into(),
-        config: config(scope),
+        config: testing::config(BUCKET, scope),
         table: DynamoTable::new(cloud.dynamodb(), "users".into(), "name".into()),
         store: S3Store::new(cloud.s3(), BUCKET),
         s3: cloud.s3(),

@@ -73,25 +73,11 @@ pub(super) fn name_users(records: &[StreamEventRecord], config: &Config) -> Batc
 
 #[cfg(test)]
 mod tests {
-    use std::num::NonZeroUsize;
-
     use serde_json::json;
-    use usersync_function::testing::{stream_record, RecordBuilder};
+    use usersync_function::testing::{config, stream_record, RecordBuilder};
     use usersync_function::DeleteScope;
 
     use super::*;
-
-    fn config() -> Config {
-        Config {
-            bucket: "b".into(),
-            key_prefix: String::new(),
-            object_name: "userdata".into(),
-            delete_scope: DeleteScope::Prefix,
-            max_concurrency: NonZeroUsize::new(4).unwrap(),
-            key_attribute: "name".into(),
-            force_path_style: false,
-        }
-    }
 
     fn event(event: Value, at: Option<f64>) -> StreamEventRecord {
         StreamEventRecord {
@@ -121,7 +107,7 @@ mod tests {
             event(stream_record("REMOVE", "ann", 5, None), Some(12.0)),
             event(stream_record("REMOVE", "cy", 6, None), None),
         ];
-        let named = name_users(&records, &config());
+        let named = name_users(&records, &config("b", DeleteScope::Prefix));
         assert_eq!(
             named.users,
             [
@@ -150,7 +136,10 @@ mod tests {
         let no_key = RecordBuilder::new("INSERT", 7)
             .key("id", json!({"S": "x"}))
             .build();
-        let named = name_users(&[event(no_key, Some(1.0))], &config());
+        let named = name_users(
+            &[event(no_key, Some(1.0))],
+            &config("b", DeleteScope::Prefix),
+        );
         assert!(named.users.is_empty());
         assert_eq!(named.skipped.len(), 1);
         assert!(

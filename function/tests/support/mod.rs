@@ -7,15 +7,13 @@
 )]
 
 use serde_json::Value;
+use usersync_function::testing;
 pub use usersync_function::testing::{sequence_number, stream_record, MemoryStore};
 use usersync_function::{Config, DeleteScope};
 
+/// The function's defaults for bucket `users-data` and `scope`.
 pub fn config(scope: DeleteScope) -> Config {
-    let mut config =
-        Config::from_lookup(|name| (name == "BUCKET_NAME").then(|| "users-data".to_owned()))
-            .unwrap();
-    config.delete_scope = scope;
-    config
+    testing::config("users-data", scope)
 }
 
 pub fn fixture(name: &str) -> Value {
