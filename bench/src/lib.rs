@@ -1,6 +1,6 @@
 //! `cargo xtask bench`: the function's throughput against the raw S3 limit of the same
-//! endpoint, its memory and cold start, end-to-end latency on the local pipeline, and deploy
-//! times. Performance is measured here, never in timed tests.
+//! endpoint, its memory and cold start, end-to-end latency on the local pipeline, deploy times,
+//! and the whole-table reconcile at scale. Performance is measured here, never in timed tests.
 //!
 //! Everything runs against one target: a private embedded emulator (the default) or an
 //! endpoint. The function always runs on this machine, through the local Runtime API host.
@@ -9,6 +9,7 @@ pub mod cold_start;
 pub mod deploy_times;
 pub mod end_to_end;
 pub mod process_stats;
+pub mod reconcile;
 pub mod report;
 pub mod stats;
 pub mod throughput;
@@ -23,6 +24,7 @@ use aws_smithy_types::date_time::Format;
 use aws_smithy_types::DateTime;
 
 use deployer::artifact::{self, BuildError, BuildOptions, Purpose};
+use deployer::reconcile::DeployedMirrorError;
 use deployer::stack::StackError;
 use deployer::target::{Target, DEFAULT_LOCAL_REGION};
 use deployer::workflow::DeployError;
@@ -58,6 +60,18 @@ pub enum BenchError {
     MissingOutput(&'static str),
     #[error("the local pipeline failed: {0}")]
     Pipeline(String),
+    #[error(transparent)]
+    Mirror(#[from] DeployedMirrorError),
+    #[error("failed to run {}", program.display())]
+    Spawn {
+        program: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the reconcile process failed: {0}")]
+    Reconcile(String),
+    #[error("the reconcile process went away before it was measured")]
+    ReconcileGone,
     #[error("{0}")]
     Unexpected(String),
     #[error("failed to draw the chart: {0}")]
@@ -91,6 +105,8 @@ pub struct BenchOptions {
     pub end_to_end_users: usize,
     /// Create / no-op / teardown cycles; 0 skips them.
     pub deploy_repetitions: usize,
+    /// Users in the table the whole-table reconcile is measured on; 0 skips it.
+    pub reconcile_users: usize,
 }
 
 impl Default for BenchOptions {
@@ -104,13 +120,16 @@ impl Default for BenchOptions {
             cold_start_repetitions: 10,
             end_to_end_users: 1_000,
             deploy_repetitions: 3,
+            reconcile_users: 100_000,
         }
     }
 }
 
 impl BenchOptions {
     /// A short run to try the command: sizes 100 and 1,000, two repetitions, one deploy
-    /// cycle, 200 users end to end, no `MAX_CONCURRENCY` sweep.
+    /// cycle, 200 users end to end, no `MAX_CONCURRENCY` sweep, a reconcile of 10,000 users
+    /// (not 100,000; the function is still measured on 10,000-record batches, for the
+    /// reconcile to be compared with).
     pub fn quick() -> Self {
         Self {
             batch_sizes: vec![100, 1_000],
@@ -120,6 +139,7 @@ impl BenchOptions {
             cold_start_repetitions: 3,
             end_to_end_users: 200,
             deploy_repetitions: 1,
+            reconcile_users: 10_000,
             ..Self::default()
         }
     }
@@ -225,6 +245,7 @@ pub async fn run(
             cold_start_repetitions: options.cold_start_repetitions,
             end_to_end_users: options.end_to_end_users,
             deploy_repetitions: options.deploy_repetitions,
+            reconcile_users: options.reconcile_users,
         },
         throughput: std::mem::take(&mut parts.throughput),
         limit_sweep: parts.limit_sweep,
@@ -236,6 +257,7 @@ pub async fn run(
         noop_deploy_ms: parts.deploy.as_ref().map(|d| d.noop_deploy_ms.median),
         end_to_end: parts.end_to_end,
         deploy: parts.deploy,
+        reconcile: parts.reconcile,
         targets: Vec::new(),
     };
     report.targets = report::check_targets(&report);
@@ -251,6 +273,7 @@ struct Parts {
     cold_start: cold_start::ColdStartRun,
     end_to_end: Option<end_to_end::EndToEndRun>,
     deploy: Option<deploy_times::DeployRun>,
+    reconcile: Option<reconcile::ReconcileRun>,
 }
 
 async fn measure_all(
@@ -398,6 +421,27 @@ async fn measure_all(
         None
     };
 
+    let reconcile = if options.reconcile_users > 0 {
+        let users = options.reconcile_users;
+        progress(&format!(
+            "reconcile: {users} users in a deployed stack's table, a backfill and a check, each in a process of its own"
+        ));
+        Some(
+            reconcile::measure(
+                target,
+                s3,
+                artifact,
+                users,
+                reps,
+                &format!("bench-reconcile-{}", std::process::id()),
+                progress,
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
+
     Ok(Parts {
         throughput: sizes,
         limit_sweep,
@@ -407,6 +451,7 @@ async fn measure_all(
         cold_start,
         end_to_end,
         deploy,
+        reconcile,
     })
 }
 
@@ -449,7 +494,7 @@ async fn s3_target(target: &Target, endpoint_url: &str) -> Result<S3Target, Benc
 }
 
 /// Runs `measure` against a new, empty bucket, removed afterwards.
-async fn in_new_bucket<T, Fut>(
+pub(crate) async fn in_new_bucket<T, Fut>(
     target: &Target,
     s3: &S3Target,
     label: &str,

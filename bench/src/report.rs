@@ -10,6 +10,7 @@ use serde::Serialize;
 use super::cold_start::ColdStartRun;
 use super::deploy_times::DeployRun;
 use super::end_to_end::EndToEndRun;
+use super::reconcile::ReconcileRun;
 use super::throughput::{FunctionRun, LimitRun, SizeResult};
 use super::BenchError;
 
@@ -42,6 +43,9 @@ pub struct BenchReport {
     /// Median no-change `deploy`.
     pub noop_deploy_ms: Option<f64>,
     pub deploy: Option<DeployRun>,
+    /// The whole-table reconcile: `backfill` and `check_only`, each with `items_per_s` and
+    /// `peak_rss_bytes`; `function` (the records/s it is held to) and `backfill_ratio`.
+    pub reconcile: Option<ReconcileRun>,
     pub targets: Vec<TargetCheck>,
 }
 
@@ -71,6 +75,7 @@ pub struct RunSettings {
     pub cold_start_repetitions: usize,
     pub end_to_end_users: usize,
     pub deploy_repetitions: usize,
+    pub reconcile_users: usize,
 }
 
 /// One target and whether this run met it.
@@ -118,6 +123,33 @@ pub fn check_targets(report: &BenchReport) -> Vec<TargetCheck> {
             measured: round(noop / 1000.0, 2),
             unit: "s".into(),
             met: noop < 3000.0,
+        });
+    }
+    if let Some(reconcile) = &report.reconcile {
+        checks.push(TargetCheck {
+            name: format!(
+                "reconcile backfill of {} users / function at {} mixed records",
+                reconcile.users, reconcile.function.records
+            ),
+            target: ">= 0.90".into(),
+            measured: round(reconcile.backfill_ratio, 3),
+            unit: "ratio".into(),
+            met: reconcile.backfill_ratio >= 0.90,
+        });
+        let peak = reconcile
+            .backfill
+            .peak_rss_bytes
+            .max(reconcile.check_only.peak_rss_bytes);
+        let mib = peak as f64 / (1024.0 * 1024.0);
+        checks.push(TargetCheck {
+            name: format!(
+                "peak RSS of the reconcile process at {} users",
+                reconcile.users
+            ),
+            target: "< 200 MiB".into(),
+            measured: round(mib, 1),
+            unit: "MiB".into(),
+            met: mib < 200.0,
         });
     }
     checks
@@ -252,6 +284,30 @@ pub fn render_table(report: &BenchReport) -> String {
                 d.noop_deploy_ms.max
             ),
             spread(d.teardown_ms.median, d.teardown_ms.min, d.teardown_ms.max)
+        );
+    }
+    if let Some(r) = &report.reconcile {
+        let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
+        let _ = writeln!(
+            out,
+            "reconcile ({} users, concurrency {}, {} segments; loaded in {:.1} s): backfill {:.0} items/s ({:.1} s, {:.1} s of it reading; peak RSS {:.1} MiB), check-only {:.0} items/s ({:.1} s, {:.1} s reading; peak RSS {:.1} MiB)",
+            r.users,
+            r.concurrency,
+            r.segments,
+            r.loading_s,
+            r.backfill.items_per_s,
+            r.backfill.seconds,
+            r.backfill.reading_s,
+            mib(r.backfill.peak_rss_bytes),
+            r.check_only.items_per_s,
+            r.check_only.seconds,
+            r.check_only.reading_s,
+            mib(r.check_only.peak_rss_bytes)
+        );
+        let _ = writeln!(
+            out,
+            "reconcile backfill / function: {:.2} (the function at {} mixed records: {:.0} rec/s, measured in {})",
+            r.backfill_ratio, r.function.records, r.function.records_per_s, r.function.measured_in
         );
     }
     let _ = writeln!(out);
@@ -406,6 +462,7 @@ fn draw_chart<DB: DrawingBackend>(
 
 #[cfg(test)]
 mod tests {
+    use super::super::reconcile::{FunctionReference, ReconcilePass};
     use super::super::stats::Summary;
     use super::super::workload::Variant;
     use super::*;
@@ -462,6 +519,7 @@ mod tests {
                 cold_start_repetitions: 1,
                 end_to_end_users: 0,
                 deploy_repetitions: 0,
+                reconcile_users: 1000,
             },
             throughput: sizes
                 .iter()
@@ -486,7 +544,40 @@ mod tests {
             end_to_end: None,
             noop_deploy_ms: Some(3500.0),
             deploy: None,
+            reconcile: Some(reconcile_run()),
             targets: Vec::new(),
+        }
+    }
+
+    fn reconcile_pass(repair: bool, rate: f64, rss: u64) -> ReconcilePass {
+        ReconcilePass {
+            repair,
+            items: 1000,
+            seconds: 1000.0 / rate,
+            reading_s: 100.0 / rate,
+            items_per_s: rate,
+            peak_rss_bytes: rss,
+            cpu_ms: 1.0,
+            drifted_users: if repair { 1000 } else { 0 },
+            repaired: if repair { 1000 } else { 0 },
+        }
+    }
+
+    fn reconcile_run() -> ReconcileRun {
+        ReconcileRun {
+            users: 1000,
+            concurrency: 16,
+            segments: 4,
+            loading_s: 1.0,
+            backfill: reconcile_pass(true, 850.0, 60 << 20),
+            check_only: reconcile_pass(false, 5000.0, 210 << 20),
+            function: FunctionReference {
+                records: 10_000,
+                records_per_s: 1000.0,
+                measured_in: "the reconcile section".into(),
+                function: function_run(Variant::Mixed, 10_000, 1000.0, 20 << 20),
+            },
+            backfill_ratio: 0.85,
         }
     }
 
@@ -510,6 +601,41 @@ mod tests {
         let deploy = by_name("no-change deploy");
         assert_eq!(deploy.measured, 3.5);
         assert!(!deploy.met);
+    }
+
+    #[test]
+    fn the_reconcile_is_held_to_the_function_and_to_its_memory_at_the_larger_pass() {
+        let checks = check_targets(&sample());
+        let backfill = checks
+            .iter()
+            .find(|c| c.name.starts_with("reconcile backfill of 1000 users"))
+            .expect("a backfill check");
+        assert_eq!((backfill.measured, backfill.met), (0.85, false));
+        assert!(backfill.name.ends_with("function at 10000 mixed records"));
+        let rss = checks
+            .iter()
+            .find(|c| c.name == "peak RSS of the reconcile process at 1000 users")
+            .expect("a memory check");
+        assert_eq!((rss.measured, rss.met), (210.0, false));
+        let table = render_table(&sample());
+        assert!(table.contains("backfill 850 items/s"), "{table}");
+        assert!(table.contains("check-only 5000 items/s"), "{table}");
+        assert!(
+            table.contains("measured in the reconcile section"),
+            "{table}"
+        );
+        let json = serde_json::to_value(sample()).unwrap();
+        for field in ["items_per_s", "peak_rss_bytes"] {
+            assert!(
+                json["reconcile"]["backfill"].get(field).is_some(),
+                "{field}"
+            );
+            assert!(
+                json["reconcile"]["check_only"].get(field).is_some(),
+                "{field}"
+            );
+        }
+        assert_eq!(json["reconcile"]["backfill_ratio"], 0.85);
     }
 
     #[test]

@@ -14,6 +14,7 @@ async fn every_section_of_the_benchmark_runs_and_is_reported() {
         cold_start_repetitions: 2,
         end_to_end_users: 30,
         deploy_repetitions: 1,
+        reconcile_users: 300,
         ..BenchOptions::default()
     };
     let mut lines = Vec::new();
@@ -45,7 +46,21 @@ async fn every_section_of_the_benchmark_runs_and_is_reported() {
     let deploy = report.deploy.as_ref().expect("deploy ran");
     assert_eq!(deploy.noop_deploy_ms.samples, 1);
     assert_eq!(report.noop_deploy_ms, Some(deploy.noop_deploy_ms.median));
-    assert_eq!(report.targets.len(), 4);
+    let reconcile = report.reconcile.as_ref().expect("the reconcile ran");
+    assert_eq!(reconcile.users, 300);
+    // The section measures the function on 10,000-record batches itself, just before the
+    // backfill.
+    assert_eq!(reconcile.function.records, 10_000);
+    assert!(reconcile.function.records_per_s > 0.0);
+    for (pass, repair) in [(&reconcile.backfill, true), (&reconcile.check_only, false)] {
+        assert_eq!((pass.repair, pass.items), (repair, 300));
+        assert!(pass.items_per_s > 0.0);
+        // Read from the reconcile process itself, once it had reported.
+        assert!(pass.peak_rss_bytes > 1 << 20, "{pass:?}");
+    }
+    assert_eq!(reconcile.backfill.repaired, 300);
+    assert_eq!(reconcile.check_only.drifted_users, 0);
+    assert_eq!(report.targets.len(), 6);
 
     let dir = tempfile::tempdir().unwrap();
     report::write(&report, dir.path()).unwrap();
@@ -53,4 +68,5 @@ async fn every_section_of_the_benchmark_runs_and_is_reported() {
         serde_json::from_slice(&std::fs::read(dir.path().join("latest.json")).unwrap()).unwrap();
     assert_eq!(latest["throughput"][1]["records"], 50);
     assert_eq!(latest["versions"]["fakecloud"], "0.51.0");
+    assert_eq!(latest["reconcile"]["backfill"]["items"], 300);
 }

@@ -17,8 +17,14 @@ pub struct BenchArgs {
     /// --quick: 2]
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=100))]
     repetitions: Option<u16>,
+    /// Users in the table the whole-table reconcile is measured on; 0 skips it [default:
+    /// 100000; with --quick: 10000]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=10_000_000))]
+    reconcile_users: Option<u32>,
     /// A short run to try the command: sizes 100 and 1000, two repetitions, one deploy cycle,
-    /// 200 users end to end, no MAX_CONCURRENCY sweep; --sizes and --repetitions still apply
+    /// 200 users end to end, no MAX_CONCURRENCY sweep, 10000 users reconciled (the function is
+    /// still measured on 10000-record batches for the reconcile to be compared with); --sizes,
+    /// --repetitions and --reconcile-users still apply
     #[arg(long)]
     quick: bool,
 }
@@ -40,6 +46,9 @@ pub async fn run(args: BenchArgs, target_args: &TargetArgs) -> Result<()> {
     }
     if let Some(repetitions) = args.repetitions {
         options.repetitions = usize::from(repetitions);
+    }
+    if let Some(users) = args.reconcile_users {
+        options.reconcile_users = users as usize;
     }
     if target_args.endpoint_url.is_some() {
         let target = target_args.connect().await?;

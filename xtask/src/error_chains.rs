@@ -623,6 +623,14 @@ fn bench_errors() -> Vec<Sample> {
             source: os_error(ENOSPC),
         }),
         sample(BenchError::FunctionGone),
+        sample(BenchError::Mirror(DeployedMirrorError::Stack(
+            stack_artifact(),
+        ))),
+        sample(BenchError::Spawn {
+            program: PathBuf::from("/work/target/release/usersync-bench-reconcile"),
+            source: os_error(ENOENT),
+        }),
+        sample(BenchError::ReconcileGone),
     ]
 }
 
@@ -672,6 +680,9 @@ fn user_repair_errors() -> Vec<Sample> {
             name: "alice".to_owned(),
             rounds: 5,
         }),
+        sample(UserRepairError::Batch(std::sync::Arc::new(
+            UserRepairError::Table(stack_artifact()),
+        ))),
     ]
 }
 

@@ -50,7 +50,7 @@ pub struct ReconcileArgs {
     /// Start afresh, dropping an interrupted run's checkpoint
     #[arg(long)]
     restart: bool,
-    /// Users compared or repaired at once
+    /// Users compared at once, and writes in flight while repairing
     #[arg(long, value_name = "N", default_value_t = DEFAULT_CONCURRENCY, value_parser = number_in(1usize, 1024))]
     concurrency: usize,
     /// Merge the JSON reports of every share of one run into one report (reads no AWS)

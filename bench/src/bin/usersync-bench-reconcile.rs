@@ -4,7 +4,8 @@
 //!
 //! `usersync-bench-reconcile --endpoint-url URL --region REGION --stack NAME --state-dir DIR
 //! [--repair] [--concurrency N]` runs `deployer::reconcile::reconcile`, prints one JSON line
-//! (`{"seconds": …, "report": {…}}`) and then waits for its standard input to close: the
+//! (`{"seconds": …, "reading_seconds": …, "report": {…}}`: the whole call, the part of it
+//! spent reading the table and the bucket, and the report) and then waits for its standard input to close: the
 //! benchmark reads `/proc/<pid>` of a process that has done all its work and not yet exited,
 //! whose counters the kernel would drop at exit.
 
@@ -13,7 +14,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use deployer::reconcile::{reconcile, ReconcileOptions};
+use deployer::reconcile::{reconcile, Phase, ReconcileOptions, ReconcileProgress};
 use deployer::target::Target;
 
 struct Args {
@@ -35,7 +36,7 @@ fn parse(mut words: impl Iterator<Item = String>) -> Result<Args, String> {
             "--endpoint-url" => endpoint_url = Some(value()?),
             "--region" => region = Some(value()?),
             "--stack" => stack = Some(value()?),
-            "--state-dir" => state_dir = Some(PathBuf::from(value()?)),
+            "--state-dir" => state_dir = Some(value()?),
             "--concurrency" => {
                 let text = value()?;
                 concurrency = Some(
@@ -52,7 +53,7 @@ fn parse(mut words: impl Iterator<Item = String>) -> Result<Args, String> {
         endpoint_url: required(endpoint_url, "--endpoint-url")?,
         region: required(region, "--region")?,
         stack: required(stack, "--stack")?,
-        state_dir: required(state_dir, "--state-dir")?,
+        state_dir: PathBuf::from(required(state_dir, "--state-dir")?),
         repair,
         concurrency,
     })
@@ -66,7 +67,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
@@ -87,7 +88,14 @@ fn main() -> ExitCode {
         options.concurrency = concurrency;
     }
     let started = Instant::now();
-    let result = runtime.block_on(reconcile(&target, &args.stack, &options, &mut |_| {}));
+    // When the table and the bucket were read and the comparison began.
+    let mut reading_seconds = None;
+    let mut progress = |progress: &ReconcileProgress| {
+        if progress.phase != Phase::Reading && reading_seconds.is_none() {
+            reading_seconds = Some(started.elapsed().as_secs_f64());
+        }
+    };
+    let result = runtime.block_on(reconcile(&target, &args.stack, &options, &mut progress));
     let seconds = started.elapsed().as_secs_f64();
     drop(runtime);
     let report = match result {
@@ -100,7 +108,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let line = serde_json::json!({ "seconds": seconds, "report": report });
+    let line = serde_json::json!({
+        "seconds": seconds,
+        "reading_seconds": reading_seconds.unwrap_or(seconds),
+        "report": report,
+    });
     println!("{line}");
     // Until the benchmark has read this process's counters; any end of input will do.
     let _ = std::io::stdin().read_to_end(&mut Vec::new());

@@ -55,6 +55,9 @@ pub struct FakeTable {
     pub budget: Budget,
     /// Every scan request: segment, total, the start id.
     pub scans: Mutex<Vec<(u32, u32, Option<String>)>>,
+    /// Reads of one user, and reads of several at once.
+    pub reads: AtomicUsize,
+    pub batch_reads: AtomicUsize,
     key_attribute: String,
 }
 
@@ -65,6 +68,8 @@ impl FakeTable {
             page_size,
             budget: Budget::unlimited(),
             scans: Mutex::default(),
+            reads: AtomicUsize::new(0),
+            batch_reads: AtomicUsize::new(0),
             key_attribute: key_attribute.to_owned(),
         })
     }
@@ -99,7 +104,15 @@ impl FakeTable {
 
 impl ItemReader for Arc<FakeTable> {
     async fn read_user(&self, name: &str) -> Result<Option<Item>, UserRepairError> {
+        self.reads.fetch_add(1, Ordering::SeqCst);
         Ok(self.items.lock().unwrap().get(name).cloned())
+    }
+
+    /// All at one moment, as one request would.
+    async fn read_users(&self, names: &[String]) -> Result<Vec<Option<Item>>, UserRepairError> {
+        self.batch_reads.fetch_add(1, Ordering::SeqCst);
+        let items = self.items.lock().unwrap();
+        Ok(names.iter().map(|name| items.get(name).cloned()).collect())
     }
 }
 

@@ -1,5 +1,6 @@
 //! The reconcile's on-disk index and checkpoint: what was scanned and listed, where each scan
-//! segment and the listing stopped, and which users were repaired, in one redb file.
+//! segment and the listing stopped, and which users were repaired or are being repaired, in
+//! one redb file.
 //!
 //! Memory stays bounded whatever the table's size: rows go to disk a page at a time (each
 //! page in the same transaction as the checkpoint that follows it, so a page is either wholly
@@ -36,6 +37,9 @@ const OBJECTS: TableDefinition<'_, &str, (u64, i64, &str)> = TableDefinition::ne
 const STATE: TableDefinition<'_, &str, &str> = TableDefinition::new("state");
 /// Users repaired: group key → the verdict that was repaired.
 const REPAIRS: TableDefinition<'_, &str, &str> = TableDefinition::new("repairs");
+/// Users whose repair has started and not yet been recorded in [`REPAIRS`]: group key → the
+/// verdict being repaired.
+const PENDING: TableDefinition<'_, &str, &str> = TableDefinition::new("pending repairs");
 /// The first unmirrorable items (smallest descriptions): description → reason.
 const UNMIRRORABLE: TableDefinition<'_, &str, &str> = TableDefinition::new("unmirrorable");
 
@@ -142,6 +146,15 @@ pub enum StateError {
     },
 }
 
+/// A repair an earlier attempt of this run recorded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordedRepair {
+    /// Repaired from this verdict.
+    Done(Verdict),
+    /// Started from this verdict, not known to have finished.
+    Pending(Verdict),
+}
+
 /// The index of one reconcile run.
 pub struct Index {
     db: Database,
@@ -188,6 +201,7 @@ impl Index {
             txn.open_table(USERS)?;
             txn.open_table(OBJECTS)?;
             txn.open_table(REPAIRS)?;
+            txn.open_table(PENDING)?;
             txn.open_table(UNMIRRORABLE)?;
             let mut state = txn.open_table(STATE)?;
             state.insert(PARAMETERS, json(parameters).as_str())?;
@@ -284,29 +298,64 @@ impl Index {
         })
     }
 
-    /// Records that the user of `group` was repaired from `verdict`.
-    pub fn record_repair(&self, group: &str, verdict: Verdict) -> Result<(), StateError> {
-        self.write("record a repair in", |txn| {
-            txn.open_table(REPAIRS)?
-                .insert(group, json(&verdict).as_str())?;
+    /// Records, in one transaction, that the users of `groups` are about to be repaired from
+    /// their verdicts: a run stopped before [`Index::record_repairs`] repairs them again when
+    /// resumed (a repair can be repeated) and still reports their verdicts, although their
+    /// objects may already read as in step.
+    pub fn record_pending(&self, groups: &[(&str, Verdict)]) -> Result<(), StateError> {
+        self.write("record repairs about to start in", |txn| {
+            let mut pending = txn.open_table(PENDING)?;
+            for (group, verdict) in groups {
+                pending.insert(*group, json(verdict).as_str())?;
+            }
             Ok(())
         })
     }
 
-    /// The verdicts repaired by an earlier attempt of this run, of the groups in `groups`.
+    /// Records, in one transaction, that the users of `groups` were repaired from their
+    /// verdicts: a resumed run counts them and does not repair them again.
+    pub fn record_repairs(&self, groups: &[(&str, Verdict)]) -> Result<(), StateError> {
+        self.write("record repairs in", |txn| {
+            let mut repairs = txn.open_table(REPAIRS)?;
+            let mut pending = txn.open_table(PENDING)?;
+            for (group, verdict) in groups {
+                repairs.insert(*group, json(verdict).as_str())?;
+                pending.remove(*group)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// What an earlier attempt of this run recorded of the repairs of `groups`.
     pub fn recorded_repairs<'g>(
         &self,
         groups: impl Iterator<Item = &'g str>,
-    ) -> Result<BTreeMap<String, Verdict>, StateError> {
-        let read = |index: &Self| -> Result<BTreeMap<String, Verdict>, redb::Error> {
+    ) -> Result<BTreeMap<String, RecordedRepair>, StateError> {
+        let read = |index: &Self| -> Result<BTreeMap<String, RecordedRepair>, redb::Error> {
             let txn = index.db.begin_read()?;
-            let table = txn.open_table(REPAIRS)?;
+            let repairs = txn.open_table(REPAIRS)?;
+            // A checkpoint written before this table existed has no repair pending.
+            let pending = match txn.open_table(PENDING) {
+                Ok(table) => Some(table),
+                Err(redb::TableError::TableDoesNotExist(_)) => None,
+                Err(err) => return Err(err.into()),
+            };
+            let verdict = |value: &str| serde_json::from_str::<Verdict>(value).ok();
             let mut found = BTreeMap::new();
             for group in groups {
-                if let Some(value) = table.get(group)? {
-                    if let Ok(verdict) = serde_json::from_str(value.value()) {
-                        found.insert(group.to_owned(), verdict);
-                    }
+                let done = repairs.get(group)?.and_then(|v| verdict(v.value()));
+                let recorded = match done {
+                    Some(verdict) => Some(RecordedRepair::Done(verdict)),
+                    None => match &pending {
+                        Some(pending) => pending
+                            .get(group)?
+                            .and_then(|v| verdict(v.value()))
+                            .map(RecordedRepair::Pending),
+                        None => None,
+                    },
+                };
+                if let Some(recorded) = recorded {
+                    found.insert(group.to_owned(), recorded);
                 }
             }
             Ok(found)
@@ -598,11 +647,22 @@ mod tests {
         assert_eq!(examples[0].item, "item 00");
         assert_eq!(examples[9].item, "item 09");
 
-        index.record_repair("cy/", Verdict::Missing).unwrap();
-        let recorded = index.recorded_repairs(["bob/", "cy/"].into_iter()).unwrap();
+        index
+            .record_pending(&[("cy/", Verdict::Missing), ("dee/", Verdict::Orphaned)])
+            .unwrap();
+        index.record_repairs(&[("cy/", Verdict::Missing)]).unwrap();
+        let recorded = index
+            .recorded_repairs(["bob/", "cy/", "dee/"].into_iter())
+            .unwrap();
         assert_eq!(
             recorded,
-            BTreeMap::from([("cy/".to_owned(), Verdict::Missing)])
+            BTreeMap::from([
+                ("cy/".to_owned(), RecordedRepair::Done(Verdict::Missing)),
+                (
+                    "dee/".to_owned(),
+                    RecordedRepair::Pending(Verdict::Orphaned)
+                ),
+            ])
         );
     }
 }

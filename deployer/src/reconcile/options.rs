@@ -12,7 +12,8 @@ use super::user::RepairHook;
 /// a large one within its read capacity.
 pub const DEFAULT_SEGMENTS: u32 = 4;
 
-/// Users compared (object reads, consistent reads) or repaired at once.
+/// Users compared at once (object reads, consistent reads), and writes in flight while
+/// repairing.
 pub const DEFAULT_CONCURRENCY: usize = 16;
 
 /// DynamoDB's own limit on `TotalSegments`.
@@ -31,7 +32,7 @@ pub struct ReconcileOptions {
     pub state_dir: Option<PathBuf>,
     /// Start afresh even when an interrupted run left a checkpoint.
     pub restart: bool,
-    /// Users compared or repaired at once.
+    /// Users compared at once, and writes in flight while repairing.
     pub concurrency: usize,
     /// Runs between each repair's read and its write (tests inject concurrent writes here).
     pub hook: Option<Arc<dyn RepairHook>>,

@@ -1,14 +1,25 @@
 //! The whole reconcile: read the table and the bucket into the index (resuming a checkpoint),
 //! judge every user, repair the drifted ones, and report.
 //!
+//! A batch of [`BATCH`] groups is judged first, then its drifted users are repaired together
+//! through [`UserRepairer::repair_all`]: a repaired user costs its write and a share of two
+//! `BatchGetItem`s (one before the writes, one verifying them), not two `GetItem`s of its own.
+//! The batch's repairs are recorded in the index as pending before the first write and as done
+//! after the last, two transactions a batch, so a resumed run neither repeats a recorded
+//! repair nor loses the verdict of one it interrupted (it repairs that user again).
+//!
 //! Peak memory does not grow with the table. What is held at once: redb's cache
 //! ([`super::index::CACHE_BYTES`], 32 MiB); at most [`super::scan::SCAN_CONCURRENCY`] scan
 //! pages of up to 1 MB each (a few MB each once parsed); one listing page of up to 1,000 keys;
-//! one batch of [`BATCH`] groups, each with at most ten example keys; and `concurrency` users
-//! being read or repaired, each an item of at most 400 KB and its body (bodies read for
-//! comparison are hashed as they stream). With the defaults that is about 32 + 8×5 + 1 + 3 +
-//! 16×1.5 MiB ≈ 100 MiB at the very worst, plus the runtime and the SDK's clients; a table of
-//! any size adds only disk (its keys and 16-byte digests in the index).
+//! one batch of [`BATCH`] groups, each with at most ten example keys; `concurrency` users
+//! being compared (bodies read for comparison are hashed as they stream; a presence check
+//! holds an item of at most 400 KB); and, while repairing, the bodies of about three hundred
+//! users read and waiting for their writes, `concurrency` writes, and two verifying reads of
+//! a hundred items each (see [`UserRepairer::repair_all`]). Each item and body is at most
+//! about 400 KB, so that is about 32 + 8×5 + 1 + 3 + 16×0.4 + 300×0.4 + 16×0.8 + 2×40 MiB ≈
+//! 300 MiB at the very worst, when every item is near DynamoDB's limit, and about 50 MiB
+//! with items of a few hundred bytes, plus the runtime and the SDK's clients; a table of any
+//! size adds only disk (its keys and 16-byte digests in the index).
 
 use std::path::{Path, PathBuf};
 use std::pin::pin;
@@ -21,7 +32,7 @@ use usersync_function::ObjectStore;
 use super::bucket::{BucketReader, S3Bucket};
 use super::deployed::{DeployedMirror, DeployedMirrorError};
 use super::etag::BucketEncryption;
-use super::index::{Index, Opened, Parameters, StateError};
+use super::index::{Index, Opened, Parameters, RecordedRepair, StateError};
 use super::judge::{body_verdict, Group, Pending, Verdict};
 use super::listing::list_bucket;
 use super::options::ReconcileOptions;
@@ -35,8 +46,10 @@ use crate::project::project_root;
 use crate::stack::StackError;
 use crate::target::Target;
 
-/// Groups judged per batch.
-pub const BATCH: usize = 256;
+/// Groups judged per batch. A batch's drifted users are repaired together, and the repairs
+/// run down to the last write before the next batch is judged: a thousand keeps that pause
+/// rare while the batch stays small in memory.
+pub const BATCH: usize = 1000;
 
 /// The report kept in the state directory.
 pub const REPORT_FILE: &str = "report.json";
@@ -360,10 +373,13 @@ async fn judge_and_repair<T: TableScanner, B: BucketReader, S: ObjectStore>(
                     .boxed()
             })
             .collect();
-        let outcomes: Vec<Outcome> = futures::stream::iter(judged)
+        let mut outcomes: Vec<Outcome> = futures::stream::iter(judged)
             .buffered(options.concurrency)
             .try_collect()
             .await?;
+        if options.repair {
+            judge.repair(&walked.groups, &mut outcomes).await?;
+        }
         for (group, outcome) in walked.groups.iter().zip(&outcomes) {
             tally.add(group, outcome.verdict, &outcome.repair, config);
             tally.body_reads += outcome.body_reads;
@@ -399,20 +415,35 @@ struct Judge<'a, T, B, S> {
 }
 
 impl<T: TableScanner, B: BucketReader, S: ObjectStore> Judge<'_, T, B, S> {
+    /// Judges one group; repairs come after, a batch at a time ([`Judge::repair`]).
     async fn group(
         &self,
         group: &Group,
-        recorded: Option<Verdict>,
+        recorded: Option<RecordedRepair>,
     ) -> Result<Outcome, ReconcileError> {
-        // Repaired by an interrupted attempt of this run: judged then, not again (the object
-        // now reads as repaired), and not repaired twice.
-        if let Some(verdict) = recorded {
-            return Ok(Outcome {
-                verdict,
-                repair: Repair::Repaired,
-                body_reads: 0,
-                presence_checks: 0,
-            });
+        match recorded {
+            // Repaired by an interrupted attempt of this run: judged then, not again (the
+            // object now reads as repaired), and not repaired twice.
+            Some(RecordedRepair::Done(verdict)) => {
+                return Ok(Outcome {
+                    verdict,
+                    repair: Repair::Repaired,
+                    body_reads: 0,
+                    presence_checks: 0,
+                })
+            }
+            // Being repaired when that attempt stopped: its write may have landed, so the
+            // object may read as in step now; the verdict is the one judged then, and the
+            // repair is done again.
+            Some(RecordedRepair::Pending(verdict)) => {
+                return Ok(Outcome {
+                    verdict,
+                    repair: Repair::None,
+                    body_reads: 0,
+                    presence_checks: 0,
+                })
+            }
+            None => {}
         }
         let mut outcome = Outcome {
             verdict: Verdict::NoUser,
@@ -442,21 +473,53 @@ impl<T: TableScanner, B: BucketReader, S: ObjectStore> Judge<'_, T, B, S> {
                 }
             }
         };
-        if let (true, true, Some(name)) = (
-            self.options.repair,
-            outcome.verdict.is_drift(),
-            group.name(),
-        ) {
-            // From a fresh consistent read: an orphan whose user appeared meanwhile gets the
-            // user's object, and a user changed meanwhile is written as they are now.
-            outcome.repair = match self.repairer.repair(name).await {
+        Ok(outcome)
+    }
+
+    /// Repairs the drifted users of a judged batch, from fresh consistent reads: an orphan
+    /// whose user appeared meanwhile gets the user's object, and a user changed meanwhile is
+    /// written as they are now.
+    async fn repair(
+        &self,
+        groups: &[Group],
+        outcomes: &mut [Outcome],
+    ) -> Result<(), ReconcileError> {
+        // Each drifted user: where it is in the batch, its name, and what the index records.
+        let drifted: Vec<(usize, &str, (&str, Verdict))> = groups
+            .iter()
+            .zip(outcomes.iter())
+            .enumerate()
+            .filter(|(_, (_, outcome))| {
+                outcome.verdict.is_drift() && matches!(outcome.repair, Repair::None)
+            })
+            .filter_map(|(at, (group, outcome))| {
+                Some((at, group.name()?, (group.key.as_str(), outcome.verdict)))
+            })
+            .collect();
+        if drifted.is_empty() {
+            return Ok(());
+        }
+        let pending: Vec<(&str, Verdict)> = drifted.iter().map(|(_, _, record)| *record).collect();
+        self.index.record_pending(&pending)?;
+        let names: Vec<String> = drifted
+            .iter()
+            .map(|(_, name, _)| (*name).to_owned())
+            .collect();
+        let results = self
+            .repairer
+            .repair_all(&names, self.options.concurrency)
+            .await;
+        let mut repaired = Vec::with_capacity(drifted.len());
+        for ((at, _, record), result) in drifted.iter().zip(results) {
+            outcomes[*at].repair = match result {
                 Ok(_) => {
-                    self.index.record_repair(&group.key, outcome.verdict)?;
+                    repaired.push(*record);
                     Repair::Repaired
                 }
                 Err(err) => Repair::Failed(chain(&err)),
             };
         }
-        Ok(outcome)
+        self.index.record_repairs(&repaired)?;
+        Ok(())
     }
 }

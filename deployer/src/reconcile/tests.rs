@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::num::NonZeroUsize;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use aws_sdk_dynamodb::types::AttributeValue;
@@ -13,7 +14,7 @@ use usersync_function::{Config, DeleteScope, ObjectStore};
 use super::etag::BucketEncryption;
 use super::fake::{Etags, FakeBucket, FakeTable};
 use super::report::{ReconcileReport, EXIT_DRIFT, EXIT_FAILED, EXIT_IN_STEP};
-use super::run::{run, ReconcileError, Sources};
+use super::run::{run, ReconcileError, Sources, BATCH};
 use super::user::{expected_body, Item};
 use super::{DeployedMirror, ReconcileOptions, RepairHook, Share};
 
@@ -273,10 +274,32 @@ async fn a_failed_repair_is_counted_listed_and_fails_the_run() {
     assert!(report.summary().contains("1 of 2 users repaired, 1 failed"));
 }
 
+#[tokio::test]
+async fn a_backfill_reads_the_table_twice_per_batch_of_users_not_twice_per_user() {
+    let world = World::new(DeleteScope::Object, MemoryStore::default());
+    for i in 0..250u32 {
+        world.table.put_user(&format!("user{i:03}"), &[("n", i)]);
+    }
+    let report = world.reconcile(&repairing()).await.unwrap();
+    assert_eq!((report.missing, report.repaired), (250, 250));
+    assert_eq!(world.bucket.store.snapshot(), world.expected_objects());
+    // Batches of 100, 100 and 50 users: a read before their writes and one after each.
+    let reads = |count: &std::sync::atomic::AtomicUsize| count.load(Ordering::SeqCst);
+    assert_eq!(
+        (reads(&world.table.reads), reads(&world.table.batch_reads)),
+        (0, 6)
+    );
+}
+
 /// Many users, some drifted, for the runs that are interrupted or shared.
 fn crowd(scope: DeleteScope) -> World {
+    crowd_of(scope, 40)
+}
+
+/// [`crowd`] with `users` users.
+fn crowd_of(scope: DeleteScope, users: u32) -> World {
     let world = World::new(scope, MemoryStore::default());
-    for i in 0..40u32 {
+    for i in 0..users {
         let name = format!("user{i:02}");
         world.table.put_user(&name, &[("n", i)]);
         let key = World::key(&name);
@@ -402,7 +425,10 @@ async fn an_interrupted_listing_resumes_after_the_last_key_committed() {
 
 #[tokio::test]
 async fn an_interrupted_repair_skips_the_users_it_repaired() {
-    let mut baseline = crowd(DeleteScope::Object);
+    // More users than a batch judges, so that the first batch is repaired and recorded
+    // before the body reads of the second run out.
+    let users = BATCH as u32 + 300;
+    let mut baseline = crowd_of(DeleteScope::Object, users);
     baseline.bucket.etags = Etags::Opaque;
     baseline.bucket.encryption = BucketEncryption::Kms;
     let one_at_a_time = ReconcileOptions {
@@ -412,10 +438,11 @@ async fn an_interrupted_repair_skips_the_users_it_repaired() {
     let expected = baseline.reconcile(&one_at_a_time).await.unwrap();
     assert_eq!(expected.repaired, expected.drifted_users);
 
-    let mut world = crowd(DeleteScope::Object);
+    let mut world = crowd_of(DeleteScope::Object, users);
     world.bucket.etags = Etags::Opaque;
     world.bucket.encryption = BucketEncryption::Kms;
-    world.bucket.read_budget.set(20);
+    // Every object is read: the first batch's reads fit, the second's do not.
+    world.bucket.read_budget.set(BATCH);
     let setup = world.bucket.store.calls().len();
     assert!(world.reconcile(&one_at_a_time).await.is_err());
     assert!(
