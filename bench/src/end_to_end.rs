@@ -7,10 +7,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
+use aws_sdk_dynamodb::types::AttributeValue;
 use serde::Serialize;
 
 use super::stats::{percentile, Summary};
+use super::table_writes::{self, BATCH_WRITE_ITEMS};
 use super::BenchError;
 use deployer::artifact::Artifact;
 use deployer::console::RecordingConsole;
@@ -125,34 +126,14 @@ async fn write_and_watch(
     let names: Vec<String> = (0..users).map(|i| format!("e2e-{i:05}")).collect();
     let started = Instant::now();
     let mut written_at: HashMap<String, Duration> = HashMap::with_capacity(users);
-    for chunk in names.chunks(25) {
-        let mut pending: Vec<WriteRequest> = chunk
-            .iter()
-            .map(|name| {
-                let item = HashMap::from([
-                    ("name".to_owned(), AttributeValue::S(name.clone())),
-                    ("plan".to_owned(), AttributeValue::S("pro".to_owned())),
-                ]);
-                let put = PutRequest::builder()
-                    .set_item(Some(item))
-                    .build()
-                    .expect("the item is set");
-                WriteRequest::builder().put_request(put).build()
-            })
-            .collect();
-        while !pending.is_empty() {
-            let answer = dynamodb
-                .batch_write_item()
-                .request_items(table, pending)
-                .send()
-                .await
-                .map_err(|err| aws_error("write users with BatchWriteItem", err))?;
-            pending = answer
-                .unprocessed_items()
-                .and_then(|items| items.get(table))
-                .cloned()
-                .unwrap_or_default();
-        }
+    for chunk in names.chunks(BATCH_WRITE_ITEMS) {
+        let items = chunk.iter().map(|name| {
+            HashMap::from([
+                ("name".to_owned(), AttributeValue::S(name.clone())),
+                ("plan".to_owned(), AttributeValue::S("pro".to_owned())),
+            ])
+        });
+        table_writes::batch_put(&dynamodb, table, items).await?;
         let at = started.elapsed();
         for name in chunk {
             written_at.insert(format!("{name}/userdata"), at);

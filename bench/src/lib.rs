@@ -12,6 +12,7 @@ pub mod process_stats;
 pub mod reconcile;
 pub mod report;
 pub mod stats;
+pub mod table_writes;
 pub mod throughput;
 pub mod workload;
 

@@ -16,14 +16,15 @@ use std::io::{BufRead, BufReader};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
+use aws_sdk_dynamodb::types::AttributeValue;
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 use tokio::io::AsyncBufReadExt;
 
 use super::process_stats;
+use super::table_writes::{self, BATCH_WRITE_ITEMS};
 use super::throughput::{self, FunctionRun, S3Target};
 use super::workload::{Variant, Workload};
 use super::{in_new_bucket, BenchError};
@@ -32,7 +33,7 @@ use deployer::console::RecordingConsole;
 use deployer::reconcile::options::{DEFAULT_CONCURRENCY, DEFAULT_SEGMENTS};
 use deployer::reconcile::{DeployedMirror, ReconcileReport};
 use deployer::settings::StackSettings;
-use deployer::stack::{self, aws_error};
+use deployer::stack;
 use deployer::target::Target;
 use deployer::workflow;
 
@@ -41,9 +42,6 @@ pub const REFERENCE_RECORDS: usize = 10_000;
 
 /// `BatchWriteItem` requests in flight while the table is loaded.
 const LOAD_CONCURRENCY: usize = 16;
-
-/// DynamoDB's limit on the writes of one `BatchWriteItem`.
-const BATCH_WRITE_ITEMS: usize = 25;
 
 /// The reconcile process, a binary of this package.
 const BINARY: &str = "usersync-bench-reconcile";
@@ -255,35 +253,8 @@ async fn write_users(
     key_attribute: &str,
     users: Range<usize>,
 ) -> Result<(), BenchError> {
-    let mut pending: Vec<WriteRequest> = users
-        .map(|i| {
-            let put = PutRequest::builder()
-                .set_item(Some(user_item(key_attribute, &format!("user-{i:07}"))))
-                .build()
-                .expect("the item is set");
-            WriteRequest::builder().put_request(put).build()
-        })
-        .collect();
-    let mut attempt = 0;
-    while !pending.is_empty() {
-        if attempt > 0 {
-            // DynamoDB hands back what it could not take now; it asks for a backoff first.
-            tokio::time::sleep(Duration::from_millis(50 << attempt.min(5))).await;
-        }
-        attempt += 1;
-        let answer = dynamodb
-            .batch_write_item()
-            .request_items(table, pending)
-            .send()
-            .await
-            .map_err(|err| aws_error("write users with BatchWriteItem", err))?;
-        pending = answer
-            .unprocessed_items()
-            .and_then(|items| items.get(table))
-            .cloned()
-            .unwrap_or_default();
-    }
-    Ok(())
+    let items = users.map(|i| user_item(key_attribute, &format!("user-{i:07}")));
+    table_writes::batch_put(dynamodb, table, items).await
 }
 
 /// The function on mixed batches of [`REFERENCE_RECORDS`], as the throughput section measures
