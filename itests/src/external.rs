@@ -7,14 +7,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, PutRequest,
-    ScalarAttributeType, StreamSpecification, StreamViewType, TableStatus, WriteRequest,
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
+    ScalarAttributeType, StreamSpecification, StreamViewType, TableStatus,
 };
 use aws_sdk_s3::types::{Delete, ObjectIdentifier};
 use deployer::target::Target;
 use usersync_function::config::DEFAULT_KEY_ATTRIBUTE as KEY_ATTRIBUTE;
 
-use crate::test_stack::{write_batches, POLL_INTERVAL};
+use crate::test_stack::{put_items, POLL_INTERVAL};
 
 /// How long a new table, or a table whose stream was just enabled, may take to be `ACTIVE`.
 pub const ACTIVE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -126,14 +126,7 @@ impl External {
 
     /// Writes `items` into the table with BatchWriteItem.
     pub async fn batch_put(&self, items: Vec<HashMap<String, AttributeValue>>) -> Result<()> {
-        let requests = items
-            .into_iter()
-            .map(|item| {
-                let put = PutRequest::builder().set_item(Some(item)).build()?;
-                Ok(WriteRequest::builder().put_request(put).build())
-            })
-            .collect::<Result<Vec<_>, aws_sdk_dynamodb::error::BuildError>>()?;
-        write_batches(&self.target.dynamodb(), &self.table, requests).await
+        put_items(&self.target.dynamodb(), &self.table, items).await
     }
 
     /// The table's items, counted with a consistent Scan.

@@ -134,14 +134,7 @@ impl TestStack {
     /// Writes `items` with BatchWriteItem, 25 at a time, resending what DynamoDB left
     /// unprocessed.
     pub async fn batch_put(&self, items: Vec<HashMap<String, AttributeValue>>) -> Result<()> {
-        let requests = items
-            .into_iter()
-            .map(|item| {
-                let put = PutRequest::builder().set_item(Some(item)).build()?;
-                Ok(WriteRequest::builder().put_request(put).build())
-            })
-            .collect::<Result<Vec<_>, aws_sdk_dynamodb::error::BuildError>>()?;
-        self.batch_write(requests).await
+        put_items(&self.target.dynamodb(), self.table(), items).await
     }
 
     pub async fn batch_delete(&self, names: &[String]) -> Result<()> {
@@ -407,6 +400,22 @@ impl Drop for TestStack {
         });
         let _ = cleanup.join();
     }
+}
+
+/// Puts `items` into `table` with BatchWriteItem (see [`write_batches`]).
+pub async fn put_items(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+    items: Vec<HashMap<String, AttributeValue>>,
+) -> Result<()> {
+    let requests = items
+        .into_iter()
+        .map(|item| {
+            let put = PutRequest::builder().set_item(Some(item)).build()?;
+            Ok(WriteRequest::builder().put_request(put).build())
+        })
+        .collect::<Result<Vec<_>, aws_sdk_dynamodb::error::BuildError>>()?;
+    write_batches(client, table, requests).await
 }
 
 /// Writes `requests` into `table` with BatchWriteItem, 25 at a time, resending what DynamoDB
