@@ -55,23 +55,26 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), BuildError> {
         fs::create_dir_all(dir).map_err(io("create directory", dir))?;
     }
     // A temporary file in the same directory, renamed over the target: readers (such as a
-    // concurrent upload) see the old zip or the new one, never half of one.
+    // concurrent upload) see the old zip or the new one, never half of one. Its name is unique
+    // (tempfile), so builds racing in one process (tests starting sessions side by side) each
+    // rename their own file.
     let name = path.file_name().map_or_else(
         || "bootstrap.zip".into(),
         |n| n.to_string_lossy().into_owned(),
     );
-    let temp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
-    let result = write_and_sync(&temp, bytes)
-        .map_err(io("write", &temp))
-        .and_then(|()| fs::rename(&temp, path).map_err(io("replace", path)));
-    if result.is_err() {
-        let _ = fs::remove_file(&temp);
-    }
-    result
+    let temp = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(".tmp")
+        .tempfile_in(dir.unwrap_or_else(|| Path::new(".")))
+        .map_err(io("create a temporary file beside", path))?;
+    write_and_sync(temp.as_file(), bytes).map_err(io("write", temp.path()))?;
+    // On failure the temporary file is removed when dropped.
+    temp.persist(path)
+        .map(drop)
+        .map_err(|err| io("replace", path)(err.error))
 }
 
-fn write_and_sync(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut file = fs::File::create(path)?;
+fn write_and_sync(mut file: &fs::File, bytes: &[u8]) -> std::io::Result<()> {
     file.write_all(bytes)?;
     file.sync_all()
 }
