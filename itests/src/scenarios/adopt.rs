@@ -9,11 +9,11 @@ use deployer::settings::StackSettings;
 use deployer::stack::{self, TeardownOutcome};
 use deployer::target::Target;
 
-use super::{body, reconcile_options, reconcile_stack};
+use super::{body, free_users, reconcile_options, reconcile_stack};
 use crate::emulator::REGION;
 use crate::external::External;
 use crate::harness::Backend;
-use crate::test_stack::{n, s, unique_stack_name, user_item};
+use crate::test_stack::{n, s, unique_stack_name};
 
 const USERS: usize = 500;
 
@@ -26,12 +26,7 @@ pub(super) async fn adopt_existing_table(backend: &Backend) -> Result<()> {
     );
     external.create_table().await?;
     external.create_bucket().await?;
-    let names: Vec<String> = (0..USERS).map(|i| format!("adopted-{i:03}")).collect();
-    let items = names
-        .iter()
-        .enumerate()
-        .map(|(i, name)| user_item(name, &[("plan", s("free")), ("seats", n(i))]))
-        .collect();
+    let (names, items) = free_users("adopted", USERS, 3);
     external.batch_put(items).await?;
     external.enable_stream().await?;
 

@@ -6,10 +6,9 @@ use anyhow::{ensure, Result};
 use deployer::reconcile::report::{EXIT_DRIFT, EXIT_IN_STEP};
 use serde_json::json;
 
-use super::{reconcile_options, reconcile_stack, settings};
+use super::{free_users, reconcile_options, reconcile_stack, settings};
 use crate::external::delete_keys;
 use crate::harness::Backend;
-use crate::test_stack::{n, s, user_item};
 
 const USERS: usize = 60;
 
@@ -21,12 +20,7 @@ const FOREIGN: [&str; 3] = ["README.txt", "no-slash-key", "drift-59/other.txt"];
 
 pub(super) async fn drift(backend: &Backend) -> Result<()> {
     let stack = backend.deploy(settings("drift")).await?;
-    let names: Vec<String> = (0..USERS).map(|i| format!("drift-{i:02}")).collect();
-    let items = names
-        .iter()
-        .enumerate()
-        .map(|(i, name)| user_item(name, &[("plan", s("free")), ("seats", n(i))]))
-        .collect();
+    let (names, items) = free_users("drift", USERS, 2);
     stack.batch_put(items).await?;
     stack.wait_in_step("writing 60 users").await?;
 

@@ -96,6 +96,27 @@ fn settings(label: &str) -> StackSettings {
 }
 
 /// The JSON body the function writes for user `name` with a plan and a number.
+/// `count` users `<prefix>-<i>` (`i` zero-padded to `width` digits) on the free plan with `i`
+/// seats: their names, and their items.
+fn free_users(
+    prefix: &str,
+    count: usize,
+    width: usize,
+) -> (
+    Vec<String>,
+    Vec<std::collections::HashMap<String, aws_sdk_dynamodb::types::AttributeValue>>,
+) {
+    let names: Vec<String> = (0..count)
+        .map(|i| format!("{prefix}-{i:0width$}"))
+        .collect();
+    let items = names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| user_item(name, &[("plan", s("free")), ("seats", n(i))]))
+        .collect();
+    (names, items)
+}
+
 fn body(name: &str, plan: &str, seats: u32) -> Value {
     json!({"name": name, "plan": plan, "seats": seats})
 }

@@ -19,10 +19,10 @@ use futures::{StreamExt, TryStreamExt};
 use serde_json::{json, Value};
 use usersync_function::config::DEFAULT_KEY_ATTRIBUTE as KEY_ATTRIBUTE;
 
-use super::{body, reconcile_stack, settings};
+use super::{body, free_users, reconcile_stack, settings};
 use crate::external::delete_keys;
 use crate::harness::Backend;
-use crate::test_stack::{n, s, user_item, CONVERGE_TIMEOUT};
+use crate::test_stack::{n, s, CONVERGE_TIMEOUT};
 
 const USERS: usize = 2000;
 /// How often the hook looks whether the function has mirrored its write: often, since every
@@ -135,12 +135,7 @@ pub(super) async fn reconcile_race(backend: &Backend) -> Result<()> {
     // out first.
     settings.maximum_batching_window_seconds = 0;
     let stack = backend.deploy(settings).await?;
-    let names: Vec<String> = (0..USERS).map(|i| format!("race-{i:04}")).collect();
-    let items = names
-        .iter()
-        .enumerate()
-        .map(|(i, name)| user_item(name, &[("plan", s("free")), ("seats", n(i))]))
-        .collect();
+    let (names, items) = free_users("race", USERS, 4);
     stack.batch_put(items).await?;
     stack.wait_in_step("writing 2,000 users").await?;
     // The drift the reconcile starts from, behind the function's back: the objects of the users
