@@ -1,13 +1,17 @@
 //! `cargo xtask bench`: the function's throughput against the raw S3 limit of the same
-//! endpoint, its memory and cold start, end-to-end latency on the local pipeline, deploy times,
-//! and the whole-table reconcile at scale. Performance is measured here, never in timed tests.
+//! endpoint, its memory and cold start, the function sized as Lambda sizes it (CPU and memory
+//! of each memory size, S3 at real S3's latency), end-to-end latency on the local pipeline,
+//! deploy times, and the whole-table reconcile at scale. Performance is measured here, never in
+//! timed tests.
 //!
 //! Everything runs against one target: a private embedded emulator (the default) or an
 //! endpoint. The function always runs on this machine, through the local Runtime API host.
 
+pub mod cgroup;
 pub mod cold_start;
 pub mod deploy_times;
 pub mod end_to_end;
+pub mod lambda_sized;
 pub mod process_stats;
 pub mod reconcile;
 pub mod report;
@@ -29,6 +33,7 @@ use deployer::reconcile::DeployedMirrorError;
 use deployer::stack::StackError;
 use deployer::target::{Target, DEFAULT_LOCAL_REGION};
 use deployer::workflow::DeployError;
+use lambda_sized::{LambdaOptions, LambdaSection};
 use report::{BenchReport, Machine, RunSettings, Versions};
 use throughput::{LoopRuntime, S3Target, SizeResult};
 use usersync_function::config;
@@ -47,6 +52,10 @@ pub enum BenchError {
     Host(#[source] HostError),
     #[error("the function process went away during the benchmark")]
     FunctionGone,
+    #[error("a Lambda-sized cgroup failed")]
+    Cgroup(#[from] cgroup::CgroupError),
+    #[error("failed to start the S3 latency proxy")]
+    Proxy(#[source] std::io::Error),
     #[error("the function failed a benchmark batch, so the run measures nothing: {0}")]
     FunctionFailed(String),
     #[error("the raw S3 loop failed, so the run measures nothing: {0}")]
@@ -95,13 +104,19 @@ pub enum BenchError {
 pub struct BenchOptions {
     /// `None`: a private embedded emulator, stopped at the end.
     pub endpoint: Option<Target>,
+    /// The raw S3 limit, the function's throughput by batch size and its `MAX_CONCURRENCY`
+    /// sweep; `false` skips them.
+    pub throughput: bool,
     pub batch_sizes: Vec<usize>,
     pub repetitions: usize,
     /// The raw loop's concurrencies to try; the best is the limit.
     pub limit_concurrencies: Vec<usize>,
     /// The function's `MAX_CONCURRENCY` values to sweep (on 1,000-record batches); empty skips.
     pub function_concurrencies: Vec<usize>,
+    /// Cold starts measured; 0 skips them.
     pub cold_start_repetitions: usize,
+    /// The function sized as Lambda sizes it; `None` skips it.
+    pub lambda: Option<LambdaOptions>,
     /// Users written for the end-to-end measurement; 0 skips it.
     pub end_to_end_users: usize,
     /// Create / no-op / teardown cycles; 0 skips them.
@@ -114,11 +129,13 @@ impl Default for BenchOptions {
     fn default() -> Self {
         Self {
             endpoint: None,
+            throughput: true,
             batch_sizes: vec![100, 1_000, 10_000],
             repetitions: 5,
             limit_concurrencies: vec![16, 32, 64, 128, 256],
             function_concurrencies: vec![8, 16, 32, 64, 128, 256],
             cold_start_repetitions: 10,
+            lambda: Some(LambdaOptions::default()),
             end_to_end_users: 1_000,
             deploy_repetitions: 3,
             reconcile_users: 100_000,
@@ -128,9 +145,9 @@ impl Default for BenchOptions {
 
 impl BenchOptions {
     /// A short run to try the command: sizes 100 and 1,000, two repetitions, one deploy
-    /// cycle, 200 users end to end, no `MAX_CONCURRENCY` sweep, a reconcile of 10,000 users
-    /// (not 100,000; the function is still measured on 10,000-record batches, for the
-    /// reconcile to be compared with).
+    /// cycle, 200 users end to end, no `MAX_CONCURRENCY` sweep, the Lambda-sized section's
+    /// [`LambdaOptions::quick`], a reconcile of 10,000 users (not 100,000; the function is
+    /// still measured on 10,000-record batches, for the reconcile to be compared with).
     pub fn quick() -> Self {
         Self {
             batch_sizes: vec![100, 1_000],
@@ -138,6 +155,7 @@ impl BenchOptions {
             limit_concurrencies: vec![32, 64, 128],
             function_concurrencies: Vec::new(),
             cold_start_repetitions: 3,
+            lambda: Some(LambdaOptions::quick()),
             end_to_end_users: 200,
             deploy_repetitions: 1,
             reconcile_users: 10_000,
@@ -150,7 +168,7 @@ impl BenchOptions {
         if self.batch_sizes.is_empty() || self.batch_sizes.iter().any(|&n| n == 0 || n > 10_000) {
             return bad("every batch size", "between 1 and 10000 (Lambda's maximum)");
         }
-        if self.repetitions == 0 || self.cold_start_repetitions == 0 {
+        if self.repetitions == 0 {
             return bad("the number of repetitions", "at least 1");
         }
         if self.limit_concurrencies.is_empty() || self.limit_concurrencies.contains(&0) {
@@ -163,7 +181,25 @@ impl BenchOptions {
         {
             return bad("every MAX_CONCURRENCY to sweep", "between 1 and 1024");
         }
+        if let Some(lambda) = &self.lambda {
+            lambda.validate()?;
+        }
         Ok(())
+    }
+
+    /// The sections this run measures, by the names `--only` and `--skip` take.
+    pub fn sections(&self) -> Vec<&'static str> {
+        [
+            ("throughput", self.throughput),
+            ("cold-start", self.cold_start_repetitions > 0),
+            ("lambda", self.lambda.is_some()),
+            ("end-to-end", self.end_to_end_users > 0),
+            ("deploy", self.deploy_repetitions > 0),
+            ("reconcile", self.reconcile_users > 0),
+        ]
+        .into_iter()
+        .filter_map(|(name, on)| on.then_some(name))
+        .collect()
     }
 }
 
@@ -234,6 +270,11 @@ pub async fn run(
                 .is_none()
                 .then(|| FAKECLOUD_VERSION.to_owned()),
         },
+        archive: report::Archive {
+            architecture: artifact.architecture.as_str().to_owned(),
+            zip_bytes: artifact.size,
+            binary_bytes: std::fs::metadata(&artifact.binary_path).map_or(0, |m| m.len()),
+        },
         settings: RunSettings {
             target: match &options.endpoint {
                 Some(target) => target.describe(),
@@ -247,14 +288,16 @@ pub async fn run(
             end_to_end_users: options.end_to_end_users,
             deploy_repetitions: options.deploy_repetitions,
             reconcile_users: options.reconcile_users,
+            sections: options.sections().into_iter().map(str::to_owned).collect(),
         },
         throughput: std::mem::take(&mut parts.throughput),
         limit_sweep: parts.limit_sweep,
-        limit_concurrency: parts.limit_concurrency,
-        limit_runtime: parts.limit_runtime,
+        limit_concurrency: parts.limit.map(|(concurrency, _)| concurrency),
+        limit_runtime: parts.limit.map(|(_, runtime)| runtime),
         function_concurrency_sweep: parts.function_concurrency_sweep,
-        cold_start_ms: parts.cold_start.to_first_next_ms.median,
+        cold_start_ms: parts.cold_start.as_ref().map(|c| c.to_first_next_ms.median),
         cold_start: parts.cold_start,
+        lambda: parts.lambda,
         noop_deploy_ms: parts.deploy.as_ref().map(|d| d.noop_deploy_ms.median),
         end_to_end: parts.end_to_end,
         deploy: parts.deploy,
@@ -268,10 +311,11 @@ pub async fn run(
 struct Parts {
     throughput: Vec<SizeResult>,
     limit_sweep: Vec<throughput::LimitRun>,
-    limit_concurrency: usize,
-    limit_runtime: throughput::LoopRuntime,
+    /// The raw loop's best concurrency and runtime.
+    limit: Option<(usize, LoopRuntime)>,
     function_concurrency_sweep: Vec<throughput::FunctionRun>,
-    cold_start: cold_start::ColdStartRun,
+    cold_start: Option<cold_start::ColdStartRun>,
+    lambda: Option<LambdaSection>,
     end_to_end: Option<end_to_end::EndToEndRun>,
     deploy: Option<deploy_times::DeployRun>,
     reconcile: Option<reconcile::ReconcileRun>,
@@ -287,6 +331,109 @@ async fn measure_all(
     let binary = &artifact.binary_path;
     let reps = options.repetitions;
 
+    let throughput = if options.throughput {
+        measure_throughput(options, target, binary, s3, progress).await?
+    } else {
+        Throughput::default()
+    };
+
+    let cold_start = if options.cold_start_repetitions > 0 {
+        progress("cold starts");
+        Some(cold_start::measure(binary, s3, options.cold_start_repetitions).await?)
+    } else {
+        None
+    };
+
+    let lambda = match &options.lambda {
+        Some(lambda) => Some(lambda_sized::measure(lambda, target, binary, s3, progress).await?),
+        None => None,
+    };
+
+    let end_to_end = if options.end_to_end_users > 0 {
+        progress(&format!(
+            "end to end: {} users with BatchWriteItem through the local pipeline",
+            options.end_to_end_users
+        ));
+        Some(
+            end_to_end::measure(
+                target,
+                artifact,
+                options.end_to_end_users,
+                &format!("bench-e2e-{}", std::process::id()),
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
+
+    let deploy = if options.deploy_repetitions > 0 {
+        progress("deploy: a new stack, a no-change deploy and a teardown");
+        Some(
+            deploy_times::measure(
+                target,
+                options.deploy_repetitions,
+                &format!("bench-deploy-{}", std::process::id()),
+                progress,
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
+
+    let reconcile = if options.reconcile_users > 0 {
+        let users = options.reconcile_users;
+        progress(&format!(
+            "reconcile: {users} users in a deployed stack's table, a backfill and a check, each in a process of its own"
+        ));
+        Some(
+            reconcile::measure(
+                target,
+                s3,
+                artifact,
+                users,
+                reps,
+                &format!("bench-reconcile-{}", std::process::id()),
+                progress,
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
+
+    Ok(Parts {
+        throughput: throughput.sizes,
+        limit_sweep: throughput.limit_sweep,
+        limit: throughput.limit,
+        function_concurrency_sweep: throughput.function_concurrency_sweep,
+        cold_start,
+        lambda,
+        end_to_end,
+        deploy,
+        reconcile,
+    })
+}
+
+/// The throughput sections' results.
+#[derive(Default)]
+struct Throughput {
+    sizes: Vec<SizeResult>,
+    limit_sweep: Vec<throughput::LimitRun>,
+    limit: Option<(usize, LoopRuntime)>,
+    function_concurrency_sweep: Vec<throughput::FunctionRun>,
+}
+
+/// The raw S3 limit, the function by batch size against it, and the `MAX_CONCURRENCY` sweep.
+async fn measure_throughput(
+    options: &BenchOptions,
+    target: &Target,
+    binary: &std::path::Path,
+    s3: &S3Target,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Throughput, BenchError> {
+    let reps = options.repetitions;
     let sweep_size = options
         .batch_sizes
         .iter()
@@ -386,73 +533,11 @@ async fn measure_all(
         }
     }
 
-    progress("cold starts");
-    let cold_start = cold_start::measure(binary, s3, options.cold_start_repetitions).await?;
-
-    let end_to_end = if options.end_to_end_users > 0 {
-        progress(&format!(
-            "end to end: {} users with BatchWriteItem through the local pipeline",
-            options.end_to_end_users
-        ));
-        Some(
-            end_to_end::measure(
-                target,
-                artifact,
-                options.end_to_end_users,
-                &format!("bench-e2e-{}", std::process::id()),
-            )
-            .await?,
-        )
-    } else {
-        None
-    };
-
-    let deploy = if options.deploy_repetitions > 0 {
-        progress("deploy: a new stack, a no-change deploy and a teardown");
-        Some(
-            deploy_times::measure(
-                target,
-                options.deploy_repetitions,
-                &format!("bench-deploy-{}", std::process::id()),
-                progress,
-            )
-            .await?,
-        )
-    } else {
-        None
-    };
-
-    let reconcile = if options.reconcile_users > 0 {
-        let users = options.reconcile_users;
-        progress(&format!(
-            "reconcile: {users} users in a deployed stack's table, a backfill and a check, each in a process of its own"
-        ));
-        Some(
-            reconcile::measure(
-                target,
-                s3,
-                artifact,
-                users,
-                reps,
-                &format!("bench-reconcile-{}", std::process::id()),
-                progress,
-            )
-            .await?,
-        )
-    } else {
-        None
-    };
-
-    Ok(Parts {
-        throughput: sizes,
+    Ok(Throughput {
+        sizes,
         limit_sweep,
-        limit_concurrency,
-        limit_runtime,
+        limit: Some((limit_concurrency, limit_runtime)),
         function_concurrency_sweep,
-        cold_start,
-        end_to_end,
-        deploy,
-        reconcile,
     })
 }
 

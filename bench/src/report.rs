@@ -1,21 +1,27 @@
 //! The benchmark's results: the report (stable JSON field names), the targets it is held to,
-//! the terminal table and the throughput chart.
+//! the terminal table, the throughput chart and the Lambda-sized chart.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 use serde::Serialize;
 
 use super::cold_start::ColdStartRun;
 use super::deploy_times::DeployRun;
 use super::end_to_end::EndToEndRun;
+use super::lambda_sized::{LambdaRow, LambdaSection};
 use super::reconcile::ReconcileRun;
 use super::throughput::{FunctionRun, LimitRun, SizeResult};
 use super::BenchError;
 
 /// Bumped when a field changes meaning or goes away.
-pub const SCHEMA_VERSION: u32 = 1;
+///
+/// 2: adds `lambda` (the Lambda-sized section, null when not run) and `settings.sections`;
+/// `limit_concurrency`, `limit_runtime`, `cold_start_ms` and `cold_start` are null when their
+/// section was not run (`cargo xtask bench --only` / `--skip`).
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Everything one run measured.
 #[derive(Clone, Debug, Serialize)]
@@ -27,18 +33,27 @@ pub struct BenchReport {
     pub machine: Machine,
     pub versions: Versions,
     pub settings: RunSettings,
+    /// The function's archive as this run built it (the `lambda-artifact` profile, for this
+    /// machine's architecture): `architecture`, `zip_bytes`, `binary_bytes`.
+    pub archive: Archive,
     /// Per batch size: `records`, `records_per_s`, `limit_records_per_s`, `ratio`,
     /// `peak_rss_bytes`, and the runs behind them.
     pub throughput: Vec<SizeResult>,
     /// The raw loop at each concurrency tried; the best one is the limit.
     pub limit_sweep: Vec<LimitRun>,
-    pub limit_concurrency: usize,
-    pub limit_runtime: super::throughput::LoopRuntime,
+    pub limit_concurrency: Option<usize>,
+    pub limit_runtime: Option<super::throughput::LoopRuntime>,
     /// The function at each `MAX_CONCURRENCY` tried (mixed batches).
     pub function_concurrency_sweep: Vec<FunctionRun>,
     /// Median spawn to first `/next`.
-    pub cold_start_ms: f64,
-    pub cold_start: ColdStartRun,
+    pub cold_start_ms: Option<f64>,
+    pub cold_start: Option<ColdStartRun>,
+    /// The function sized as Lambda sizes it: `skipped` (the reason, or null), `setup` and
+    /// `rows`, one per run with `memory_mb`, `batch_size`, `s3_latency_ms`, `jitter_ms`,
+    /// `records_per_s`, `batch_p50_ms`, `batch_p99_ms`, `cpu_us_per_record`,
+    /// `peak_rss_bytes`, and `max_concurrency` or `parallelization_factor` on the rows of
+    /// those sweeps.
+    pub lambda: Option<LambdaSection>,
     pub end_to_end: Option<EndToEndRun>,
     /// Median no-change `deploy`.
     pub noop_deploy_ms: Option<f64>,
@@ -47,6 +62,13 @@ pub struct BenchReport {
     /// `peak_rss_bytes`; `function` (the records/s it is held to) and `backfill_ratio`.
     pub reconcile: Option<ReconcileRun>,
     pub targets: Vec<TargetCheck>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Archive {
+    pub architecture: String,
+    pub zip_bytes: u64,
+    pub binary_bytes: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -76,6 +98,9 @@ pub struct RunSettings {
     pub end_to_end_users: usize,
     pub deploy_repetitions: usize,
     pub reconcile_users: usize,
+    /// The sections run: `throughput`, `cold-start`, `lambda`, `end-to-end`, `deploy`,
+    /// `reconcile`.
+    pub sections: Vec<String>,
 }
 
 /// One target and whether this run met it.
@@ -109,13 +134,28 @@ pub fn check_targets(report: &BenchReport) -> Vec<TargetCheck> {
             met: mib < 40.0,
         });
     }
-    checks.push(TargetCheck {
-        name: "cold start to first /next".into(),
-        target: "< 50 ms".into(),
-        measured: round(report.cold_start_ms, 1),
-        unit: "ms".into(),
-        met: report.cold_start_ms < 50.0,
-    });
+    if let Some(cold_start_ms) = report.cold_start_ms {
+        checks.push(TargetCheck {
+            name: "cold start to first /next".into(),
+            target: "< 50 ms".into(),
+            measured: round(cold_start_ms, 1),
+            unit: "ms".into(),
+            met: cold_start_ms < 50.0,
+        });
+    }
+    if let Some(row) = report
+        .lambda
+        .as_ref()
+        .and_then(|lambda| lambda.base_row(128, 100, 20))
+    {
+        checks.push(TargetCheck {
+            name: "records/s per shard at 128 MB, batches of 100, S3 20 ms away".into(),
+            target: ">= 1000".into(),
+            measured: round(row.records_per_s, 0),
+            unit: "records/s".into(),
+            met: row.records_per_s >= 1000.0,
+        });
+    }
     if let Some(noop) = report.noop_deploy_ms {
         checks.push(TargetCheck {
             name: "no-change deploy".into(),
@@ -181,6 +221,42 @@ pub fn render_table(report: &BenchReport) -> String {
         report.settings.target,
         report.settings.repetitions
     );
+    let _ = writeln!(
+        out,
+        "archive: {:.2} MB zip ({}), bootstrap {:.2} MB",
+        report.archive.zip_bytes as f64 / 1e6,
+        report.archive.architecture,
+        report.archive.binary_bytes as f64 / 1e6
+    );
+    if !report.throughput.is_empty() {
+        render_throughput(&mut out, report);
+    }
+    if let Some(c) = &report.cold_start {
+        let _ = writeln!(
+            out,
+            "cold start: first /next {} ms, first response {} ms ({} starts)",
+            spread(
+                c.to_first_next_ms.median,
+                c.to_first_next_ms.min,
+                c.to_first_next_ms.max
+            ),
+            spread(
+                c.to_first_response_ms.median,
+                c.to_first_response_ms.min,
+                c.to_first_response_ms.max
+            ),
+            c.repetitions
+        );
+    }
+    if let Some(lambda) = &report.lambda {
+        render_lambda(&mut out, lambda);
+    }
+    render_rest(&mut out, report);
+    out
+}
+
+/// The throughput table, the raw limit's settings and the `MAX_CONCURRENCY` sweep.
+fn render_throughput(out: &mut String, report: &BenchReport) {
     let _ = writeln!(out);
     let _ = writeln!(
         out,
@@ -221,13 +297,14 @@ pub fn render_table(report: &BenchReport) -> String {
             size.peak_rss_bytes as f64 / (1024.0 * 1024.0)
         );
     }
-    let _ = writeln!(
-        out,
-        "raw S3 limit measured at concurrency {} on {} (the best of {:?} on one thread and on a thread per core)",
-        report.limit_concurrency,
-        report.limit_runtime.as_str(),
-        report.settings.limit_concurrency_candidates
-    );
+    if let (Some(concurrency), Some(runtime)) = (report.limit_concurrency, report.limit_runtime) {
+        let _ = writeln!(
+            out,
+            "raw S3 limit measured at concurrency {concurrency} on {} (the best of {:?} on one thread and on a thread per core)",
+            runtime.as_str(),
+            report.settings.limit_concurrency_candidates
+        );
+    }
     if !report.function_concurrency_sweep.is_empty() {
         let sweep: Vec<String> = report
             .function_concurrency_sweep
@@ -250,22 +327,59 @@ pub fn render_table(report: &BenchReport) -> String {
             sweep.join(", ")
         );
     }
-    let c = &report.cold_start;
+}
+
+/// The Lambda-sized section: a line per run, or why it was skipped.
+fn render_lambda(out: &mut String, lambda: &LambdaSection) {
+    if let Some(reason) = &lambda.skipped {
+        let _ = writeln!(out, "lambda-sized section skipped: {reason}");
+        return;
+    }
+    let _ = writeln!(out);
+    if let Some(setup) = &lambda.setup {
+        let _ = writeln!(
+            out,
+            "Lambda-sized ({} groups: CPU {}, memory limit {}; S3 over {} through a latency proxy; CPU from {}; peak RSS from {}):",
+            setup.cgroup.as_str(),
+            setup.cpu_quota,
+            setup.memory_limit,
+            setup.s3_scheme.as_str(),
+            setup.cpu_time_from,
+            setup.peak_rss_from
+        );
+    }
     let _ = writeln!(
         out,
-        "cold start: first /next {} ms, first response {} ms ({} starts)",
-        spread(
-            c.to_first_next_ms.median,
-            c.to_first_next_ms.min,
-            c.to_first_next_ms.max
-        ),
-        spread(
-            c.to_first_response_ms.median,
-            c.to_first_response_ms.min,
-            c.to_first_response_ms.max
-        ),
-        c.repetitions
+        "{:>7}  {:>6}  {:>10}  {:>9}  {:>16}  {:>10}  {:>9}  sweep",
+        "memory", "batch", "S3 latency", "records/s", "batch p50/p99 ms", "CPU µs/rec", "peak RSS",
     );
+    for row in &lambda.rows {
+        let latency = match row.jitter_ms {
+            Some([low, high]) => format!("+{low}-{high} ms"),
+            None => format!("+{} ms", row.s3_latency_ms),
+        };
+        let sweep = match (row.max_concurrency, row.parallelization_factor) {
+            (Some(n), _) => format!("MAX_CONCURRENCY {n}"),
+            (None, Some(n)) => format!("parallelization {n}"),
+            (None, None) => String::new(),
+        };
+        let line = format!(
+            "{:>4} MB  {:>6}  {:>10}  {:>9.0}  {:>16}  {:>10.0}  {:>5.1} MiB  {}",
+            row.memory_mb,
+            row.batch_size,
+            latency,
+            row.records_per_s,
+            format!("{:.0}/{:.0}", row.batch_p50_ms, row.batch_p99_ms),
+            row.cpu_us_per_record,
+            row.peak_rss_bytes as f64 / (1024.0 * 1024.0),
+            sweep
+        );
+        let _ = writeln!(out, "{}", line.trim_end());
+    }
+}
+
+/// End to end, deploy, reconcile and the targets.
+fn render_rest(out: &mut String, report: &BenchReport) {
     if let Some(e2e) = &report.end_to_end {
         let _ = writeln!(
             out,
@@ -322,7 +436,6 @@ pub fn render_table(report: &BenchReport) -> String {
             check.target
         );
     }
-    out
 }
 
 fn spread(median: f64, min: f64, max: f64) -> String {
@@ -334,8 +447,8 @@ pub fn output_dir() -> PathBuf {
     deployer::project::target_dir().join("bench")
 }
 
-/// Writes `<dir>/<started_at>.json`, `<dir>/latest.json` and `<dir>/throughput.svg`; returns
-/// the paths written.
+/// Writes `<dir>/<started_at>.json`, `<dir>/latest.json`, and the charts of the sections run:
+/// `<dir>/throughput.svg` and `<dir>/lambda.svg`; returns the paths written.
 pub fn write(report: &BenchReport, dir: &Path) -> Result<Vec<PathBuf>, BenchError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
@@ -352,9 +465,149 @@ pub fn write(report: &BenchReport, dir: &Path) -> Result<Vec<PathBuf>, BenchErro
     let latest_path = dir.join("latest.json");
     std::fs::write(&run_path, &json).map_err(io(&run_path))?;
     std::fs::write(&latest_path, &json).map_err(io(&latest_path))?;
-    let chart_path = dir.join("throughput.svg");
-    std::fs::write(&chart_path, throughput_chart(report)?).map_err(io(&chart_path))?;
-    Ok(vec![run_path, latest_path, chart_path])
+    let mut written = vec![run_path, latest_path];
+    if !report.throughput.is_empty() {
+        let chart_path = dir.join("throughput.svg");
+        std::fs::write(&chart_path, throughput_chart(report)?).map_err(io(&chart_path))?;
+        written.push(chart_path);
+    }
+    if let Some(lambda) = report.lambda.as_ref().filter(|l| !l.rows.is_empty()) {
+        let chart_path = dir.join("lambda.svg");
+        std::fs::write(&chart_path, lambda_chart(lambda)?).map_err(io(&chart_path))?;
+        written.push(chart_path);
+    }
+    Ok(written)
+}
+
+/// The records per second of one partition's writes DynamoDB accepts, drawn on the Lambda
+/// chart: a function slower than this falls behind a busy shard.
+pub const PARTITION_WRITE_LIMIT: f64 = 1000.0;
+
+/// An SVG chart of records per second against memory size (logarithmic), a line per batch
+/// size and S3 latency, with one partition's write limit drawn in.
+pub fn lambda_chart(lambda: &LambdaSection) -> Result<String, BenchError> {
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (800, 480)).into_drawing_area();
+        draw_lambda_chart(&root, lambda).map_err(|err| BenchError::Chart(err.to_string()))?;
+        root.present()
+            .map_err(|err| BenchError::Chart(err.to_string()))?;
+    }
+    Ok(svg)
+}
+
+/// The chart's lines: the rows at the function's own `MAX_CONCURRENCY`, in one lane, by batch
+/// size and latency, each sorted by memory size.
+fn lambda_lines(lambda: &LambdaSection) -> Vec<(String, Vec<(f64, f64)>)> {
+    let mut lines: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+    for row in lambda.rows.iter().filter(|r| r.is_base()) {
+        let label = lambda_line_label(row);
+        let point = (f64::from(row.memory_mb), row.records_per_s);
+        match lines.iter_mut().find(|(name, _)| *name == label) {
+            Some((_, points)) => points.push(point),
+            None => lines.push((label, vec![point])),
+        }
+    }
+    for (_, points) in &mut lines {
+        points.sort_by(|a, b| a.0.total_cmp(&b.0));
+    }
+    lines
+}
+
+fn lambda_line_label(row: &LambdaRow) -> String {
+    match row.jitter_ms {
+        Some([low, high]) => format!("batch {}, S3 +{low}-{high} ms", row.batch_size),
+        None => format!("batch {}, S3 +{} ms", row.batch_size, row.s3_latency_ms),
+    }
+}
+
+fn draw_lambda_chart<DB: DrawingBackend>(
+    root: &DrawingArea<DB, plotters::coord::Shift>,
+    lambda: &LambdaSection,
+) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+    root.fill(&WHITE)?;
+    let lines = lambda_lines(lambda);
+    // The memory sizes measured, evenly spaced: they about double from one to the next.
+    let mut sizes: Vec<f64> = lines
+        .iter()
+        .flat_map(|(_, points)| points.iter().map(|p| p.0))
+        .collect();
+    sizes.sort_by(f64::total_cmp);
+    sizes.dedup();
+    let slot = |memory: f64| {
+        SegmentValue::CenterOf(sizes.iter().position(|&m| m == memory).unwrap_or(0) as u32)
+    };
+    let max_y = lines
+        .iter()
+        .flat_map(|(_, points)| points.iter().map(|p| p.1))
+        .fold(PARTITION_WRITE_LIMIT, f64::max)
+        * 1.15;
+    // A segmented `0..n` has a segment for each of 0 to n.
+    let last_slot = sizes.len().saturating_sub(1) as u32;
+    let mut chart = ChartBuilder::on(root)
+        .caption(
+            "usersync: the function sized as Lambda sizes it (CPU share and memory limit)",
+            ("sans-serif", 18),
+        )
+        .margin(16)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d((0..last_slot).into_segmented(), 0.0..max_y)?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(sizes.len().max(1))
+        .x_desc("memory size, MB (1769 MB = one vCPU)")
+        .y_desc("records per second per shard")
+        .x_label_formatter(&|x| match x {
+            SegmentValue::CenterOf(i) => sizes
+                .get(*i as usize)
+                .map(|m| format!("{m:.0}"))
+                .unwrap_or_default(),
+            _ => String::new(),
+        })
+        .y_label_formatter(&|y| format!("{y:.0}"))
+        .draw()?;
+    let limit = RGBColor(110, 110, 110);
+    chart.draw_series(LineSeries::new(
+        [
+            (SegmentValue::Exact(0), PARTITION_WRITE_LIMIT),
+            (SegmentValue::Last, PARTITION_WRITE_LIMIT),
+        ],
+        limit.stroke_width(2),
+    ))?;
+    chart.draw_series(std::iter::once(Text::new(
+        "one partition's write limit",
+        (SegmentValue::Last, PARTITION_WRITE_LIMIT),
+        ("sans-serif", 14)
+            .into_font()
+            .color(&limit)
+            .pos(Pos::new(HPos::Right, VPos::Bottom)),
+    )))?;
+    let colors = [BLUE, RED, GREEN, MAGENTA, CYAN, BLACK];
+    for (i, (label, points)) in lines.into_iter().enumerate() {
+        let color = colors[i % colors.len()];
+        let points: Vec<(SegmentValue<u32>, f64)> = points
+            .into_iter()
+            .map(|(memory, rate)| (slot(memory), rate))
+            .collect();
+        chart
+            .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?
+            .label(label)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+        chart.draw_series(
+            points
+                .into_iter()
+                .map(|point| Circle::new(point, 4, color.filled())),
+        )?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    Ok(())
 }
 
 /// An SVG chart of records per second against batch size (logarithmic), for the function's
@@ -510,6 +763,11 @@ mod tests {
                 rustc: "rustc".into(),
                 fakecloud: Some("0.51.0".into()),
             },
+            archive: Archive {
+                architecture: "x86_64".into(),
+                zip_bytes: 2_900_000,
+                binary_bytes: 7_000_000,
+            },
             settings: RunSettings {
                 target: "embedded emulator".into(),
                 batch_sizes: vec![100, 10_000],
@@ -520,6 +778,7 @@ mod tests {
                 end_to_end_users: 0,
                 deploy_repetitions: 0,
                 reconcile_users: 1000,
+                sections: vec!["throughput".into(), "cold-start".into(), "reconcile".into()],
             },
             throughput: sizes
                 .iter()
@@ -532,15 +791,16 @@ mod tests {
                 })
                 .collect(),
             limit_sweep: vec![limit_run(1000, 1000.0)],
-            limit_concurrency: 64,
-            limit_runtime: super::super::throughput::LoopRuntime::OneThread,
+            limit_concurrency: Some(64),
+            limit_runtime: Some(super::super::throughput::LoopRuntime::OneThread),
             function_concurrency_sweep: Vec::new(),
-            cold_start_ms: 12.0,
-            cold_start: ColdStartRun {
+            cold_start_ms: Some(12.0),
+            cold_start: Some(ColdStartRun {
                 repetitions: 1,
                 to_first_next_ms: Summary::of(&[12.0]),
                 to_first_response_ms: Summary::of(&[20.0]),
-            },
+            }),
+            lambda: None,
             end_to_end: None,
             noop_deploy_ms: Some(3500.0),
             deploy: None,
@@ -679,5 +939,163 @@ mod tests {
         assert!(dir.path().join("latest.json").is_file());
         assert!(dir.path().join("2026-12-02T10-00-00Z.json").is_file());
         assert!(dir.path().join("throughput.svg").is_file());
+        assert!(!dir.path().join("lambda.svg").exists(), "no Lambda section");
+    }
+
+    fn lambda_row(memory_mb: u32, batch_size: usize, rate: f64) -> LambdaRow {
+        LambdaRow {
+            memory_mb,
+            batch_size,
+            s3_latency_ms: 20,
+            jitter_ms: None,
+            records_per_s: rate,
+            batch_p50_ms: batch_size as f64 / rate * 1000.0,
+            batch_p99_ms: batch_size as f64 / rate * 1300.0,
+            cpu_us_per_record: 90.0,
+            peak_rss_bytes: 14 << 20,
+            max_concurrency: None,
+            parallelization_factor: None,
+        }
+    }
+
+    fn lambda_section(rate_at_128: f64) -> LambdaSection {
+        let mut rows = Vec::new();
+        for (memory, factor) in [(128, 1.0), (256, 1.9), (512, 3.5), (1024, 5.0), (1769, 6.0)] {
+            rows.push(lambda_row(memory, 100, rate_at_128 * factor));
+            rows.push(lambda_row(memory, 1000, rate_at_128 * factor * 1.1));
+            rows.push(LambdaRow {
+                s3_latency_ms: 0,
+                jitter_ms: Some([10, 40]),
+                ..lambda_row(memory, 100, rate_at_128 * factor * 0.8)
+            });
+        }
+        rows.push(LambdaRow {
+            max_concurrency: Some(256),
+            ..lambda_row(128, 100, 5000.0)
+        });
+        rows.push(LambdaRow {
+            parallelization_factor: Some(4),
+            ..lambda_row(128, 100, 3000.0)
+        });
+        LambdaSection {
+            skipped: None,
+            setup: None,
+            rows,
+        }
+    }
+
+    #[test]
+    fn the_lambda_target_is_judged_on_128_mb_batches_of_100_at_20_ms() {
+        let mut report = sample();
+        report.lambda = Some(lambda_section(800.0));
+        let checks = check_targets(&report);
+        let check = checks
+            .iter()
+            .find(|c| c.name.starts_with("records/s per shard at 128 MB"))
+            .expect("a Lambda-sized check");
+        assert_eq!((check.measured, check.met), (800.0, false));
+        assert_eq!(check.target, ">= 1000");
+
+        report.lambda = Some(lambda_section(1250.0));
+        let check = check_targets(&report)
+            .into_iter()
+            .find(|c| c.name.starts_with("records/s per shard at 128 MB"))
+            .unwrap();
+        assert!(check.met);
+
+        report.lambda = Some(LambdaSection {
+            skipped: Some("cgroups cannot be used: not running as root".into()),
+            setup: None,
+            rows: Vec::new(),
+        });
+        assert!(!check_targets(&report)
+            .iter()
+            .any(|c| c.name.contains("128 MB")));
+        let table = render_table(&report);
+        assert!(
+            table.contains(
+                "lambda-sized section skipped: cgroups cannot be used: not running as root"
+            ),
+            "{table}"
+        );
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(
+            json["lambda"]["skipped"],
+            "cgroups cannot be used: not running as root"
+        );
+        assert_eq!(json["schema"], 2);
+    }
+
+    #[test]
+    fn the_lambda_chart_has_a_line_per_batch_size_and_latency_and_the_partition_limit() {
+        let section = lambda_section(800.0);
+        let lines = lambda_lines(&section);
+        let labels: Vec<&str> = lines.iter().map(|(label, _)| label.as_str()).collect();
+        assert_eq!(
+            labels,
+            [
+                "batch 100, S3 +20 ms",
+                "batch 1000, S3 +20 ms",
+                "batch 100, S3 +10-40 ms"
+            ]
+        );
+        assert!(lines.iter().all(|(_, points)| points.len() == 5));
+        assert_eq!(lines[0].1[0], (128.0, 800.0));
+        let svg = lambda_chart(&section).unwrap();
+        assert!(svg.starts_with("<svg"));
+        for label in [
+            "batch 100, S3 +20 ms",
+            "batch 100, S3 +10-40 ms",
+            "write limit",
+        ] {
+            assert!(svg.contains(label), "{label}");
+        }
+
+        // One memory size is a chart of one column.
+        let one_size = LambdaSection {
+            rows: vec![lambda_row(128, 100, 700.0), lambda_row(128, 1000, 650.0)],
+            ..lambda_section(1.0)
+        };
+        assert!(lambda_chart(&one_size)
+            .unwrap()
+            .contains("batch 1000, S3 +20 ms"));
+
+        let mut report = sample();
+        report.lambda = Some(section);
+        let table = render_table(&report);
+        assert!(table.contains("MAX_CONCURRENCY 256"), "{table}");
+        assert!(table.contains("parallelization 4"), "{table}");
+        assert!(table.contains(" 128 MB "), "{table}");
+        let dir = tempfile::tempdir().unwrap();
+        let paths = write(&report, dir.path()).unwrap();
+        assert_eq!(paths.len(), 4);
+        assert!(dir.path().join("lambda.svg").is_file());
+    }
+
+    #[test]
+    fn a_run_of_one_section_leaves_the_others_null_and_draws_only_its_chart() {
+        let mut report = sample();
+        report.throughput.clear();
+        report.limit_sweep.clear();
+        report.limit_concurrency = None;
+        report.limit_runtime = None;
+        report.cold_start = None;
+        report.cold_start_ms = None;
+        report.noop_deploy_ms = None;
+        report.reconcile = None;
+        report.lambda = Some(lambda_section(900.0));
+        let checks = check_targets(&report);
+        assert_eq!(checks.len(), 1, "{checks:?}");
+        let table = render_table(&report);
+        assert!(!table.contains("raw S3 limit"), "{table}");
+        assert!(!table.contains("cold start"), "{table}");
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["cold_start_ms"], serde_json::Value::Null);
+        assert_eq!(json["limit_concurrency"], serde_json::Value::Null);
+        let dir = tempfile::tempdir().unwrap();
+        let paths = write(&report, dir.path()).unwrap();
+        assert_eq!(paths.len(), 3);
+        assert!(!dir.path().join("throughput.svg").exists());
+        assert!(dir.path().join("lambda.svg").is_file());
     }
 }

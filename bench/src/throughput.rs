@@ -143,6 +143,19 @@ pub async fn start_function(
     s3: &S3Target,
     max_concurrency: Option<usize>,
 ) -> Result<FunctionHost, BenchError> {
+    start_spec(function_spec(binary, s3, max_concurrency)).await
+}
+
+/// Starts the function of `spec`, its warnings and errors on standard error.
+pub async fn start_spec(spec: FunctionSpec) -> Result<FunctionHost, BenchError> {
+    FunctionHost::start_with_output(spec, function_output())
+        .await
+        .map_err(BenchError::Host)
+}
+
+/// The function's configuration for `s3`, with the environment a deployed stack gives it
+/// (256 MB: set `memory_mb` for another size; Lambda gives the process its value).
+pub fn function_spec(binary: &Path, s3: &S3Target, max_concurrency: Option<usize>) -> FunctionSpec {
     let mut spec = FunctionSpec::new(binary, "usersync-bench");
     spec.region = s3.region.clone();
     spec.memory_mb = 256;
@@ -158,9 +171,7 @@ pub async fn start_function(
         spec.environment
             .insert(vars::MAX_CONCURRENCY.to_owned(), concurrency.to_string());
     }
-    FunctionHost::start_with_output(spec, function_output())
-        .await
-        .map_err(BenchError::Host)
+    spec
 }
 
 /// The function's warnings and errors go to standard error; its batch summaries are not

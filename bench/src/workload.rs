@@ -39,9 +39,12 @@ struct Change {
     insert: bool,
 }
 
-/// A batch of `records` records of `variant`, over users named with `label`.
+/// A batch of `records` records of `variant`, over users named with `label`; or a shard's worth
+/// of them, cut into batches ([`Workload::batches`]) or split by user ([`Workload::split_by_user`]).
 pub struct Workload {
     changes: Vec<Change>,
+    /// Each change's position in the stream (its sequence number's offset), which a split keeps.
+    positions: Vec<usize>,
 }
 
 impl Workload {
@@ -83,7 +86,8 @@ impl Workload {
                 changes
             }
         };
-        Workload { changes }
+        let positions = (0..changes.len()).collect();
+        Workload { changes, positions }
     }
 
     pub fn records(&self) -> usize {
@@ -92,12 +96,44 @@ impl Workload {
 
     /// The invocation payload: `{"Records": [...]}` as the poller sends it.
     pub fn event(&self) -> Value {
-        let records: Vec<StreamEventRecord> = self
-            .changes
-            .iter()
-            .enumerate()
-            .map(|(i, change)| {
-                StreamEventRecord::from_stream(&stream_record(i, change), STREAM_ARN)
+        self.event_of(0..self.changes.len())
+    }
+
+    /// The records, in order, as invocation payloads of `size` records each (the last may hold
+    /// fewer), as a poller reading the shard would send them.
+    pub fn batches(&self, size: usize) -> Vec<Value> {
+        let size = size.max(1);
+        (0..self.changes.len())
+            .step_by(size)
+            .map(|start| self.event_of(start..(start + size).min(self.changes.len())))
+            .collect()
+    }
+
+    /// The records split into `lanes` workloads by a stable hash of the user (FNV-1a of the
+    /// name), each keeping its records' order and sequence numbers: what Lambda's
+    /// parallelization factor does to one shard, whose records of one partition key stay in
+    /// one lane, in order.
+    pub fn split_by_user(&self, lanes: usize) -> Vec<Workload> {
+        let lanes = lanes.max(1);
+        let mut split: Vec<Workload> = (0..lanes)
+            .map(|_| Workload {
+                changes: Vec::new(),
+                positions: Vec::new(),
+            })
+            .collect();
+        for (change, &position) in self.changes.iter().zip(&self.positions) {
+            let lane = (fnv1a(change.user.as_bytes()) % lanes as u64) as usize;
+            split[lane].changes.push(change.clone());
+            split[lane].positions.push(position);
+        }
+        split
+    }
+
+    fn event_of(&self, range: std::ops::Range<usize>) -> Value {
+        let records: Vec<StreamEventRecord> = range
+            .map(|i| {
+                let record = stream_record(self.positions[i], &self.changes[i]);
+                StreamEventRecord::from_stream(&record, STREAM_ARN)
                     .expect("every record has a sequence number")
             })
             .collect();
@@ -122,6 +158,13 @@ impl Workload {
             })
             .collect()
     }
+}
+
+/// FNV-1a: a stable hash (std's `DefaultHasher` may change between releases).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xCBF2_9CE4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01B3)
+    })
 }
 
 /// The item every inserted user has: a realistic profile of about 150 bytes.
@@ -236,6 +279,62 @@ mod tests {
                 key: "u-000004/userdata".into()
             }
         );
+    }
+
+    #[test]
+    fn a_shard_is_cut_into_batches_in_stream_order() {
+        let workload = Workload::new(Variant::Mixed, 250, "s");
+        let batches = workload.batches(100);
+        let sizes: Vec<usize> = batches
+            .iter()
+            .map(|b| b["Records"].as_array().unwrap().len())
+            .collect();
+        assert_eq!(sizes, [100, 100, 50]);
+        assert_eq!(
+            batches[1]["Records"][0]["dynamodb"]["Keys"]["name"]["S"],
+            "s-000100"
+        );
+        let sequence = |event: &Value, i: usize| {
+            event["Records"][i]["dynamodb"]["SequenceNumber"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        };
+        assert!(sequence(&batches[0], 99) < sequence(&batches[1], 0));
+        assert_eq!(sequence(&batches[2], 49), sequence(&workload.event(), 249));
+    }
+
+    #[test]
+    fn lanes_split_by_user_keep_every_record_once_in_order() {
+        let workload = Workload::new(Variant::Churn, 1100, "p");
+        let lanes = workload.split_by_user(4);
+        assert_eq!(lanes.len(), 4);
+        assert_eq!(lanes.iter().map(Workload::records).sum::<usize>(), 1100);
+        assert!(
+            lanes.iter().all(|lane| lane.records() > 150),
+            "the hash spreads the users: {:?}",
+            lanes.iter().map(Workload::records).collect::<Vec<_>>()
+        );
+        let mut lane_of = std::collections::BTreeMap::new();
+        for (n, lane) in lanes.iter().enumerate() {
+            assert!(lane.positions.windows(2).all(|w| w[0] < w[1]), "in order");
+            for change in &lane.changes {
+                assert_eq!(*lane_of.entry(change.user.clone()).or_insert(n), n);
+            }
+        }
+        // The same split every time.
+        let again = workload.split_by_user(4);
+        assert!(lanes
+            .iter()
+            .zip(&again)
+            .all(|(a, b)| a.positions == b.positions));
+        // A lane's records keep their sequence numbers.
+        let first = lanes[0].positions[0];
+        assert_eq!(
+            lanes[0].event()["Records"][0]["dynamodb"]["SequenceNumber"],
+            workload.event()["Records"][first]["dynamodb"]["SequenceNumber"]
+        );
+        assert_eq!(workload.split_by_user(1)[0].records(), 1100);
     }
 
     #[test]

@@ -9,6 +9,8 @@
 //! # usersync.toml: every key is optional; absent keys keep their defaults.
 //! stack_name = "usersync-dev"
 //! batch_size = 500
+//! # Up to 4 batches of each shard at once, for a hot shard; a user's records stay in order.
+//! parallelization_factor = 4
 //! delete_scope = "prefix"
 //! key_prefix = "users/"
 //! max_concurrency = 16
@@ -17,6 +19,16 @@
 //! existing_table = "users"
 //! existing_bucket = "users-mirror"
 //! ```
+//!
+//! `parallelization_factor` is the standard remedy for a hot shard (one shard of the stream
+//! receiving more writes than one batch at a time can apply): the mapping processes up to that
+//! many batches of each shard concurrently. Lambda keeps the records of one partition key in
+//! order across those batches, and the table's partition key is the user's name, so each
+//! user's changes are still applied in stream order. Lambda's parameters for DynamoDB mappings
+//! (ParallelizationFactor: default 1, maximum 10):
+//! https://docs.aws.amazon.com/lambda/latest/dg/services-ddb-params.html; the per-key order:
+//! https://docs.aws.amazon.com/lambda/latest/dg/with-ddb.html ("Lambda still ensures in-order
+//! processing at the item (partition and sort key) level").
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -142,6 +154,10 @@ pub struct StackSettings {
     pub batch_size: u32,
     /// Seconds the mapping may wait to fill a batch. Default 1; 0 to 300.
     pub maximum_batching_window_seconds: u32,
+    /// Batches of one shard the mapping processes at once (`ParallelizationFactor`). Default
+    /// 1; 1 to 10. Raise it for a hot shard: records of one user (one partition key) stay in
+    /// order across the concurrent batches.
+    pub parallelization_factor: u32,
     /// Retries of a failed batch before it goes to the failure queue. Default 5; -1 (retry
     /// until the record expires) or 0 to 10000.
     pub maximum_retry_attempts: i32,
@@ -188,6 +204,7 @@ impl Default for StackSettings {
             stack_name: "usersync".to_owned(),
             batch_size: 100,
             maximum_batching_window_seconds: 1,
+            parallelization_factor: 1,
             maximum_retry_attempts: 5,
             maximum_record_age_seconds: 3600,
             bisect_batch_on_function_error: true,
@@ -292,6 +309,13 @@ impl StackSettings {
             0,
             300,
             "0 to 300",
+        )?;
+        check_range(
+            "parallelization_factor",
+            self.parallelization_factor,
+            1,
+            10,
+            "1 to 10",
         )?;
         check_range(
             "maximum_retry_attempts",
@@ -462,6 +486,7 @@ mod tests {
         assert_eq!(s.stack_name, "usersync");
         assert_eq!(s.batch_size, 100);
         assert_eq!(s.maximum_batching_window_seconds, 1);
+        assert_eq!(s.parallelization_factor, 1);
         assert_eq!(s.maximum_retry_attempts, 5);
         assert_eq!(s.maximum_record_age_seconds, 3600);
         assert!(s.bisect_batch_on_function_error);
@@ -505,6 +530,8 @@ mod tests {
             with(|s| s.batch_size = 10_000),
             with(|s| s.maximum_batching_window_seconds = 0),
             with(|s| s.maximum_batching_window_seconds = 300),
+            with(|s| s.parallelization_factor = 1),
+            with(|s| s.parallelization_factor = 10),
             with(|s| s.maximum_retry_attempts = -1),
             with(|s| s.maximum_retry_attempts = 10_000),
             with(|s| s.maximum_record_age_seconds = -1),
@@ -546,6 +573,14 @@ mod tests {
             (
                 with(|s| s.maximum_batching_window_seconds = 301),
                 "maximum_batching_window_seconds 301 is out of range: expected 0 to 300",
+            ),
+            (
+                with(|s| s.parallelization_factor = 0),
+                "parallelization_factor 0 is out of range: expected 1 to 10",
+            ),
+            (
+                with(|s| s.parallelization_factor = 11),
+                "parallelization_factor 11 is out of range: expected 1 to 10",
             ),
             (
                 with(|s| s.maximum_retry_attempts = -2),
@@ -709,6 +744,7 @@ mod tests {
             stack_name = "users-dev"
             batch_size = 500
             maximum_batching_window_seconds = 0
+            parallelization_factor = 10
             maximum_retry_attempts = -1
             maximum_record_age_seconds = -1
             bisect_batch_on_function_error = false
@@ -728,6 +764,7 @@ mod tests {
             stack_name: "users-dev".to_owned(),
             batch_size: 500,
             maximum_batching_window_seconds: 0,
+            parallelization_factor: 10,
             maximum_retry_attempts: -1,
             maximum_record_age_seconds: -1,
             bisect_batch_on_function_error: false,
@@ -776,6 +813,7 @@ mod tests {
         for (text, fragment) in [
             ("batch_size = \"ten\"", "batch_size"),
             ("batch_size = -1", "batch_size"),
+            ("parallelization_factor = 2.5", "parallelization_factor"),
             ("delete_scope = \"all\"", "unknown variant `all`"),
             ("architecture = \"aarch64\"", "unknown variant `aarch64`"),
             ("memory_mb = ", "memory_mb"),

@@ -126,8 +126,9 @@ pub const CHECKOV_SKIPS: [(&str, &str, &str); 9] = [
     (
         logical_id::MIRROR_FUNCTION,
         "CKV_AWS_115",
-        "Concurrency is bounded by the event source mapping (one batch per shard at a time, \
-         ParallelizationFactor 1) and nothing else invokes the function; reserving concurrency \
+        "Concurrency is bounded by the event source mapping (per shard, at most \
+         ParallelizationFactor batches at a time: 1 unless parallelization_factor is raised) and \
+         nothing else invokes the function; reserving concurrency \
          would take it from the account's pool and fails to deploy on accounts with little \
          unreserved concurrency",
     ),
@@ -753,8 +754,14 @@ fn event_source_mapping(settings: &StackSettings, adoption: &Adoption) -> Value 
             "FunctionResponseTypes": ["ReportBatchItemFailures"],
             "DestinationConfig": { "OnFailure": { "Destination": get_att(FAILURE_QUEUE, "Arn") } },
             "Enabled": true,
-            // One batch per shard at a time: stream order for every record, not only per key.
-            "ParallelizationFactor": 1,
+            // Batches of one shard processed at once; always written, so that lowering it back
+            // to 1 is a change CloudFormation applies. At 1 (the default) every record of a
+            // shard is applied in stream order; above it Lambda keeps the records of one
+            // partition key (one user) in order, which is the order the mirror needs.
+            // https://docs.aws.amazon.com/AWSCloudFormation/latest/UserGuide/aws-resource-lambda-eventsourcemapping.html#cfn-lambda-eventsourcemapping-parallelizationfactor
+            // (1 to 10); https://docs.aws.amazon.com/lambda/latest/dg/services-ddb-params.html;
+            // https://docs.aws.amazon.com/lambda/latest/dg/with-ddb.html (order per item).
+            "ParallelizationFactor": settings.parallelization_factor,
         }
     })
 }

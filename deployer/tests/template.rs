@@ -97,6 +97,7 @@ fn custom_settings() -> StackSettings {
         stack_name: "users-test".to_owned(),
         batch_size: 500,
         maximum_batching_window_seconds: 7,
+        parallelization_factor: 4,
         maximum_retry_attempts: 2,
         maximum_record_age_seconds: 120,
         bisect_batch_on_function_error: false,
@@ -429,6 +430,14 @@ fn event_source_mapping_follows_the_settings() {
     assert_eq!(
         p["MaximumRecordAgeInSeconds"],
         settings.maximum_record_age_seconds
+    );
+    assert_eq!(p["ParallelizationFactor"], 4);
+    assert_eq!(p["ParallelizationFactor"], settings.parallelization_factor);
+    // The default is written too, so that going back to 1 changes the deployed mapping.
+    let default = default_template();
+    assert_eq!(
+        props(&default, logical_id::EVENT_SOURCE_MAPPING)["ParallelizationFactor"],
+        1
     );
 
     // AWS's "no limit" values pass through unchanged.

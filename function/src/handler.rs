@@ -10,8 +10,9 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::config::Config;
+use crate::key::UserKeys;
 use crate::plan::{plan_records, raw_json, Step, UserPlan};
-use crate::store::{ObjectStore, StoreError};
+use crate::store::{ObjectStore, StoreError, DELETE_OBJECTS_LIMIT};
 
 /// Everything an invocation needs, built once at cold start.
 #[derive(Debug)]
@@ -149,7 +150,7 @@ pub async fn process_records<S: ObjectStore, R: Borrow<RawValue>>(
     records: &[R],
 ) -> (DynamoDbEventResponse, BatchSummary) {
     let started = Instant::now();
-    let plan = plan_records(records, &mirror.config);
+    let mut plan = plan_records(records, &mirror.config);
 
     for skipped in &plan.skipped {
         tracing::error!(
@@ -160,13 +161,15 @@ pub async fn process_records<S: ObjectStore, R: Borrow<RawValue>>(
         );
     }
 
-    let store = &mirror.store;
-    let mut outcomes: Vec<(usize, Result<(), StoreError>)> =
-        stream::iter(plan.users.iter().enumerate())
-            .map(|(index, user)| async move { (index, apply_user(store, user).await) })
-            .buffer_unordered(mirror.config.max_concurrency.get())
-            .collect()
-            .await;
+    let steps = plan.users.iter().flat_map(|u| &u.steps);
+    let puts = steps.clone().filter(|s| matches!(s, Step::Put(_))).count();
+    let deletes = steps.filter(|s| !matches!(s, Step::Put(_))).count();
+    let mut outcomes = apply_plan(
+        &mirror.store,
+        &mut plan.users,
+        mirror.config.max_concurrency.get(),
+    )
+    .await;
     // Report failures in stream order, whatever order the work finished in.
     outcomes.sort_unstable_by_key(|(index, _)| *index);
 
@@ -186,11 +189,10 @@ pub async fn process_records<S: ObjectStore, R: Borrow<RawValue>>(
         }
     }
 
-    let steps = plan.users.iter().flat_map(|u| &u.steps);
     let summary = BatchSummary {
         records: plan.records,
-        puts: steps.clone().filter(|s| matches!(s, Step::Put(_))).count(),
-        deletes: steps.filter(|s| !matches!(s, Step::Put(_))).count(),
+        puts,
+        deletes,
         coalesced: plan.coalesced(),
         skipped: plan.skipped.len(),
         failed_users: response.batch_item_failures.len(),
@@ -209,14 +211,77 @@ pub async fn process_records<S: ObjectStore, R: Borrow<RawValue>>(
     (response, summary)
 }
 
+/// Applies every user's steps, `max_concurrency` units of work at a time, and returns each
+/// user's outcome by its index in `users` (in no particular order). The steps are moved out of
+/// `users`, so the bodies are sent without a copy.
+///
+/// A user whose only step is deleting its object joins a DeleteObjects of up to
+/// [`DELETE_OBJECTS_LIMIT`] such users, one unit of work: users in one batch are distinct, so
+/// their deletes may go together. Every other user is a unit of its own.
+async fn apply_plan<S: ObjectStore>(
+    store: &S,
+    users: &mut [UserPlan],
+    max_concurrency: usize,
+) -> Vec<(usize, Result<(), StoreError>)> {
+    let (lone_deletes, others): (Vec<usize>, Vec<usize>) =
+        (0..users.len()).partition(|&i| users[i].steps == [Step::DeleteObject]);
+    let steps: Vec<Vec<Step>> = others
+        .iter()
+        .map(|&i| std::mem::take(&mut users[i].steps))
+        .collect();
+    let users = &*users;
+    let mut work: Vec<Work<'_>> = Vec::with_capacity(others.len() + 1);
+    for chunk in lone_deletes.chunks(DELETE_OBJECTS_LIMIT) {
+        let keys = chunk
+            .iter()
+            .map(|&i| users[i].keys.object.as_str())
+            .collect();
+        work.push(Work::Deletes(chunk.to_vec(), keys));
+    }
+    work.extend(
+        others
+            .into_iter()
+            .zip(steps)
+            .map(|(i, steps)| Work::User(i, &users[i].keys, steps)),
+    );
+    stream::iter(work)
+        .map(|unit| async move {
+            match unit {
+                Work::User(index, keys, steps) => {
+                    vec![(index, apply_user(store, keys, steps).await)]
+                }
+                Work::Deletes(indices, keys) => indices
+                    .into_iter()
+                    .zip(store.delete_many(&keys).await)
+                    .collect(),
+            }
+        })
+        .buffer_unordered(max_concurrency)
+        .flat_map(stream::iter)
+        .collect()
+        .await
+}
+
+/// One unit of a batch's work.
+enum Work<'a> {
+    /// A user (by index) with its keys and steps.
+    User(usize, &'a UserKeys, Vec<Step>),
+    /// Users (by index) whose objects are deleted together, and those objects' keys.
+    Deletes(Vec<usize>, Vec<&'a str>),
+}
+
 /// Runs a user's steps in order, stopping at the first failure: later steps must not overtake it.
-async fn apply_user<S: ObjectStore>(store: &S, user: &UserPlan) -> Result<(), StoreError> {
-    for step in &user.steps {
+async fn apply_user<S: ObjectStore>(
+    store: &S,
+    keys: &UserKeys,
+    steps: Vec<Step>,
+) -> Result<(), StoreError> {
+    for step in steps {
         match step {
-            Step::Put(body) => store.put(&user.keys.object, body.clone()).await?,
-            Step::DeleteObject => store.delete(&user.keys.object).await?,
+            Step::Put(body) => store.put(&keys.object, body).await?,
+            Step::DeleteObject => store.delete(&keys.object).await?,
             Step::DeletePrefix => {
-                store.delete_prefix(&user.keys.prefix).await?;
+                store.delete_prefix(&keys.prefix).await?;
             }
         }
     }

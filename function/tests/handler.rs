@@ -5,6 +5,7 @@ mod support;
 use proptest::prelude::*;
 use serde_json::{json, Value};
 use support::{config, fixture, sequence_number, stream_record, MemoryStore};
+use usersync_function::testing::InjectedFailures;
 use usersync_function::{
     handle_event, process_batch, stream_records, DeleteScope, Mirror, NotAStreamsEvent,
 };
@@ -135,6 +136,38 @@ async fn several_failed_users_are_reported_in_stream_order() {
         failures(&response),
         [sequence_number(0), sequence_number(2)]
     );
+}
+
+#[tokio::test]
+async fn a_batchs_removals_go_in_one_delete_and_a_failed_key_fails_only_its_user() {
+    let store = MemoryStore::with_objects(&[
+        ("a/userdata", "{}"),
+        ("b/userdata", "{}"),
+        ("c/userdata", "{}"),
+        ("d/userdata", "{}"),
+    ])
+    .with_failures(InjectedFailures::Keys(["c/userdata".to_owned()].into()));
+    let mirror = mirror(store, DeleteScope::Object);
+    let records = vec![
+        stream_record("REMOVE", "a", 1, None),
+        stream_record("INSERT", "e", 2, Some(json!({}))),
+        stream_record("REMOVE", "c", 3, None),
+        stream_record("INSERT", "d", 4, Some(json!({}))),
+        stream_record("REMOVE", "d", 5, None),
+        stream_record("REMOVE", "b", 6, None),
+    ];
+    let (response, summary) = process_batch(&mirror, records).await;
+    assert_eq!(failures(&response), [sequence_number(3)], "only c failed");
+    assert_eq!((summary.puts, summary.deletes), (1, 4));
+    let calls = mirror.store.calls();
+    let deletes: Vec<&String> = calls.iter().filter(|c| c.starts_with("delete")).collect();
+    assert_eq!(
+        deletes,
+        ["delete_many a/userdata c/userdata d/userdata b/userdata"],
+        "one request for the four removals, in stream order"
+    );
+    let keys: Vec<String> = mirror.store.snapshot().into_keys().collect();
+    assert_eq!(keys, ["c/userdata", "e/userdata"]);
 }
 
 #[tokio::test]

@@ -109,6 +109,7 @@ impl Fixture {
             stream_arn: self.stream_arn.clone(),
             batch_size: 100,
             batching_window: Duration::ZERO,
+            parallelization_factor: 1,
             starting_position: StartingPosition::TrimHorizon,
             max_retry_attempts: Some(2),
             max_record_age: None,

@@ -5,6 +5,47 @@ use anyhow::{bail, Context, Result};
 use deployer::project::{cargo_command, project_root};
 use usersync_bench::{report, BenchOptions};
 
+/// A section of the benchmark, for `--only` and `--skip`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Section {
+    /// The raw S3 limit, the function by batch size against it, its MAX_CONCURRENCY sweep
+    Throughput,
+    /// Process spawn to the first /next and to the first response
+    ColdStart,
+    /// The function in a cgroup per Lambda memory size (CPU share and memory limit), S3 20 ms
+    /// away through a latency proxy; MAX_CONCURRENCY and parallelization factor at 128 MB
+    Lambda,
+    /// Users written with BatchWriteItem through the local pipeline
+    EndToEnd,
+    /// A new stack, a no-change deploy, a teardown
+    Deploy,
+    /// The whole-table reconcile
+    Reconcile,
+}
+
+impl Section {
+    const ALL: [Section; 6] = [
+        Section::Throughput,
+        Section::ColdStart,
+        Section::Lambda,
+        Section::EndToEnd,
+        Section::Deploy,
+        Section::Reconcile,
+    ];
+
+    /// Leaves this section out of `options`.
+    fn skip(self, options: &mut BenchOptions) {
+        match self {
+            Section::Throughput => options.throughput = false,
+            Section::ColdStart => options.cold_start_repetitions = 0,
+            Section::Lambda => options.lambda = None,
+            Section::EndToEnd => options.end_to_end_users = 0,
+            Section::Deploy => options.deploy_repetitions = 0,
+            Section::Reconcile => options.reconcile_users = 0,
+        }
+    }
+}
+
 use crate::args::{print_json, OutputFormat, TargetArgs};
 
 #[derive(clap::Args)]
@@ -22,11 +63,24 @@ pub struct BenchArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=10_000_000))]
     reconcile_users: Option<u32>,
     /// A short run to try the command: sizes 100 and 1000, two repetitions, one deploy cycle,
-    /// 200 users end to end, no MAX_CONCURRENCY sweep, 10000 users reconciled (the function is
-    /// still measured on 10000-record batches for the reconcile to be compared with); --sizes,
-    /// --repetitions and --reconcile-users still apply
+    /// 200 users end to end, no MAX_CONCURRENCY sweep, a quarter of the Lambda-sized batches
+    /// and shorter sweeps there, 10000 users reconciled (the function is still measured on
+    /// 10000-record batches for the reconcile to be compared with); --sizes, --repetitions and
+    /// --reconcile-users still apply
     #[arg(long)]
     quick: bool,
+    /// Run only these sections (comma-separated)
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        value_name = "SECTION",
+        conflicts_with = "skip"
+    )]
+    only: Vec<Section>,
+    /// Leave these sections out (comma-separated)
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "SECTION")]
+    skip: Vec<Section>,
 }
 
 pub async fn run(args: BenchArgs, target_args: &TargetArgs) -> Result<()> {
@@ -49,6 +103,17 @@ pub async fn run(args: BenchArgs, target_args: &TargetArgs) -> Result<()> {
     }
     if let Some(users) = args.reconcile_users {
         options.reconcile_users = users as usize;
+    }
+    let skipped = if args.only.is_empty() {
+        args.skip.clone()
+    } else {
+        Section::ALL
+            .into_iter()
+            .filter(|section| !args.only.contains(section))
+            .collect()
+    };
+    for section in skipped {
+        section.skip(&mut options);
     }
     if target_args.endpoint_url.is_some() {
         let target = target_args.connect().await?;

@@ -34,6 +34,8 @@ use deployer::target::TargetError;
 use deployer::template::TemplateError;
 use deployer::workflow::DeployError;
 use itests::backend::BackendError;
+use usersync_bench::cgroup::{CgroupError, Unusable};
+use usersync_bench::lambda_sized::LambdaSkip;
 use usersync_bench::BenchError;
 use usersync_function::config::ConfigError;
 use usersync_function::handler::NotAStreamsEvent;
@@ -121,6 +123,9 @@ const TYPES: &[(&str, Coverage)] = &[
     ("LambdaCheckError", Coverage::Samples(lambda_check_errors)),
     // usersync-bench
     ("BenchError", Coverage::Samples(bench_errors)),
+    ("Unusable", Coverage::Samples(cgroup_unusable)),
+    ("CgroupError", Coverage::Samples(cgroup_errors)),
+    ("LambdaSkip", Coverage::Samples(lambda_skips)),
     // itests
     ("BackendError", Coverage::Samples(backend_errors)),
 ];
@@ -631,6 +636,74 @@ fn bench_errors() -> Vec<Sample> {
             source: os_error(ENOENT),
         }),
         sample(BenchError::ReconcileGone),
+        sample(BenchError::Cgroup(cgroup_create())),
+        sample(BenchError::Proxy(os_error(EADDRINUSE))),
+    ]
+}
+
+const EBUSY: i32 = 16;
+
+fn cgroup_create() -> CgroupError {
+    CgroupError::Create {
+        path: PathBuf::from("/sys/fs/cgroup/cpu/usersync-bench-42-128mb-0"),
+        source: os_error(EACCES),
+    }
+}
+
+fn cgroup_unusable() -> Vec<Sample> {
+    vec![
+        sample(Unusable::NotRoot { euid: 1000 }),
+        sample(Unusable::V1Missing {
+            controller: "cpu",
+            mounted: "memory; name=systemd".to_owned(),
+        }),
+        sample(Unusable::V2NotDelegated {
+            dir: PathBuf::from("/sys/fs/cgroup/user.slice"),
+            controllers: "cpu and memory".to_owned(),
+            source: os_error(EBUSY),
+        }),
+        sample(Unusable::Read {
+            path: PathBuf::from("/proc/self/mountinfo"),
+            source: os_error(ENOENT),
+        }),
+        sample(Unusable::Trial(cgroup_create())),
+    ]
+}
+
+fn cgroup_errors() -> Vec<Sample> {
+    let path = || PathBuf::from("/sys/fs/cgroup/cpu/usersync-bench-42-128mb-0/cpu.cfs_quota_us");
+    vec![
+        sample(cgroup_create()),
+        sample(CgroupError::Write {
+            path: path(),
+            value: "7235".to_owned(),
+            source: os_error(EROFS),
+        }),
+        sample(CgroupError::Read {
+            path: path(),
+            source: os_error(ENOENT),
+        }),
+        sample(CgroupError::Parse {
+            path: path(),
+            text: "max".to_owned(),
+        }),
+        sample(CgroupError::Remove {
+            path: PathBuf::from("/sys/fs/cgroup/cpu/usersync-bench-42-128mb-0"),
+            source: os_error(EBUSY),
+        }),
+    ]
+}
+
+fn lambda_skips() -> Vec<Sample> {
+    vec![
+        sample(LambdaSkip::Cgroups(Unusable::NotRoot { euid: 1000 })),
+        sample(LambdaSkip::NotHttp {
+            url: "https://s3.eu-west-1.amazonaws.com".to_owned(),
+        }),
+        sample(LambdaSkip::Unresolved {
+            url: "http://minio:9000".to_owned(),
+            source: os_error(ENOENT),
+        }),
     ]
 }
 

@@ -44,6 +44,8 @@ pub struct MappingReport {
     pub state: String,
     pub last_processing_result: Option<String>,
     pub batch_size: Option<i32>,
+    /// Batches of one shard processed at once (`ParallelizationFactor`).
+    pub parallelization_factor: Option<i32>,
 }
 
 /// Everything `cargo xtask status` shows; serialised as is for `--output json`.
@@ -131,6 +133,7 @@ async fn mappings(target: &Target, function: &str) -> Result<Vec<MappingReport>,
             state: m.state().unwrap_or("unknown").to_owned(),
             last_processing_result: m.last_processing_result().map(str::to_owned),
             batch_size: m.batch_size(),
+            parallelization_factor: m.parallelization_factor(),
         })
         .collect())
 }
@@ -197,6 +200,7 @@ mod tests {
                 state: "Enabled".to_owned(),
                 last_processing_result: None,
                 batch_size: Some(100),
+                parallelization_factor: Some(1),
             }],
             failure_queue_depth: Some(0),
             bucket_objects: None,
@@ -231,6 +235,7 @@ mod tests {
                     "state": "Enabled",
                     "last_processing_result": null,
                     "batch_size": 100,
+                    "parallelization_factor": 1,
                 }],
                 "failure_queue_depth": 0,
                 "bucket_objects": null,

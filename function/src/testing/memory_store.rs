@@ -131,6 +131,27 @@ impl ObjectStore for MemoryStore {
         objects.retain(|key, _| !key.starts_with(prefix));
         Ok(before - objects.len())
     }
+
+    async fn delete_many(&self, keys: &[&str]) -> Vec<Result<(), StoreError>> {
+        debug_assert!(keys.len() <= crate::store::DELETE_OBJECTS_LIMIT);
+        self.calls
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(format!("delete_many {}", keys.join(" ")));
+        keys.iter()
+            .map(|key| {
+                if self.failures.applies_to(key) {
+                    return Err(StoreError {
+                        operation: "delete",
+                        key: (*key).to_owned(),
+                        message: "injected failure".to_owned(),
+                    });
+                }
+                self.lock_objects().remove(*key);
+                Ok(())
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]

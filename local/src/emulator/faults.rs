@@ -3,7 +3,8 @@
 //! or after the request reached the upstream, holds some requests for a latency spike, at
 //! chosen rates; adds a fixed latency and a jitter to every request; or makes the upstream
 //! unreachable altogether until told otherwise. The fault tests put it in front of the
-//! function's S3 traffic; a benchmark can put it in front of anything that speaks HTTP/1.
+//! function's S3 traffic; a benchmark can put it in front of anything that speaks HTTP/1, and
+//! serve it over TLS ([`FaultProxy::start_tls`]) so that the function pays for HTTPS as on S3.
 //!
 //! Decisions are deterministic: the fault for a request is drawn from a SplitMix64 generator
 //! seeded with the seed, the request's method and path (hashed with FNV-1a), and how many
@@ -26,6 +27,7 @@ use http::{Request, Response, StatusCode};
 use super::proxy::{
     full_body, BoxFuture, Intercepted, Interceptor, ProxyBody, ReverseProxy, Upstream,
 };
+use super::tls::TlsIdentity;
 
 /// SplitMix64 (Steele, Lea and Flood 2014; the seeding generator of xoshiro): tiny, fast, and
 /// statistically good enough for choosing faults.
@@ -483,6 +485,8 @@ fn s3_error(request: &Request<ProxyBody>, status: StatusCode) -> Response<ProxyB
 pub struct FaultProxy {
     proxy: ReverseProxy,
     injector: Arc<FaultInjector>,
+    /// Set when clients speak TLS to the proxy.
+    tls: Option<TlsIdentity>,
 }
 
 impl FaultProxy {
@@ -494,7 +498,56 @@ impl FaultProxy {
         let injector = Arc::new(FaultInjector::new(config));
         let proxy =
             ReverseProxy::start(upstream, Arc::clone(&injector) as Arc<dyn Interceptor>).await?;
-        Ok(FaultProxy { proxy, injector })
+        Ok(FaultProxy {
+            proxy,
+            injector,
+            tls: None,
+        })
+    }
+
+    /// The same, with clients speaking TLS to the proxy under a throwaway certificate for
+    /// `localhost` and 127.0.0.1, signed by a CA made for this proxy alone ([`Self::ca_pem`]);
+    /// the upstream is still spoken to in plain HTTP. Faults and latency apply as without TLS,
+    /// to each request once its connection's handshake is done.
+    ///
+    /// The function trusts the proxy when its environment has
+    /// [`super::tls::TRUST_FILE_VAR`] (`SSL_CERT_FILE`) naming a file with [`Self::ca_pem`]
+    /// ([`Self::write_ca_file`]).
+    ///
+    /// Panics as [`FaultInjector::new`] does on invalid settings.
+    pub async fn start_tls(
+        upstream: SocketAddr,
+        config: FaultConfig,
+    ) -> std::io::Result<FaultProxy> {
+        let injector = Arc::new(FaultInjector::new(config));
+        let identity = TlsIdentity::generate()?;
+        let proxy = ReverseProxy::start_tls(
+            upstream,
+            Arc::clone(&injector) as Arc<dyn Interceptor>,
+            &identity,
+        )
+        .await?;
+        Ok(FaultProxy {
+            proxy,
+            injector,
+            tls: Some(identity),
+        })
+    }
+
+    /// The PEM of the CA a client must trust, for a proxy from [`Self::start_tls`].
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.tls.as_ref().map(TlsIdentity::ca_pem)
+    }
+
+    /// Writes [`Self::ca_pem`] to `path`; fails for a proxy without TLS.
+    pub fn write_ca_file(&self, path: &std::path::Path) -> std::io::Result<()> {
+        match &self.tls {
+            Some(identity) => identity.write_ca_file(path),
+            None => Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "this fault proxy serves plain HTTP: it has no CA (start it with start_tls)",
+            )),
+        }
     }
 
     /// The address clients connect to.
@@ -502,7 +555,8 @@ impl FaultProxy {
         self.proxy.addr()
     }
 
-    /// `http://<addr>`: give it to the function as `AWS_ENDPOINT_URL_S3`.
+    /// `http://<addr>`, or `https://<addr>` with TLS: give it to the function as
+    /// `AWS_ENDPOINT_URL_S3`.
     pub fn url(&self) -> String {
         self.proxy.url()
     }
@@ -887,5 +941,208 @@ mod tests {
             .unwrap();
         assert_eq!(back.status(), 200);
         assert_eq!(proxy.injector().in_flight(), 0);
+    }
+
+    type TestError = Box<dyn std::error::Error + Send + Sync>;
+
+    /// One HTTPS request to `proxy` on a new connection, from a client that trusts `ca_pem`
+    /// alone and addresses the proxy as `server_name`.
+    async fn https_request(
+        proxy: &FaultProxy,
+        ca_pem: &str,
+        server_name: &str,
+        path: &str,
+    ) -> Result<(StatusCode, String), TestError> {
+        use http_body_util::BodyExt;
+        use hyper_util::rt::TokioIo;
+        use tokio_rustls::rustls::crypto::aws_lc_rs;
+        use tokio_rustls::rustls::pki_types::pem::PemObject;
+        use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+        use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+
+        let mut roots = RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+            roots.add(cert?)?;
+        }
+        let config = ClientConfig::builder_with_provider(Arc::new(aws_lc_rs::default_provider()))
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let tcp = tokio::net::TcpStream::connect(proxy.addr()).await?;
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(ServerName::try_from(server_name.to_owned())?, tcp)
+            .await?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
+        tokio::spawn(connection);
+        let request = Request::put(path)
+            .header(http::header::HOST, server_name)
+            .body(full_body("{}"))?;
+        let response = sender.send_request(request).await?;
+        let status = response.status();
+        let body = response.into_body().collect().await?.to_bytes();
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    }
+
+    #[tokio::test]
+    async fn a_tls_proxy_serves_https_under_its_own_ca_and_adds_the_latency() {
+        let (upstream, hits) = counting_upstream().await;
+        let latency = Duration::from_millis(200);
+        let proxy = FaultProxy::start_tls(
+            upstream,
+            FaultConfig::new(11, FaultRates::NONE).with_latency(latency),
+        )
+        .await
+        .unwrap();
+        assert_eq!(proxy.url(), format!("https://{}", proxy.addr()));
+        let ca = proxy.ca_pem().expect("a TLS proxy has a CA").to_owned();
+
+        // The certificate is good for both names of the loopback.
+        for (i, name) in ["127.0.0.1", "localhost"].into_iter().enumerate() {
+            let started = Instant::now();
+            let answer = https_request(&proxy, &ca, name, &format!("/bucket/u{i}/userdata"))
+                .await
+                .unwrap();
+            let took = started.elapsed();
+            assert_eq!(answer, (StatusCode::OK, "ok".to_owned()), "{name}");
+            assert!(took >= latency, "{name}: took {took:?}");
+        }
+        let counts = proxy.injector().counts();
+        assert_eq!(
+            (counts.requests, counts.delayed, counts.forwarded),
+            (2, 2, 2)
+        );
+        assert_eq!(hits.load(Ordering::Relaxed), 2);
+
+        // A client trusting another CA fails the handshake; so does one speaking plain HTTP.
+        // Neither request reaches the injector.
+        let stranger = TlsIdentity::generate().unwrap();
+        let refused = https_request(&proxy, stranger.ca_pem(), "localhost", "/bucket/x")
+            .await
+            .unwrap_err();
+        assert!(
+            refused.to_string().contains("UnknownIssuer"),
+            "refused for another reason: {refused}"
+        );
+        let plain = reqwest::get(format!("http://{}/bucket/x", proxy.addr())).await;
+        assert!(plain.is_err(), "plain HTTP got an answer: {plain:?}");
+        assert_eq!(proxy.injector().counts().requests, 2);
+
+        // Faults apply inside TLS as without it: an unreachable upstream cuts the connection.
+        proxy.injector().set_unreachable(true);
+        assert!(https_request(&proxy, &ca, "localhost", "/bucket/cut")
+            .await
+            .is_err());
+        assert_eq!(proxy.injector().counts().unreachable, 1);
+        assert_eq!(proxy.injector().in_flight(), 0);
+
+        let plain_proxy = FaultProxy::start(upstream, FaultConfig::new(1, FaultRates::NONE))
+            .await
+            .unwrap();
+        assert!(plain_proxy.url().starts_with("http://"));
+        assert_eq!(plain_proxy.ca_pem(), None);
+        let nowhere = tempfile::tempdir().unwrap().path().join("ca.pem");
+        assert!(plain_proxy.write_ca_file(&nowhere).is_err());
+    }
+
+    /// Set in the child processes of the test below to the outcome each must see: `trusted`
+    /// or `untrusted`.
+    const SDK_CHILD_VAR: &str = "USERSYNC_TEST_TLS_SDK_CHILD";
+
+    /// The function's own S3 client trusts a TLS fault proxy through `SSL_CERT_FILE`, and
+    /// through nothing else: a `PutObject` made exactly as `bootstrap` makes it (the SDK's
+    /// defaults from the environment, `s3_client_from`, `S3Store`) reaches the upstream when the
+    /// variable names the proxy's CA, and fails the handshake when it names another CA. The SDK
+    /// reads the variable once per process, so each case runs in a child process: this test
+    /// binary running this one test, with [`SDK_CHILD_VAR`] set.
+    #[tokio::test]
+    async fn the_functions_s3_client_trusts_the_tls_proxy_through_ssl_cert_file() {
+        if let Ok(expected) = std::env::var(SDK_CHILD_VAR) {
+            put_as_the_function_does(&expected).await;
+            return;
+        }
+        let (upstream, hits) = counting_upstream().await;
+        let proxy = FaultProxy::start_tls(
+            upstream,
+            FaultConfig::new(3, FaultRates::NONE).with_latency(Duration::from_millis(20)),
+        )
+        .await
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let proxy_ca = dir.path().join("proxy-ca.pem");
+        proxy.write_ca_file(&proxy_ca).unwrap();
+        let other_ca = dir.path().join("other-ca.pem");
+        TlsIdentity::generate()
+            .unwrap()
+            .write_ca_file(&other_ca)
+            .unwrap();
+
+        let full_name = concat!(
+            module_path!(),
+            "::the_functions_s3_client_trusts_the_tls_proxy_through_ssl_cert_file"
+        );
+        let (_crate, test_name) = full_name.split_once("::").unwrap();
+        let child = |ca_file: &std::path::Path, expected: &str| {
+            // Asynchronous, so that this runtime goes on serving the proxy meanwhile. A clean
+            // environment: nothing of the caller's AWS settings or certificate paths leaks in.
+            tokio::process::Command::new(std::env::current_exe().unwrap())
+                .args([test_name, "--exact", "--nocapture", "--test-threads=1"])
+                .env_clear()
+                .env(SDK_CHILD_VAR, expected)
+                .env(super::super::tls::TRUST_FILE_VAR, ca_file)
+                .env("AWS_ENDPOINT_URL", proxy.url())
+                .env("AWS_REGION", "us-east-1")
+                .env("AWS_ACCESS_KEY_ID", "test")
+                .env("AWS_SECRET_ACCESS_KEY", "test")
+                .env("AWS_EC2_METADATA_DISABLED", "true")
+                .output()
+        };
+        let check = |output: std::process::Output, case: &str| {
+            let stdout = String::from_utf8_lossy(&output.stdout);
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert!(
+                output.status.success() && stdout.contains("1 passed"),
+                "the {case} child failed ({}):\n{stdout}\n{stderr}",
+                output.status
+            );
+        };
+
+        check(child(&proxy_ca, "trusted").await.unwrap(), "trusted");
+        let counts = proxy.injector().counts();
+        assert_eq!((counts.requests, counts.forwarded), (1, 1), "{counts:?}");
+        assert_eq!(
+            hits.load(Ordering::Relaxed),
+            1,
+            "the PUT reached the upstream"
+        );
+
+        check(child(&other_ca, "untrusted").await.unwrap(), "untrusted");
+        assert_eq!(
+            proxy.injector().counts().requests,
+            1,
+            "no request passed a handshake with an untrusted CA"
+        );
+        assert_eq!(hits.load(Ordering::Relaxed), 1);
+    }
+
+    /// The child's half of the test above: one `PutObject` through the function's S3 code.
+    async fn put_as_the_function_does(expected: &str) {
+        use usersync_function::ObjectStore;
+
+        let shared = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+        let store =
+            usersync_function::S3Store::new(usersync_function::s3_client_from(&shared, true), "b");
+        let outcome = store
+            .put("user-1/userdata", br#"{"name":"user-1"}"#.to_vec())
+            .await;
+        match expected {
+            "trusted" => outcome.expect("the SDK trusts the proxy's CA"),
+            "untrusted" => {
+                let err = outcome.expect_err("the SDK refuses a certificate of another CA");
+                let chain = deployer::errors::chain(&err);
+                assert!(chain.contains("UnknownIssuer"), "{chain}");
+            }
+            other => panic!("{SDK_CHILD_VAR} is `trusted` or `untrusted`, not `{other}`"),
+        }
     }
 }

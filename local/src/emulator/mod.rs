@@ -5,7 +5,8 @@
 //! A `fakecloud` named by `FAKECLOUD_BIN`, or found on `PATH`, is used instead when present.
 //!
 //! `install` finds or installs the binary, `process` runs one emulator, `shared` keeps the
-//! detached one `--local` commands use; `front` and `proxy` sit between clients and it.
+//! detached one `--local` commands use; `front` and `proxy` sit between clients and it, `proxy`
+//! with TLS from `tls` when clients must pay for HTTPS as they do on AWS.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -16,6 +17,7 @@ mod install;
 mod process;
 pub mod proxy;
 mod shared;
+pub mod tls;
 
 pub use install::{
     ensure_binary, find_binary, install, install_root, BinarySource, EmulatorBinary,

@@ -4,6 +4,9 @@
 //! delays or cuts requests.
 //!
 //! Bodies are streamed, not buffered, so passing through costs one loopback hop.
+//!
+//! It listens in plain HTTP, or with TLS and a throwaway certificate (`emulator::tls`) in front
+//! of a plain-HTTP upstream, for clients that must pay HTTPS's costs as they do on AWS.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -22,8 +25,12 @@ use hyper::service::service_fn;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+
+use super::tls::TlsIdentity;
 
 /// Any body the proxy sends or receives.
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
@@ -122,6 +129,7 @@ impl Upstream {
 /// A running proxy; it stops when dropped.
 pub struct ReverseProxy {
     addr: SocketAddr,
+    tls: bool,
     accept: JoinHandle<()>,
 }
 
@@ -136,9 +144,28 @@ impl ReverseProxy {
         upstream: SocketAddr,
         interceptor: Arc<dyn Interceptor>,
     ) -> io::Result<ReverseProxy> {
+        Self::listen(upstream, interceptor, None).await
+    }
+
+    /// The same, with clients speaking TLS to the proxy under `identity`'s certificate (the
+    /// upstream is still spoken to in plain HTTP).
+    pub async fn start_tls(
+        upstream: SocketAddr,
+        interceptor: Arc<dyn Interceptor>,
+        identity: &TlsIdentity,
+    ) -> io::Result<ReverseProxy> {
+        Self::listen(upstream, interceptor, Some(identity.acceptor())).await
+    }
+
+    async fn listen(
+        upstream: SocketAddr,
+        interceptor: Arc<dyn Interceptor>,
+        tls: Option<TlsAcceptor>,
+    ) -> io::Result<ReverseProxy> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let upstream = Arc::new(Upstream::new(upstream)?);
+        let serves_tls = tls.is_some();
         let accept = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -147,20 +174,26 @@ impl ReverseProxy {
                 let _ = stream.set_nodelay(true);
                 let upstream = Arc::clone(&upstream);
                 let interceptor = Arc::clone(&interceptor);
+                let tls = tls.clone();
+                // The handshake runs in the connection's own task, so a slow client holds up
+                // no other. A failed handshake concerns only its client, which sees the failure.
                 tokio::spawn(async move {
-                    let service = service_fn(move |request: Request<Incoming>| {
-                        let upstream = Arc::clone(&upstream);
-                        let interceptor = Arc::clone(&interceptor);
-                        async move { handle(&*interceptor, &upstream, request).await }
-                    });
-                    // A failed connection concerns only its client, which sees the failure.
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    match tls {
+                        None => serve(stream, upstream, interceptor).await,
+                        Some(acceptor) => {
+                            if let Ok(stream) = acceptor.accept(stream).await {
+                                serve(stream, upstream, interceptor).await;
+                            }
+                        }
+                    }
                 });
             }
         });
-        Ok(ReverseProxy { addr, accept })
+        Ok(ReverseProxy {
+            addr,
+            tls: serves_tls,
+            accept,
+        })
     }
 
     /// The address clients connect to.
@@ -168,9 +201,10 @@ impl ReverseProxy {
         self.addr
     }
 
-    /// `http://<addr>`.
+    /// `http://<addr>`, or `https://<addr>` with TLS (the certificate names 127.0.0.1).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 }
 
@@ -178,6 +212,22 @@ impl Drop for ReverseProxy {
     fn drop(&mut self) {
         self.accept.abort();
     }
+}
+
+/// Serves one client connection, plain or TLS, until it closes.
+async fn serve<S>(stream: S, upstream: Arc<Upstream>, interceptor: Arc<dyn Interceptor>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |request: Request<Incoming>| {
+        let upstream = Arc::clone(&upstream);
+        let interceptor = Arc::clone(&interceptor);
+        async move { handle(&*interceptor, &upstream, request).await }
+    });
+    // A failed connection concerns only its client, which sees the failure.
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
 }
 
 async fn handle(

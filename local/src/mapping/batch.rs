@@ -430,6 +430,7 @@ mod tests {
             stream_arn: "arn:aws:dynamodb:us-east-1:000000000000:table/t/stream/s".into(),
             batch_size: 100,
             batching_window: Duration::ZERO,
+            parallelization_factor: 1,
             starting_position: crate::mapping::settings::StartingPosition::TrimHorizon,
             max_retry_attempts: Some(2),
             max_record_age: None,

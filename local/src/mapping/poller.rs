@@ -4,11 +4,25 @@
 //! - Shards are found through `DescribeStream` and re-checked every
 //!   [`PollerOptions::discovery_interval`]; a child shard is read only after its parent has been
 //!   read to its end, so a user's records stay in order across shard splits.
-//! - Each shard has one iterator and at most one batch in flight (parallelization factor 1).
+//! - Each shard has one iterator and, in a round, up to `ParallelizationFactor` batches in
+//!   flight at once, one per lane (1 by default: one batch at a time, in stream order). A
+//!   record goes to the lane its partition key (the record's `Keys`, the user's key) hashes to,
+//!   so all of one user's records go to the same lane, in their order: Lambda "still ensures
+//!   in-order processing at the item (partition and sort key) level"
+//!   (https://docs.aws.amazon.com/lambda/latest/dg/with-ddb.html; the parameter:
+//!   https://docs.aws.amazon.com/lambda/latest/dg/services-ddb-params.html). A lane takes
+//!   records until its batch is full; a record it cannot take stays in the shard's queue with
+//!   every later record of that lane, for the next round.
+//! - The shard moves on only past a finished round: the next round starts, and the shard ends,
+//!   only when every lane's batch has been applied or discarded. Each lane keeps the failure
+//!   rules of [`crate::mapping::batch`] (a failed lane is retried, bisected or discarded on its
+//!   own records) while the round waits for it, so a lane that retries holds the shard as one
+//!   batch does at factor 1. (Lambda's lanes go on independently; waiting for the whole round is
+//!   this poller's simpler way to never move past an unfinished lane.)
 //!   Shards are read concurrently; their invocations go to the same [`Invoker`].
 //! - A batch holds up to `BatchSize` records and Lambda's 6 MB payload limit; with a batching
-//!   window the poller keeps reading until the batch is full or the window has passed since
-//!   the batch's first record.
+//!   window the poller keeps reading until a round's worth of records (`BatchSize` times the
+//!   factor) is read or the window has passed since the round's first record.
 //! - Failures follow [`crate::mapping::batch`]: partial batch responses, bisection, bounded retries,
 //!   maximum record age, on-failure destination.
 //! - `StartingPosition` applies to the shards open when the poller starts; shards that appear
@@ -34,7 +48,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
 
-use crate::mapping::batch::{BatchEvent, BatchRunner, RetryBackoff};
+use crate::mapping::batch::{BatchEvent, BatchRunner, Discards, RetryBackoff};
 use crate::mapping::destination::{DestinationError, QueueDestination};
 use crate::mapping::settings::{MappingSettings, StartingPosition};
 use crate::runtime::invoke::Invoker;
@@ -486,6 +500,9 @@ async fn read_shard<I: Invoker>(
         backoff: shared.options.retry_backoff,
         observe: &observe_batch,
     };
+    let lanes = settings.parallelization_factor.max(1);
+    // What a round can take at most: a full batch in every lane.
+    let round_size = settings.batch_size.saturating_mul(lanes);
     let mut pending: VecDeque<StreamEventRecord> = VecDeque::new();
     let mut read_failures = 0u32;
     loop {
@@ -496,7 +513,7 @@ async fn read_shard<I: Invoker>(
         // the first record gathered) has passed.
         let mut first_record_at: Option<Instant> = None;
         loop {
-            if pending.len() >= settings.batch_size || reader.is_finished() {
+            if pending.len() >= round_size || reader.is_finished() {
                 break;
             }
             if first_record_at.is_none() && !pending.is_empty() {
@@ -512,7 +529,7 @@ async fn read_shard<I: Invoker>(
             if !until_set(&mut enabled, &mut stop).await {
                 return Ok(());
             }
-            let wanted = (settings.batch_size - pending.len()).min(MAX_RECORDS_PER_READ);
+            let wanted = (round_size - pending.len()).min(MAX_RECORDS_PER_READ);
             let read = tokio::select! {
                 read = reader.read(wanted) => read,
                 _ = stop.wait_for(|stopped| *stopped) => return Ok(()),
@@ -558,14 +575,92 @@ async fn read_shard<I: Invoker>(
         if !until_set(&mut enabled, &mut stop).await || !until_set(&mut release, &mut stop).await {
             return Ok(());
         }
-        let batch = take_batch(&mut pending, settings.batch_size);
-        let mut stop_for_batch = stop.clone();
-        runner
-            .run(batch, async move {
-                let _ = stop_for_batch.wait_for(|stopped| *stopped).await;
-            })
-            .await;
+        run_round(&runner, &mut pending, lanes, &stop).await;
     }
+}
+
+/// Runs one round of a shard: takes the next batch of each of `lanes` lanes off the front of
+/// `pending` ([`take_lane_batches`]) and runs them through `runner` at once. Returns when every
+/// one of them has been applied or discarded, or when the poller stops (the round is then
+/// abandoned, unfinished, as a batch in flight is).
+async fn run_round<I: Invoker, D: Discards>(
+    runner: &BatchRunner<'_, I, D>,
+    pending: &mut VecDeque<StreamEventRecord>,
+    lanes: usize,
+    stop: &watch::Receiver<bool>,
+) {
+    let batches = take_lane_batches(pending, lanes, runner.settings.batch_size);
+    let runs = batches.into_iter().map(|batch| {
+        let mut stop_for_batch = stop.clone();
+        runner.run(batch, async move {
+            let _ = stop_for_batch.wait_for(|stopped| *stopped).await;
+        })
+    });
+    futures::future::join_all(runs).await;
+}
+
+/// Takes the next batch of each of `lanes` lanes off `pending` (records in shard order): each
+/// record goes to the lane of its partition key ([`lane_of`]), which takes it while its batch
+/// has room under `batch_size` and Lambda's payload limit (a lane's first record always goes).
+/// The first record a lane cannot take closes it for this round, so a lane's batch is the
+/// first records of that lane, in order, and what stays in `pending` keeps its order: every
+/// record of one key comes after those of its key taken now. Returns the lanes' non-empty
+/// batches; with one lane, exactly [`take_batch`]'s.
+fn take_lane_batches(
+    pending: &mut VecDeque<StreamEventRecord>,
+    lanes: usize,
+    batch_size: usize,
+) -> Vec<Vec<StreamEventRecord>> {
+    if lanes <= 1 {
+        let batch = take_batch(pending, batch_size);
+        return if batch.is_empty() {
+            Vec::new()
+        } else {
+            vec![batch]
+        };
+    }
+    let mut batches: Vec<Vec<StreamEventRecord>> = (0..lanes).map(|_| Vec::new()).collect();
+    let mut bytes = vec![PAYLOAD_OVERHEAD_BYTES; lanes];
+    let mut closed = vec![false; lanes];
+    let mut rest = VecDeque::new();
+    for record in pending.drain(..) {
+        let lane = lane_of(&record, lanes);
+        if !closed[lane] {
+            let batch = &mut batches[lane];
+            let with = bytes[lane] + record.payload_bytes + 1;
+            if batch.len() < batch_size && (batch.is_empty() || with <= MAX_PAYLOAD_BYTES) {
+                bytes[lane] = with;
+                batch.push(record);
+                continue;
+            }
+            closed[lane] = true;
+        }
+        rest.push_back(record);
+    }
+    *pending = rest;
+    batches.retain(|batch| !batch.is_empty());
+    batches
+}
+
+/// The lane (0 to `lanes - 1`) of a record: a hash of its partition key, the stream record's
+/// `dynamodb.Keys` with the attributes in name order, so that every record of one item (one
+/// user) has the same lane. A record without keys goes to lane 0.
+fn lane_of(record: &StreamEventRecord, lanes: usize) -> usize {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+
+    let Some(keys) = record.event["dynamodb"]["Keys"].as_object() else {
+        return 0;
+    };
+    let mut attributes: Vec<(&String, String)> = keys
+        .iter()
+        .map(|(name, value)| (name, value.to_string()))
+        .collect();
+    attributes.sort();
+    // SipHash with fixed keys: the same lane for a key throughout the run.
+    let mut hasher = DefaultHasher::new();
+    attributes.hash(&mut hasher);
+    let lanes = u64::try_from(lanes.max(1)).unwrap_or(u64::MAX);
+    usize::try_from(hasher.finish() % lanes).unwrap_or(0)
 }
 
 /// Takes the next batch off the front of `pending`: at most `batch_size` records whose event
@@ -734,6 +829,411 @@ mod tests {
             );
             set_stop.send_replace(true);
             assert!(!waiting.await, "stopped while disabled");
+        }
+    }
+
+    /// A record of `user` (the table's key `name`), as the stream delivers it.
+    fn user_record(seq: usize, user: &str, bytes: usize) -> StreamEventRecord {
+        StreamEventRecord {
+            event: json!({"dynamodb": {
+                "Keys": {"name": {"S": user}},
+                "SequenceNumber": seq.to_string(),
+            }}),
+            sequence_number: seq.to_string(),
+            created_at_epoch_s: None,
+            payload_bytes: bytes,
+        }
+    }
+
+    fn user_of(record: &StreamEventRecord) -> String {
+        record.event["dynamodb"]["Keys"]["name"]["S"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    fn sequences(records: &[StreamEventRecord]) -> Vec<usize> {
+        records
+            .iter()
+            .map(|r| r.sequence_number.parse().unwrap())
+            .collect()
+    }
+
+    /// `count` user names whose records go to `count` different lanes of `lanes`.
+    fn users_in_different_lanes(count: usize, lanes: usize) -> Vec<String> {
+        let mut found: Vec<(usize, String)> = Vec::new();
+        for n in 0.. {
+            let user = format!("user-{n}");
+            let lane = lane_of(&user_record(0, &user, 1), lanes);
+            if found.iter().all(|(l, _)| *l != lane) {
+                found.push((lane, user));
+            }
+            if found.len() == count {
+                break;
+            }
+        }
+        found.into_iter().map(|(_, user)| user).collect()
+    }
+
+    #[test]
+    fn a_users_records_always_go_to_the_same_lane() {
+        for lanes in 1..=10 {
+            for user in ["alice", "bob", "carol", "dave", ""] {
+                let lane = lane_of(&user_record(1, user, 1), lanes);
+                assert!(lane < lanes);
+                assert_eq!(lane_of(&user_record(99, user, 5000), lanes), lane);
+            }
+        }
+        // The key's attributes are taken in name order, whatever order the JSON has them in.
+        let mut two_keys = user_record(1, "alice", 1);
+        two_keys.event["dynamodb"]["Keys"] = json!({"a": {"S": "x"}, "b": {"N": "1"}});
+        let mut reversed = user_record(2, "alice", 1);
+        reversed.event["dynamodb"]["Keys"] = json!({"b": {"N": "1"}, "a": {"S": "x"}});
+        assert_eq!(lane_of(&two_keys, 7), lane_of(&reversed, 7));
+        // Keyless records stay together, in lane 0.
+        assert_eq!(lane_of(&record(1, 1), 7), 0);
+        // Ten users spread over more than one of four lanes.
+        let lanes: std::collections::BTreeSet<usize> = (0..10)
+            .map(|n| lane_of(&user_record(n, &format!("user-{n}"), 1), 4))
+            .collect();
+        assert!(lanes.len() > 1, "{lanes:?}");
+    }
+
+    #[test]
+    fn lanes_take_every_record_of_a_user_together_and_in_order() {
+        let users = ["ann", "ben", "cat", "dan", "eve", "fay", "gus"];
+        let mut pending: VecDeque<_> = (0..21)
+            .map(|n| user_record(n, users[n % users.len()], 100))
+            .collect();
+        let batches = take_lane_batches(&mut pending, 3, 100);
+        assert!(pending.is_empty());
+        assert!(!batches.is_empty() && batches.len() <= 3);
+        assert_eq!(batches.iter().map(Vec::len).sum::<usize>(), 21);
+        for user in users {
+            let holding: Vec<&Vec<StreamEventRecord>> = batches
+                .iter()
+                .filter(|b| b.iter().any(|r| user_of(r) == user))
+                .collect();
+            assert_eq!(holding.len(), 1, "{user}'s records are in one batch");
+        }
+        for batch in &batches {
+            let seqs = sequences(batch);
+            assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in order: {seqs:?}");
+        }
+    }
+
+    #[test]
+    fn a_full_lane_leaves_the_rest_of_its_records_in_order_for_the_next_round() {
+        let users = users_in_different_lanes(2, 2);
+        let (a, b) = (users[0].as_str(), users[1].as_str());
+        // a's lane fills at two records; b's takes its own.
+        let mut pending: VecDeque<_> = [
+            user_record(1, a, 10),
+            user_record(2, a, 10),
+            user_record(3, b, 10),
+            user_record(4, a, 10),
+            user_record(5, b, 10),
+            user_record(6, a, 10),
+        ]
+        .into();
+        let batches = take_lane_batches(&mut pending, 2, 2);
+        let taken: Vec<Vec<usize>> = batches.iter().map(|b| sequences(b)).collect();
+        assert_eq!(taken, [vec![1, 2], vec![3, 5]]);
+        assert_eq!(sequences(pending.make_contiguous()), [4, 6]);
+
+        // A record too large for its lane's batch closes the lane: a smaller later record of
+        // the same lane must not overtake it.
+        let mut pending: VecDeque<_> = [
+            user_record(1, a, 4 * 1024 * 1024),
+            user_record(2, a, 3 * 1024 * 1024),
+            user_record(3, a, 10),
+            user_record(4, b, 10),
+        ]
+        .into();
+        let batches = take_lane_batches(&mut pending, 2, 100);
+        let taken: Vec<Vec<usize>> = batches.iter().map(|b| sequences(b)).collect();
+        assert_eq!(taken, [vec![1], vec![4]]);
+        assert_eq!(sequences(pending.make_contiguous()), [2, 3]);
+    }
+
+    #[test]
+    fn one_lane_takes_the_batch_of_one_batch_at_a_time() {
+        let make = || -> VecDeque<_> {
+            (0..10)
+                .map(|n| user_record(n, &format!("u{n}"), 2 * 1024 * 1024))
+                .collect()
+        };
+        let (mut one, mut plain) = (make(), make());
+        let batches = take_lane_batches(&mut one, 1, 4);
+        assert_eq!(batches.len(), 1);
+        assert_eq!(
+            sequences(&batches[0]),
+            sequences(&take_batch(&mut plain, 4))
+        );
+        assert_eq!(one.len(), plain.len());
+        assert!(take_lane_batches(&mut VecDeque::new(), 1, 4).is_empty());
+        assert!(take_lane_batches(&mut VecDeque::new(), 4, 4).is_empty());
+    }
+
+    /// A function for rounds: every invocation is logged with its sequence numbers; one holding
+    /// a `gated` record waits for `gate`; a record in `fail_once` is reported failed the first
+    /// time it is invoked; each invocation takes a few milliseconds that vary with its first
+    /// record. `applied` lists the records each invocation applied, as it ends.
+    struct RoundFunction {
+        gated: Option<usize>,
+        gate: watch::Receiver<bool>,
+        fail_once: std::sync::Mutex<std::collections::BTreeSet<usize>>,
+        calls: std::sync::Mutex<Vec<Vec<usize>>>,
+        applied: std::sync::Mutex<Vec<usize>>,
+        in_flight: std::sync::atomic::AtomicUsize,
+        most_in_flight: std::sync::atomic::AtomicUsize,
+    }
+
+    impl RoundFunction {
+        fn new(gated: Option<usize>, gate: watch::Receiver<bool>, fail_once: &[usize]) -> Self {
+            Self {
+                gated,
+                gate,
+                fail_once: std::sync::Mutex::new(fail_once.iter().copied().collect()),
+                calls: std::sync::Mutex::new(Vec::new()),
+                applied: std::sync::Mutex::new(Vec::new()),
+                in_flight: std::sync::atomic::AtomicUsize::new(0),
+                most_in_flight: std::sync::atomic::AtomicUsize::new(0),
+            }
+        }
+        fn calls(&self) -> Vec<Vec<usize>> {
+            self.calls.lock().unwrap().clone()
+        }
+        fn applied(&self) -> Vec<usize> {
+            self.applied.lock().unwrap().clone()
+        }
+    }
+
+    impl Invoker for RoundFunction {
+        fn invoke_reporting_id(
+            &self,
+            payload: serde_json::Value,
+        ) -> impl Future<Output = crate::runtime::invoke::Invoked> + Send {
+            use crate::runtime::invoke::{InvokeOutcome, Invoked};
+            let seqs: Vec<usize> = payload["Records"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| {
+                    r["dynamodb"]["SequenceNumber"]
+                        .as_str()
+                        .unwrap()
+                        .parse()
+                        .unwrap()
+                })
+                .collect();
+            self.calls.lock().unwrap().push(seqs.clone());
+            let first_failed = {
+                let mut fail_once = self.fail_once.lock().unwrap();
+                let failed = seqs.iter().position(|s| fail_once.contains(s));
+                if let Some(i) = failed {
+                    fail_once.remove(&seqs[i]);
+                }
+                failed
+            };
+            let gated = self.gated.is_some_and(|g| seqs.contains(&g));
+            let mut gate = self.gate.clone();
+            let delay = Duration::from_millis(u64::try_from(seqs[0] % 7).unwrap());
+            async move {
+                use std::sync::atomic::Ordering::SeqCst;
+                let now = self.in_flight.fetch_add(1, SeqCst) + 1;
+                self.most_in_flight.fetch_max(now, SeqCst);
+                if gated {
+                    let _ = gate.wait_for(|open| *open).await;
+                }
+                tokio::time::sleep(delay).await;
+                let done = first_failed.unwrap_or(seqs.len());
+                self.applied.lock().unwrap().extend(&seqs[..done]);
+                self.in_flight.fetch_sub(1, SeqCst);
+                let outcome = match first_failed {
+                    Some(i) => InvokeOutcome::Response(json!({
+                        "batchItemFailures": [{"itemIdentifier": seqs[i].to_string()}]
+                    })),
+                    None => InvokeOutcome::Response(json!({})),
+                };
+                Invoked {
+                    request_id: format!("req-{}", seqs[0]),
+                    outcome,
+                }
+            }
+        }
+    }
+
+    /// The destination type of runners without one (`destination: None`): never called.
+    struct NoQueue;
+
+    impl Discards for NoQueue {
+        fn discard(
+            &self,
+            _message: serde_json::Value,
+        ) -> impl Future<Output = Result<(), DestinationError>> + Send {
+            std::future::ready(Ok(()))
+        }
+    }
+
+    fn round_settings(lanes: usize, batch_size: usize) -> MappingSettings {
+        MappingSettings {
+            uuid: "m".into(),
+            function_arn: "arn:aws:lambda:us-east-1:000000000000:function:f".into(),
+            stream_arn: "arn:aws:dynamodb:us-east-1:000000000000:table/t/stream/s".into(),
+            batch_size,
+            batching_window: Duration::ZERO,
+            parallelization_factor: lanes,
+            starting_position: StartingPosition::TrimHorizon,
+            max_retry_attempts: Some(5),
+            max_record_age: None,
+            bisect_on_error: true,
+            report_batch_item_failures: true,
+            enabled: true,
+            on_failure_destination: None,
+            has_filter_criteria: false,
+        }
+    }
+
+    fn runner<'a>(
+        settings: &'a MappingSettings,
+        function: &'a RoundFunction,
+        observe: &'a (dyn Fn(BatchEvent) + Send + Sync),
+    ) -> BatchRunner<'a, RoundFunction, NoQueue> {
+        BatchRunner {
+            settings,
+            shard_id: "shard-1",
+            invoker: function,
+            destination: None,
+            backoff: RetryBackoff {
+                first: Duration::from_millis(1),
+                max: Duration::from_millis(2),
+            },
+            observe,
+        }
+    }
+
+    /// Both lanes' batches are in flight at once; the round (and with it the shard: its next
+    /// round, its end) does not go past the lane that has not finished, even though the other
+    /// lane is done and has records waiting.
+    #[tokio::test]
+    async fn the_shard_does_not_move_past_an_unfinished_lane() {
+        let users = users_in_different_lanes(2, 2);
+        let (a, b) = (users[0].as_str(), users[1].as_str());
+        let settings = round_settings(2, 2);
+        let (open, gate) = watch::channel(false);
+        let function = RoundFunction::new(Some(1), gate, &[]);
+        let observe = |_: BatchEvent| {};
+        let runner = runner(&settings, &function, &observe);
+        let (_stop_tx, stop) = watch::channel(false);
+        // Batches of two: a's lane takes 1 and 5, b's 2 and 3; 4 and 6 wait for a round.
+        let mut pending: VecDeque<_> = [
+            user_record(1, a, 10),
+            user_record(2, b, 10),
+            user_record(3, b, 10),
+            user_record(4, b, 10),
+            user_record(5, a, 10),
+            user_record(6, a, 10),
+        ]
+        .into();
+
+        {
+            let round = run_round(&runner, &mut pending, 2, &stop);
+            tokio::pin!(round);
+            assert!(
+                tokio::time::timeout(Duration::from_millis(200), &mut round)
+                    .await
+                    .is_err(),
+                "the round waits for a's lane"
+            );
+            // Both batches were invoked at once; b's finished, a's is still in flight, and
+            // b's next record is not invoked although b's lane is idle.
+            let mut calls = function.calls();
+            calls.sort();
+            assert_eq!(calls, [vec![1, 5], vec![2, 3]]);
+            assert_eq!(function.applied(), [2, 3]);
+            open.send_replace(true);
+            round.await;
+        }
+        assert_eq!(function.applied(), [2, 3, 1, 5]);
+        assert_eq!(sequences(pending.make_contiguous()), [4, 6]);
+        run_round(&runner, &mut pending, 2, &stop).await;
+        assert!(pending.is_empty());
+        let mut last = function.calls().split_off(2);
+        last.sort();
+        assert_eq!(last, [vec![4], vec![6]]);
+    }
+
+    /// A stopped poller abandons the round: the unfinished lane's records are not applied and
+    /// the round returns.
+    #[tokio::test]
+    async fn a_stop_abandons_an_unfinished_round() {
+        let users = users_in_different_lanes(2, 2);
+        let settings = round_settings(2, 10);
+        let (_open, gate) = watch::channel(false);
+        let function = RoundFunction::new(Some(1), gate, &[]);
+        let observe = |_: BatchEvent| {};
+        let runner = runner(&settings, &function, &observe);
+        let (stop_tx, stop) = watch::channel(false);
+        let mut pending: VecDeque<_> =
+            [user_record(1, &users[0], 10), user_record(2, &users[1], 10)].into();
+        let round = run_round(&runner, &mut pending, 2, &stop);
+        let ((), ()) = tokio::join!(round, async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            stop_tx.send_replace(true);
+        });
+        assert_eq!(function.applied(), [2], "a's record was never applied");
+    }
+
+    /// Many users over three lanes, rounds after rounds, with failures that each lane retries
+    /// on its own: every user's records are applied exactly in stream order, and every record
+    /// is applied.
+    #[tokio::test]
+    async fn each_users_records_are_applied_in_order_across_lanes_and_retries() {
+        let users: Vec<String> = (0..9).map(|n| format!("user-{n}")).collect();
+        let records: Vec<StreamEventRecord> = (0..120)
+            .map(|n| user_record(n, &users[(n * 7 + n / 9) % users.len()], 50))
+            .collect();
+        let user_by_seq: BTreeMap<usize, String> = records
+            .iter()
+            .map(|r| (sequences(std::slice::from_ref(r))[0], user_of(r)))
+            .collect();
+        let settings = round_settings(3, 4);
+        let (_open, gate) = watch::channel(true);
+        let function = RoundFunction::new(None, gate, &[3, 17, 18, 40, 41, 77, 119]);
+        let observe = |_: BatchEvent| {};
+        let runner = runner(&settings, &function, &observe);
+        let (_stop_tx, stop) = watch::channel(false);
+        let mut pending: VecDeque<_> = records.into();
+        let mut rounds = 0;
+        while !pending.is_empty() {
+            run_round(&runner, &mut pending, 3, &stop).await;
+            rounds += 1;
+        }
+        assert!(rounds >= 120 / 12, "{rounds} rounds");
+        let most = function
+            .most_in_flight
+            .load(std::sync::atomic::Ordering::SeqCst);
+        assert!((2..=3).contains(&most), "{most} batches at once");
+
+        let applied = function.applied();
+        let mut sorted = applied.clone();
+        sorted.sort_unstable();
+        assert_eq!(
+            sorted,
+            (0..120).collect::<Vec<_>>(),
+            "each record applied once"
+        );
+        for user in &users {
+            let order: Vec<usize> = applied
+                .iter()
+                .copied()
+                .filter(|s| user_by_seq[s] == *user)
+                .collect();
+            assert!(
+                order.windows(2).all(|w| w[0] < w[1]),
+                "{user}'s records applied out of order: {order:?}"
+            );
         }
     }
 

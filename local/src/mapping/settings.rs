@@ -13,6 +13,9 @@ const DEFAULT_BATCH_SIZE: usize = 100;
 const MAX_BATCH_SIZE: usize = 10_000;
 /// `MaximumBatchingWindowInSeconds` is at most five minutes.
 const MAX_BATCHING_WINDOW_S: i32 = 300;
+/// `ParallelizationFactor` is 1 (the default) to 10
+/// (https://docs.aws.amazon.com/lambda/latest/dg/services-ddb-params.html).
+const MAX_PARALLELIZATION_FACTOR: usize = 10;
 
 /// Where a mapping starts reading shards that exist when it starts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,6 +35,9 @@ pub struct MappingSettings {
     pub stream_arn: String,
     pub batch_size: usize,
     pub batching_window: Duration,
+    /// Batches of one shard in flight at once (`ParallelizationFactor`, 1 to 10); the records
+    /// of one partition key always go to the same one, in order.
+    pub parallelization_factor: usize,
     pub starting_position: StartingPosition,
     /// Retries of a failing batch; `None` retries until the records expire (`-1`).
     pub max_retry_attempts: Option<u32>,
@@ -59,6 +65,8 @@ pub enum MappingError {
     BatchSize { uuid: String, value: i32 },
     #[error("event source mapping {uuid} has MaximumBatchingWindowInSeconds {value}: use 0 to {MAX_BATCHING_WINDOW_S}")]
     BatchingWindow { uuid: String, value: i32 },
+    #[error("event source mapping {uuid} has ParallelizationFactor {value}: use 1 to {MAX_PARALLELIZATION_FACTOR}")]
+    ParallelizationFactor { uuid: String, value: i32 },
     #[error("event source mapping {uuid} starts AT_TIMESTAMP, which DynamoDB Streams does not support: use TRIM_HORIZON or LATEST")]
     StartingPosition { uuid: String },
     #[error("event source mapping {uuid} has {field} {value}: use -1 or a value of 0 or more")]
@@ -112,6 +120,13 @@ impl MappingSettings {
             }
             Some(value) => return Err(MappingError::BatchingWindow { uuid, value }),
         };
+        let parallelization_factor = match config.parallelization_factor() {
+            None => 1,
+            Some(value) => match usize::try_from(value) {
+                Ok(n @ 1..=MAX_PARALLELIZATION_FACTOR) => n,
+                _ => return Err(MappingError::ParallelizationFactor { uuid, value }),
+            },
+        };
         let starting_position = match config.starting_position() {
             None | Some(EventSourcePosition::TrimHorizon) => StartingPosition::TrimHorizon,
             Some(EventSourcePosition::Latest) => StartingPosition::Latest,
@@ -154,6 +169,7 @@ impl MappingSettings {
             stream_arn,
             batch_size,
             batching_window,
+            parallelization_factor,
             starting_position,
             max_retry_attempts,
             max_record_age,
@@ -219,6 +235,7 @@ mod tests {
         let config = deployed()
             .batch_size(250)
             .maximum_batching_window_in_seconds(2)
+            .parallelization_factor(4)
             .starting_position(EventSourcePosition::TrimHorizon)
             .maximum_retry_attempts(5)
             .maximum_record_age_in_seconds(3600)
@@ -239,6 +256,7 @@ mod tests {
                 stream_arn: STREAM.into(),
                 batch_size: 250,
                 batching_window: Duration::from_secs(2),
+                parallelization_factor: 4,
                 starting_position: StartingPosition::TrimHorizon,
                 max_retry_attempts: Some(5),
                 max_record_age: Some(Duration::from_secs(3600)),
@@ -256,6 +274,7 @@ mod tests {
         let settings = MappingSettings::from_configuration(&deployed().build()).unwrap();
         assert_eq!(settings.batch_size, 100);
         assert_eq!(settings.batching_window, Duration::ZERO);
+        assert_eq!(settings.parallelization_factor, 1);
         assert_eq!(settings.max_retry_attempts, None);
         assert_eq!(settings.max_record_age, None);
         assert!(!settings.bisect_on_error);
@@ -305,6 +324,14 @@ mod tests {
             (
                 deployed().maximum_batching_window_in_seconds(301).build(),
                 "use 0 to 300",
+            ),
+            (
+                deployed().parallelization_factor(0).build(),
+                "has ParallelizationFactor 0: use 1 to 10",
+            ),
+            (
+                deployed().parallelization_factor(11).build(),
+                "has ParallelizationFactor 11: use 1 to 10",
             ),
             (
                 deployed()
