@@ -776,6 +776,26 @@ fn millis(duration: Duration) -> u64 {
 }
 
 #[cfg(test)]
+impl LambdaRow {
+    /// A plain row (20 ms, no sweep) at `rate` records/s, for tests here and in `report`.
+    pub(crate) fn sample(memory_mb: u32, batch_size: usize, rate: f64) -> LambdaRow {
+        LambdaRow {
+            memory_mb,
+            batch_size,
+            s3_latency_ms: 20,
+            jitter_ms: None,
+            records_per_s: rate,
+            batch_p50_ms: batch_size as f64 / rate * 1000.0,
+            batch_p99_ms: batch_size as f64 / rate * 1300.0,
+            cpu_us_per_record: 90.0,
+            peak_rss_bytes: 14 << 20,
+            max_concurrency: None,
+            parallelization_factor: None,
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -912,19 +932,7 @@ mod tests {
     }
 
     fn row(memory_mb: u32, batch_size: usize, rate: f64) -> LambdaRow {
-        LambdaRow {
-            memory_mb,
-            batch_size,
-            s3_latency_ms: 20,
-            jitter_ms: None,
-            records_per_s: rate,
-            batch_p50_ms: 100.0,
-            batch_p99_ms: 150.0,
-            cpu_us_per_record: 80.0,
-            peak_rss_bytes: 14 << 20,
-            max_concurrency: None,
-            parallelization_factor: None,
-        }
+        LambdaRow::sample(memory_mb, batch_size, rate)
     }
 
     #[test]

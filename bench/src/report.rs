@@ -943,19 +943,7 @@ mod tests {
     }
 
     fn lambda_row(memory_mb: u32, batch_size: usize, rate: f64) -> LambdaRow {
-        LambdaRow {
-            memory_mb,
-            batch_size,
-            s3_latency_ms: 20,
-            jitter_ms: None,
-            records_per_s: rate,
-            batch_p50_ms: batch_size as f64 / rate * 1000.0,
-            batch_p99_ms: batch_size as f64 / rate * 1300.0,
-            cpu_us_per_record: 90.0,
-            peak_rss_bytes: 14 << 20,
-            max_concurrency: None,
-            parallelization_factor: None,
-        }
+        LambdaRow::sample(memory_mb, batch_size, rate)
     }
 
     fn lambda_section(rate_at_128: f64) -> LambdaSection {

@@ -62,7 +62,8 @@ enum Command {
     /// every missing, stale and orphaned object. Exit code 3: drift found (without --repair)
     Reconcile(reconcile::ReconcileArgs),
     /// Measure the function's throughput against the raw S3 limit, its memory and cold start,
-    /// end-to-end latency and deploy times; results under target/bench/
+    /// the function sized as Lambda sizes it, end-to-end latency, deploy times and the
+    /// reconcile; results under target/bench/
     Bench(bench::BenchArgs),
     /// Run every check CI runs: format, clippy, unit tests, template lint and the end-to-end suite
     Test(test::TestArgs),
