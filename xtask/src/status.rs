@@ -69,7 +69,7 @@ pub async fn run(target_args: &TargetArgs) -> Result<()> {
     println!("event source mapping");
     for mapping in &report.event_source_mappings {
         println!(
-            "  {} {} (last processing result: {}, batch size {})",
+            "  {} {} (last processing result: {}, batch size {}, parallelization factor {})",
             mapping.uuid,
             mapping.state,
             mapping
@@ -78,6 +78,9 @@ pub async fn run(target_args: &TargetArgs) -> Result<()> {
                 .unwrap_or("none yet"),
             mapping
                 .batch_size
+                .map_or_else(|| "-".to_owned(), |n| n.to_string()),
+            mapping
+                .parallelization_factor
                 .map_or_else(|| "-".to_owned(), |n| n.to_string())
         );
     }
