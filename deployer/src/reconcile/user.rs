@@ -608,6 +608,20 @@ mod tests {
         ])
     }
 
+    fn repairer<'a, R: ItemReader, S: ObjectStore>(
+        reader: &'a R,
+        store: &'a S,
+        config: &'a Config,
+        hook: Option<&'a dyn RepairHook>,
+    ) -> UserRepairer<'a, R, S> {
+        UserRepairer {
+            reader,
+            store,
+            config,
+            hook,
+        }
+    }
+
     fn config(scope: DeleteScope) -> Config {
         Config {
             bucket: "b".into(),
@@ -655,12 +669,7 @@ mod tests {
         table.set("ann", Some(30));
         let store = MemoryStore::with_objects(&[("bob/userdata", "{}")]);
         let config = config(DeleteScope::Object);
-        let repairer = UserRepairer {
-            reader: &table,
-            store: &store,
-            config: &config,
-            hook: None,
-        };
+        let repairer = repairer(&table, &store, &config, None);
         let ann = repairer.repair("ann").await.unwrap();
         assert_eq!((ann.state, ann.writes), (UserState::Present, 1));
         assert_eq!(
@@ -686,12 +695,7 @@ mod tests {
             next: Mutex::new(vec![Some(31)]),
         };
         let config = config(DeleteScope::Object);
-        let repairer = UserRepairer {
-            reader: &table,
-            store: &store,
-            config: &config,
-            hook: Some(&writer),
-        };
+        let repairer = repairer(&table, &store, &config, Some(&writer));
         let repaired = repairer
             .repair_from("ann", Some(item("ann", 30)))
             .await
@@ -715,12 +719,7 @@ mod tests {
             next: Mutex::new(vec![Some(7)]),
         };
         let config = config(DeleteScope::Object);
-        let repairer = UserRepairer {
-            reader: &table,
-            store: &store,
-            config: &config,
-            hook: Some(&writer),
-        };
+        let repairer = repairer(&table, &store, &config, Some(&writer));
         let repaired = repairer.repair_from("bob", None).await.unwrap();
         assert_eq!(repaired.state, UserState::Present);
         assert_eq!(
@@ -740,12 +739,7 @@ mod tests {
             next: Mutex::new(vec![None]),
         };
         let config = config(DeleteScope::Prefix);
-        let repairer = UserRepairer {
-            reader: &table,
-            store: &store,
-            config: &config,
-            hook: Some(&writer),
-        };
+        let repairer = repairer(&table, &store, &config, Some(&writer));
         let repaired = repairer.repair("cy").await.unwrap();
         assert_eq!(repaired.state, UserState::Absent);
         assert!(store.snapshot().is_empty(), "{:?}", store.snapshot());
@@ -805,12 +799,7 @@ mod tests {
         };
         let store = MemoryStore::with_objects(&[("cy/userdata", "{}")]);
         let config = config(DeleteScope::Object);
-        let repairer = UserRepairer {
-            reader: &reader,
-            store: &store,
-            config: &config,
-            hook: None,
-        };
+        let repairer = repairer(&reader, &store, &config, None);
         let results = repairer
             .repair_all(&names(&["ann", "bob", "cy", "dee"]), 2)
             .await;
@@ -866,12 +855,7 @@ mod tests {
             next: Mutex::new(vec![None, Some(7), Some(31)]),
         };
         let config = config(DeleteScope::Object);
-        let repairer = UserRepairer {
-            reader: &table,
-            store: &store,
-            config: &config,
-            hook: Some(&writer),
-        };
+        let repairer = repairer(&table, &store, &config, Some(&writer));
         let results = repairer.repair_all(&names(&["ann", "bob", "cy"]), 1).await;
         let states: Vec<UserState> = results.into_iter().map(|r| r.unwrap().state).collect();
         assert_eq!(
@@ -928,12 +912,7 @@ mod tests {
         };
         let store = MemoryStore::default();
         let config = config(DeleteScope::Object);
-        let repairer = UserRepairer {
-            reader: &reader,
-            store: &store,
-            config: &config,
-            hook: None,
-        };
+        let repairer = repairer(&reader, &store, &config, None);
         let long = "n".repeat(1100);
         let results = repairer.repair_all(&names(&["ann", &long, "bob"]), 4).await;
         let errors: Vec<String> = results
@@ -1033,12 +1012,7 @@ mod tests {
             next: Mutex::new((0..20).map(Some).collect()),
         };
         let config = config(DeleteScope::Object);
-        let repairer = UserRepairer {
-            reader: &table,
-            store: &store,
-            config: &config,
-            hook: Some(&writer),
-        };
+        let repairer = repairer(&table, &store, &config, Some(&writer));
         let err = repairer.repair("dee").await.unwrap_err();
         assert!(
             matches!(err, UserRepairError::StillChanging { ref name, rounds } if name == "dee" && rounds == MAX_ROUNDS),
