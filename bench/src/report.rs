@@ -591,15 +591,7 @@ fn draw_lambda_chart<DB: DrawingBackend>(
             .into_iter()
             .map(|(memory, rate)| (slot(memory), rate))
             .collect();
-        chart
-            .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?
-            .label(label)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
-        chart.draw_series(
-            points
-                .into_iter()
-                .map(|point| Circle::new(point, 4, color.filled())),
-        )?;
+        draw_line(&mut chart, &label, color, points)?;
     }
     chart
         .configure_series_labels()
@@ -607,6 +599,32 @@ fn draw_lambda_chart<DB: DrawingBackend>(
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .draw()?;
+    Ok(())
+}
+
+/// Draws `points` as a labelled line with a dot on each point.
+fn draw_line<DB, X, Y>(
+    chart: &mut ChartContext<'_, DB, Cartesian2d<X, Y>>,
+    label: &str,
+    color: RGBColor,
+    points: Vec<(X::ValueType, Y::ValueType)>,
+) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>>
+where
+    DB: DrawingBackend,
+    X: Ranged,
+    Y: Ranged,
+    X::ValueType: Clone + 'static,
+    Y::ValueType: Clone + 'static,
+{
+    chart
+        .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?
+        .label(label)
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+    chart.draw_series(
+        points
+            .into_iter()
+            .map(|point| Circle::new(point, 4, color.filled())),
+    )?;
     Ok(())
 }
 
@@ -694,15 +712,7 @@ fn draw_chart<DB: DrawingBackend>(
         ),
     ];
     for (label, color, points) in series {
-        chart
-            .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?
-            .label(label)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
-        chart.draw_series(
-            points
-                .into_iter()
-                .map(|point| Circle::new(point, 4, color.filled())),
-        )?;
+        draw_line(&mut chart, label, color, points)?;
     }
     chart
         .configure_series_labels()
