@@ -24,9 +24,8 @@
 //! plain HTTP address the proxy can forward to, the section is skipped by name, with the
 //! reason, and never run unthrottled.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -477,9 +476,8 @@ struct Context<'a> {
 /// The one place that chooses plain HTTP or TLS.
 struct S3Proxy {
     proxy: FaultProxy,
-    /// Added to the function's environment: with TLS, the CA file to trust.
-    environment: BTreeMap<String, String>,
-    ca_file: Option<PathBuf>,
+    /// With TLS, the CA the function trusts (through [`TRUST_FILE_VAR`]); removed on drop.
+    ca_file: Option<tempfile::TempPath>,
 }
 
 impl S3Proxy {
@@ -493,7 +491,6 @@ impl S3Proxy {
                 proxy: FaultProxy::start(upstream, config)
                     .await
                     .map_err(BenchError::Proxy)?,
-                environment: BTreeMap::new(),
                 ca_file: None,
             }),
             S3Scheme::Https => {
@@ -501,38 +498,36 @@ impl S3Proxy {
                     .await
                     .map_err(BenchError::Proxy)?;
                 let dir = deployer::project::state_dir();
-                let path = dir.join(format!(
-                    "bench-s3-proxy-ca-{}-{}.pem",
-                    std::process::id(),
-                    proxy.addr().port()
-                ));
-                let written =
-                    std::fs::create_dir_all(&dir).and_then(|()| proxy.write_ca_file(&path));
-                if let Err(source) = written {
-                    return Err(BenchError::Write { path, source });
-                }
+                let file = std::fs::create_dir_all(&dir)
+                    .and_then(|()| {
+                        tempfile::Builder::new()
+                            .prefix("bench-s3-proxy-ca-")
+                            .suffix(".pem")
+                            .tempfile_in(&dir)
+                    })
+                    .map(tempfile::NamedTempFile::into_temp_path)
+                    .and_then(|path| proxy.write_ca_file(&path).map(|()| path))
+                    .map_err(|source| BenchError::Write {
+                        path: dir.join("bench-s3-proxy-ca-*.pem"),
+                        source,
+                    })?;
                 Ok(S3Proxy {
                     proxy,
-                    environment: BTreeMap::from([(
-                        TRUST_FILE_VAR.to_owned(),
-                        path.display().to_string(),
-                    )]),
-                    ca_file: Some(path),
+                    ca_file: Some(file),
                 })
             }
         }
     }
 
+    /// The variables the function needs to reach the proxy: with TLS, the CA file to trust.
+    fn environment(&self) -> impl Iterator<Item = (String, String)> + '_ {
+        self.ca_file
+            .iter()
+            .map(|path| (TRUST_FILE_VAR.to_owned(), path.display().to_string()))
+    }
+
     fn url(&self) -> String {
         self.proxy.url()
-    }
-}
-
-impl Drop for S3Proxy {
-    fn drop(&mut self) {
-        if let Some(path) = &self.ca_file {
-            let _ = std::fs::remove_file(path);
-        }
     }
 }
 
@@ -554,7 +549,7 @@ impl Lane {
     ) -> Result<Lane, BenchError> {
         let mut spec = function_spec(context.binary, s3, plan.max_concurrency);
         spec.memory_mb = plan.memory_mb;
-        spec.environment.extend(proxy.environment.clone());
+        spec.environment.extend(proxy.environment());
         let host = start_spec(spec).await?;
         let pid = host.pid().ok_or(BenchError::FunctionGone)?;
         let group = context
