@@ -8,6 +8,7 @@ pub mod config;
 pub mod handler;
 pub mod image;
 pub mod key;
+pub mod metrics;
 pub mod plan;
 pub mod store;
 pub mod testing;
