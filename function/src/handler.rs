@@ -2,7 +2,7 @@
 
 use std::borrow::Borrow;
 use std::collections::HashMap;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use aws_lambda_events::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse};
 use futures::stream::{self, StreamExt};
@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use crate::config::Config;
 use crate::key::UserKeys;
+use crate::metrics::{batch_lag_ms, BatchRecord, MetricsOut};
 use crate::plan::{plan_records, raw_json, Step, UserPlan};
 use crate::store::{ObjectStore, StoreError, DELETE_OBJECTS_LIMIT};
 
@@ -19,6 +20,8 @@ use crate::store::{ObjectStore, StoreError, DELETE_OBJECTS_LIMIT};
 pub struct Mirror<S> {
     pub store: S,
     pub config: Config,
+    /// Where each batch's summary, its metrics record, goes.
+    pub metrics: MetricsOut,
 }
 
 /// The invocation payload is something other than a DynamoDB Streams event.
@@ -35,15 +38,20 @@ impl From<NotAStreamsEvent> for lambda_runtime::Diagnostic {
     }
 }
 
-/// What one batch did, as logged in its summary line.
+/// What one batch did, as its summary line ([`BatchRecord`]) says.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct BatchSummary {
     pub records: usize,
+    /// Distinct users among the records.
+    pub users: usize,
     pub puts: usize,
     pub deletes: usize,
     pub coalesced: usize,
     pub skipped: usize,
     pub failed_users: usize,
+    /// How far the batch trailed the table when it was done ([`batch_lag_ms`]); `None` when no
+    /// record carries its creation time.
+    pub lag_ms: Option<u64>,
 }
 
 /// Handles one invocation given as its JSON text (what `bootstrap` receives): applies the
@@ -54,7 +62,18 @@ pub async fn handle_payload<S: ObjectStore>(
     payload: &RawValue,
 ) -> Result<DynamoDbEventResponse, NotAStreamsEvent> {
     let records = payload_records(payload)?;
-    let (response, _) = process_records(mirror, &records).await;
+    let (response, _) = apply_records(mirror, &records, None).await;
+    Ok(response)
+}
+
+/// [`handle_payload`] for the invocation `request_id`, which the batch's summary line names.
+pub async fn handle_invocation<S: ObjectStore>(
+    mirror: &Mirror<S>,
+    payload: &RawValue,
+    request_id: &str,
+) -> Result<DynamoDbEventResponse, NotAStreamsEvent> {
+    let records = payload_records(payload)?;
+    let (response, _) = apply_records(mirror, &records, Some(request_id)).await;
     Ok(response)
 }
 
@@ -143,11 +162,20 @@ pub async fn process_batch<S: ObjectStore>(
     process_records(mirror, &raw).await
 }
 
-/// Plans and applies a batch of stream records given as their JSON text; logs one summary
-/// line.
+/// Plans and applies a batch of stream records given as their JSON text; writes one summary
+/// line, which is the batch's metrics record, to `mirror.metrics`.
 pub async fn process_records<S: ObjectStore, R: Borrow<RawValue>>(
     mirror: &Mirror<S>,
     records: &[R],
+) -> (DynamoDbEventResponse, BatchSummary) {
+    apply_records(mirror, records, None).await
+}
+
+/// [`process_records`], for the invocation `request_id` when there is one.
+async fn apply_records<S: ObjectStore, R: Borrow<RawValue>>(
+    mirror: &Mirror<S>,
+    records: &[R],
+    request_id: Option<&str>,
 ) -> (DynamoDbEventResponse, BatchSummary) {
     let started = Instant::now();
     let mut plan = plan_records(records, &mirror.config);
@@ -164,6 +192,8 @@ pub async fn process_records<S: ObjectStore, R: Borrow<RawValue>>(
     let steps = plan.users.iter().flat_map(|u| &u.steps);
     let puts = steps.clone().filter(|s| matches!(s, Step::Put(_))).count();
     let deletes = steps.filter(|s| !matches!(s, Step::Put(_))).count();
+    // Counted before `apply_plan` moves the steps out.
+    let coalesced = plan.coalesced();
     let mut outcomes = apply_plan(
         &mirror.store,
         &mut plan.users,
@@ -189,25 +219,26 @@ pub async fn process_records<S: ObjectStore, R: Borrow<RawValue>>(
         }
     }
 
+    // The lag is taken when the batch is done: how far the mirror trails the table now that
+    // these records are in it.
+    let done = SystemTime::now();
     let summary = BatchSummary {
         records: plan.records,
+        users: plan.users.len(),
         puts,
         deletes,
-        coalesced: plan.coalesced(),
+        coalesced,
         skipped: plan.skipped.len(),
         failed_users: response.batch_item_failures.len(),
+        lag_ms: batch_lag_ms(plan.oldest_created_ms, done),
     };
-    tracing::info!(
-        records = summary.records,
-        users = plan.users.len(),
-        puts = summary.puts,
-        deletes = summary.deletes,
-        coalesced = summary.coalesced,
-        skipped = summary.skipped,
-        failed = summary.failed_users,
-        ms = started.elapsed().as_millis() as u64,
-        "batch processed"
-    );
+    mirror.metrics.write(&BatchRecord {
+        function_name: mirror.metrics.function_name(),
+        request_id,
+        at: done,
+        summary: &summary,
+        elapsed_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+    });
     (response, summary)
 }
 

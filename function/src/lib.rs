@@ -1,8 +1,9 @@
 //! usersync's Lambda: mirrors a DynamoDB users table, through its stream, into one S3 object
 //! per user.
 //!
-//! [`handle_payload`] is the whole behaviour; `main.rs` only builds the S3 client and the
-//! configuration once and hands every invocation to it.
+//! [`handle_payload`] is the whole behaviour; `main.rs` only builds the S3 client, the
+//! configuration and the metrics output once and hands every invocation to it (as
+//! [`handle_invocation`], which also names the request in the batch's summary).
 
 pub mod config;
 pub mod handler;
@@ -15,9 +16,10 @@ pub mod testing;
 
 pub use config::{Config, ConfigError, DeleteScope};
 pub use handler::{
-    handle_event, handle_payload, payload_records, process_batch, process_records, stream_records,
-    BatchSummary, Mirror, NotAStreamsEvent,
+    handle_event, handle_invocation, handle_payload, payload_records, process_batch,
+    process_records, stream_records, BatchSummary, Mirror, NotAStreamsEvent,
 };
+pub use metrics::MetricsOut;
 #[cfg(feature = "s3")]
 pub use store::S3Store;
 pub use store::{ObjectStore, StoreError};

@@ -2,7 +2,7 @@
 
 use lambda_runtime::{service_fn, Error, LambdaEvent};
 use serde_json::value::RawValue;
-use usersync_function::{handle_payload, s3_client, Config, Mirror, S3Store};
+use usersync_function::{handle_invocation, s3_client, Config, MetricsOut, Mirror, S3Store};
 
 // One thread: S3 calls are I/O that one thread multiplexes, a Lambda environment has at most
 // one vCPU below 1,769 MB, and a single allocator arena keeps a 10,000-record batch's peak
@@ -17,10 +17,17 @@ async fn main() -> Result<(), Error> {
         tracing::error!(error = %err, "invalid configuration");
         err
     })?;
+    // Lambda sets it for every function (lambda_runtime requires it too); the metrics carry it
+    // as their dimension.
+    let function_name = std::env::var("AWS_LAMBDA_FUNCTION_NAME").map_err(|_| {
+        tracing::error!("AWS_LAMBDA_FUNCTION_NAME is not set");
+        "AWS_LAMBDA_FUNCTION_NAME is not set: Lambda sets it for every function"
+    })?;
     let client = s3_client(&config).await;
     let mirror = Mirror {
         store: S3Store::new(client, config.bucket.clone()),
         config,
+        metrics: MetricsOut::stdout(function_name),
     };
     let mirror = &mirror;
 
@@ -28,7 +35,7 @@ async fn main() -> Result<(), Error> {
     // times the memory of the batch itself.
     lambda_runtime::run(service_fn(
         move |event: LambdaEvent<Box<RawValue>>| async move {
-            handle_payload(mirror, &event.payload).await
+            handle_invocation(mirror, &event.payload, &event.context.request_id).await
         },
     ))
     .await

@@ -78,6 +78,11 @@ pub struct Plan {
     pub skipped: Vec<SkippedRecord>,
     /// Records in the batch, skipped ones included.
     pub records: usize,
+    /// The earliest `dynamodb.ApproximateCreationDateTime` of the records that are stream
+    /// records (skipped ones included), in epoch milliseconds (see
+    /// [`metrics::created_at_ms`](crate::metrics::created_at_ms)): what the batch's lag is
+    /// measured from. `None` when no record has one.
+    pub oldest_created_ms: Option<i64>,
 }
 
 impl Plan {
@@ -137,6 +142,19 @@ pub fn plan_records<R: Borrow<RawValue>>(records: &[R], config: &Config) -> Plan
                 continue;
             }
         };
+        // Read here, where the record is parsed anyway. Whole seconds, DynamoDB's precision
+        // (see `metrics::created_at_ms`); a missing one reads as the epoch, 0.
+        let created_ms = record
+            .change
+            .approximate_creation_date_time
+            .timestamp()
+            .saturating_mul(1000);
+        if created_ms > 0 {
+            plan.oldest_created_ms = Some(
+                plan.oldest_created_ms
+                    .map_or(created_ms, |o| o.min(created_ms)),
+            );
+        }
         let skip = |reason| SkippedRecord {
             event_id: Some(record.event_id.clone()),
             sequence_number: record.change.sequence_number.clone(),
@@ -271,4 +289,42 @@ fn identity_of(raw: &RawValue) -> (Option<String>, Option<String>) {
         text(raw.get("eventID")),
         text(raw.get("dynamodb").and_then(|d| d.get("SequenceNumber"))),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{config, string_value, RecordBuilder};
+    use serde_json::json;
+
+    fn raw(records: &[Value]) -> Vec<Box<RawValue>> {
+        records.iter().map(raw_json).collect()
+    }
+
+    #[test]
+    fn the_plan_keeps_the_oldest_creation_time_of_its_records() {
+        let config = config("b", DeleteScope::Object);
+        let user = |sequence, name: &str| {
+            RecordBuilder::new("INSERT", sequence).key("name", string_value(name))
+        };
+        let records = [
+            user(1, "alice").creation_time(1_764_000_030).build(),
+            user(2, "bob").without_creation_time().build(),
+            // A record skipped for its key still came through the stream when it did.
+            RecordBuilder::new("INSERT", 3)
+                .creation_time(1_764_000_010)
+                .build(),
+            user(4, "carol").creation_time(1_764_000_020).build(),
+            json!({"not": "a record"}),
+        ];
+        let plan = plan_records(&raw(&records), &config);
+        assert_eq!(plan.skipped.len(), 2);
+        assert_eq!(plan.oldest_created_ms, Some(1_764_000_010_000));
+
+        let undated = [user(1, "alice").without_creation_time().build()];
+        assert_eq!(
+            plan_records(&raw(&undated), &config).oldest_created_ms,
+            None
+        );
+    }
 }

@@ -2,19 +2,48 @@
 
 mod support;
 
+use std::time::{SystemTime, UNIX_EPOCH};
+
 use proptest::prelude::*;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 use support::{config, fixture, sequence_number, stream_record, MemoryStore};
-use usersync_function::testing::InjectedFailures;
+use usersync_function::metrics::{metric, DIMENSION};
+use usersync_function::testing::{
+    check_emf_line, metrics::FUNCTION_NAME, string_value, CapturedMetrics, InjectedFailures,
+    RecordBuilder,
+};
 use usersync_function::{
-    handle_event, process_batch, stream_records, DeleteScope, Mirror, NotAStreamsEvent,
+    handle_event, handle_invocation, handle_payload, process_batch, stream_records, DeleteScope,
+    Mirror, NotAStreamsEvent,
 };
 
 fn mirror(store: MemoryStore, scope: DeleteScope) -> Mirror<MemoryStore> {
-    Mirror {
+    mirror_with_metrics(store, scope).0
+}
+
+/// [`mirror`], and what it writes as its batches' summaries.
+fn mirror_with_metrics(
+    store: MemoryStore,
+    scope: DeleteScope,
+) -> (Mirror<MemoryStore>, CapturedMetrics) {
+    let metrics = CapturedMetrics::new();
+    let mirror = Mirror {
         store,
         config: config(scope),
-    }
+        metrics: metrics.out(),
+    };
+    (mirror, metrics)
+}
+
+/// The one summary line `metrics` holds, checked against the EMF specification.
+fn only_summary(metrics: &CapturedMetrics) -> Map<String, Value> {
+    let lines = metrics.lines();
+    assert_eq!(lines.len(), 1, "one summary line per batch: {lines:#?}");
+    check_emf_line(&lines[0]).unwrap_or_else(|err| panic!("{err}: {}", lines[0]))
+}
+
+fn epoch_ms(at: SystemTime) -> u64 {
+    u64::try_from(at.duration_since(UNIX_EPOCH).unwrap().as_millis()).unwrap()
 }
 
 fn failures(response: &aws_lambda_events::streams::DynamoDbEventResponse) -> Vec<String> {
@@ -262,6 +291,130 @@ async fn payloads_that_are_not_stream_events_fail_the_invocation_clearly() {
     }
     let response = handle_event(&mirror, json!({"Records": []})).await.unwrap();
     assert!(response.batch_item_failures.is_empty());
+}
+
+#[tokio::test]
+async fn a_batch_writes_one_emf_summary_with_its_counts_and_lag() {
+    let store = MemoryStore::with_objects(&[("bob/userdata", "{}")])
+        .with_failures(InjectedFailures::Keys(["carol/userdata".to_owned()].into()));
+    let (mirror, metrics) = mirror_with_metrics(store, DeleteScope::Object);
+    let now_s = i64::try_from(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs(),
+    )
+    .unwrap();
+    let user = |event, sequence, name: &str| {
+        RecordBuilder::new(event, sequence).key("name", string_value(name))
+    };
+    let records = vec![
+        user("INSERT", 1, "alice")
+            .new_image_with_keys(json!({}))
+            .creation_time(now_s - 30)
+            .build(),
+        user("MODIFY", 2, "alice")
+            .new_image_with_keys(json!({"plan": string_value("pro")}))
+            .creation_time(now_s - 20)
+            .build(),
+        user("REMOVE", 3, "bob").creation_time(now_s - 10).build(),
+        user("INSERT", 4, "carol")
+            .new_image_with_keys(json!({}))
+            .without_creation_time()
+            .build(),
+        // No key attribute: skipped.
+        RecordBuilder::new("INSERT", 5)
+            .creation_time(now_s - 5)
+            .build(),
+    ];
+
+    let before = SystemTime::now();
+    let (response, summary) = process_batch(&mirror, records).await;
+    let after = SystemTime::now();
+    assert_eq!(failures(&response), [sequence_number(4)]);
+
+    let line = only_summary(&metrics);
+    assert_eq!(line["level"], "INFO");
+    assert_eq!(line["message"], "batch processed");
+    assert_eq!(line[DIMENSION], FUNCTION_NAME);
+    assert_eq!(line["users"], 3);
+    assert!(line["ms"].is_u64());
+    let counts: Vec<(&str, u64)> = [
+        metric::RECORDS,
+        metric::PUTS,
+        metric::DELETES,
+        metric::COALESCED,
+        metric::SKIPPED,
+        metric::FAILED_USERS,
+    ]
+    .into_iter()
+    .map(|name| (name, line[name].as_u64().unwrap()))
+    .collect();
+    assert_eq!(
+        counts,
+        [
+            (metric::RECORDS, 5),
+            (metric::PUTS, 2),
+            (metric::DELETES, 1),
+            (metric::COALESCED, 1),
+            (metric::SKIPPED, 1),
+            (metric::FAILED_USERS, 1),
+        ]
+    );
+
+    // The oldest record's age when the batch was done, which the record's timestamp says.
+    let oldest_ms = u64::try_from(now_s - 30).unwrap() * 1000;
+    let lag = line[metric::LAG_MS].as_u64().expect("a lag");
+    let at = line["_aws"]["Timestamp"].as_u64().unwrap();
+    assert!((epoch_ms(before)..=epoch_ms(after)).contains(&at), "{at}");
+    assert_eq!(lag, at - oldest_ms);
+    assert_eq!(summary.lag_ms, Some(lag));
+    assert_eq!(
+        (summary.records, summary.users, summary.failed_users),
+        (5, 3, 1)
+    );
+}
+
+#[tokio::test]
+async fn a_batch_without_creation_times_reports_no_lag_rather_than_zero() {
+    let (mirror, metrics) = mirror_with_metrics(MemoryStore::default(), DeleteScope::Object);
+    let records = vec![RecordBuilder::new("INSERT", 1)
+        .key("name", string_value("alice"))
+        .without_creation_time()
+        .build()];
+    let (_, summary) = process_batch(&mirror, records).await;
+    assert_eq!(summary.lag_ms, None);
+    let line = only_summary(&metrics);
+    assert!(!line.contains_key(metric::LAG_MS), "{line:?}");
+    assert_eq!(line[metric::RECORDS], 1);
+
+    let (mirror, metrics) = mirror_with_metrics(MemoryStore::default(), DeleteScope::Object);
+    handle_event(&mirror, json!({"Records": []})).await.unwrap();
+    let line = only_summary(&metrics);
+    assert_eq!(line[metric::RECORDS], 0);
+    assert!(!line.contains_key(metric::LAG_MS), "{line:?}");
+}
+
+#[tokio::test]
+async fn an_invocation_s_summary_names_its_request() {
+    let payload = serde_json::value::to_raw_value(&fixture("insert_modify_remove.json")).unwrap();
+
+    let (mirror, metrics) = mirror_with_metrics(MemoryStore::default(), DeleteScope::Object);
+    handle_invocation(&mirror, &payload, "req-7").await.unwrap();
+    assert_eq!(only_summary(&metrics)["requestId"], "req-7");
+
+    let (mirror, metrics) = mirror_with_metrics(MemoryStore::default(), DeleteScope::Object);
+    handle_payload(&mirror, &payload).await.unwrap();
+    assert!(!only_summary(&metrics).contains_key("requestId"));
+}
+
+#[tokio::test]
+async fn a_refused_payload_writes_no_summary() {
+    let (mirror, metrics) = mirror_with_metrics(MemoryStore::default(), DeleteScope::Object);
+    handle_event(&mirror, json!({"detail": {}}))
+        .await
+        .unwrap_err();
+    assert!(metrics.lines().is_empty());
 }
 
 #[test]

@@ -15,14 +15,24 @@ use aws_lambda_events::streams::DynamoDbEventResponse;
 use proptest::prelude::*;
 use serde_json::{json, Value};
 use support::{config, fixture, sequence_number, stream_record, MemoryStore};
+use usersync_function::metrics::metric;
+use usersync_function::testing::{check_emf_line, CapturedMetrics};
 use usersync_function::{handle_event, process_batch, DeleteScope, Mirror, NotAStreamsEvent};
 
 fn mirror() -> Mirror<MemoryStore> {
+    mirror_with_metrics().0
+}
+
+/// [`mirror`], and what it writes as its batches' summaries.
+fn mirror_with_metrics() -> (Mirror<MemoryStore>, CapturedMetrics) {
     capture_logs();
-    Mirror {
+    let metrics = CapturedMetrics::new();
+    let mirror = Mirror {
         store: MemoryStore::with_objects(&[("carol/userdata", r#"{"name":"carol"}"#)]),
         config: config(DeleteScope::Prefix),
-    }
+        metrics: metrics.out(),
+    };
+    (mirror, metrics)
 }
 
 fn block_on<F: std::future::Future>(future: F) -> F::Output {
@@ -380,7 +390,7 @@ fn records_of_the_wrong_shape_are_logged_skipped_and_the_rest_applied() {
         Some(json!({"plan": {"S": "team"}})),
     ));
 
-    let mirror = mirror();
+    let (mirror, metrics) = mirror_with_metrics();
     let (response, summary) = block_on(process_batch(&mirror, records));
     let logs = logs_of_this_thread();
 
@@ -425,14 +435,15 @@ fn records_of_the_wrong_shape_are_logged_skipped_and_the_rest_applied() {
         );
         assert!(line.contains(reason), "{line} should give {reason:?}");
     }
-    let summary_line = logs
-        .iter()
-        .find(|line| line.contains("batch processed"))
-        .expect("a summary line");
-    assert!(
-        summary_line.contains(&format!("skipped={}", bad.len())),
-        "{summary_line}"
+    let summary_lines = metrics.lines();
+    assert_eq!(
+        summary_lines.len(),
+        1,
+        "one summary line: {summary_lines:#?}"
     );
+    let summary_line = check_emf_line(&summary_lines[0]).expect("an EMF record");
+    assert_eq!(summary_line["message"], "batch processed");
+    assert_eq!(summary_line[metric::SKIPPED], bad.len(), "{summary_line:?}");
 }
 
 #[test]

@@ -10,11 +10,17 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 use usersync_function::config::vars;
 use usersync_function::key::{decode_name, encode_name, MAX_KEY_BYTES};
+use usersync_function::metrics::metric;
 use usersync_function::plan::{plan_records, Plan, Step};
-use usersync_function::testing::{InjectedFailures, MemoryStore};
+use usersync_function::testing::{check_emf_line, CapturedMetrics, InjectedFailures, MemoryStore};
 use usersync_function::{
-    handle_payload, payload_records, process_records, Config, DeleteScope, Mirror,
+    handle_payload, payload_records, process_records, Config, DeleteScope, MetricsOut, Mirror,
 };
+
+/// Metrics records of a batch whose summary is not checked: written nowhere.
+fn no_metrics() -> MetricsOut {
+    MetricsOut::to_writer("fuzz", std::io::sink())
+}
 
 /// Every S3 operation on a key holding this text fails in the failing store.
 ///
@@ -170,6 +176,7 @@ pub fn check_payload(payload: &RawValue) {
     let mirror = Mirror {
         store: seeded_store(None),
         config,
+        metrics: no_metrics(),
     };
     match block_on(handle_payload(&mirror, payload)) {
         Ok(response) => assert!(response.batch_item_failures.is_empty()),
@@ -196,19 +203,29 @@ pub fn check_batch(records: &[&RawValue]) {
     for config in configs() {
         let plan = check_planning(records, &config);
 
+        let metrics = CapturedMetrics::new();
         let batch = Mirror {
             store: seeded_store(None),
             config: config.clone(),
+            metrics: metrics.out(),
         };
         let (response, summary) = block_on(process_records(&batch, records));
         assert!(response.batch_item_failures.is_empty());
         assert_eq!(summary.records, records.len());
         assert_eq!(summary.skipped, plan.skipped.len());
+        assert_eq!(summary.coalesced, plan.coalesced());
+        // One summary line, a valid EMF record with the summary's counts.
+        let lines = metrics.lines();
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        let line = check_emf_line(&lines[0]).unwrap_or_else(|err| panic!("{err}: {}", lines[0]));
+        assert_eq!(line[metric::RECORDS], records.len());
+        assert_eq!(line[metric::SKIPPED], plan.skipped.len());
         let after = batch.store.snapshot();
 
         let one_by_one = Mirror {
             store: seeded_store(None),
             config: config.clone(),
+            metrics: no_metrics(),
         };
         for record in records {
             let (response, _) =
@@ -238,6 +255,7 @@ pub fn check_batch(records: &[&RawValue]) {
         let failing = Mirror {
             store: seeded_store(Some(FAIL_MARKER)),
             config: config.clone(),
+            metrics: no_metrics(),
         };
         let (response, summary) = block_on(process_records(&failing, records));
         let reported: Vec<String> = response

@@ -6,7 +6,7 @@ use aws_sdk_s3::Client;
 use itests::emulator::{s3_client, start, unique_bucket};
 use serde_json::{json, Value};
 use usersync_function::testing::{sequence_number, stream_event, stream_record};
-use usersync_function::{handle_event, Config, DeleteScope, Mirror, S3Store};
+use usersync_function::{handle_event, Config, DeleteScope, MetricsOut, Mirror, S3Store};
 use usersync_local::emulator::Emulator;
 
 struct Fixture {
@@ -45,6 +45,7 @@ impl Fixture {
         Mirror {
             store: S3Store::new(self.client.clone(), self.bucket.clone()),
             config,
+            metrics: MetricsOut::to_writer("function-s3", std::io::sink()),
         }
     }
 

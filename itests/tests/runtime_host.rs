@@ -442,7 +442,8 @@ async fn bootstrap_rejects_a_payload_that_is_not_a_stream_event() {
     spec.environment = offline_aws_environment();
     spec.environment
         .insert("BUCKET_NAME".to_owned(), "usersync-test-bucket".to_owned());
-    let (host, _output) = start(spec).await;
+    let function_name = spec.function_name.clone();
+    let (host, output) = start(spec).await;
 
     let outcome = host.invoke(json!({"hello": 1})).await;
     let InvokeOutcome::FunctionError {
@@ -462,6 +463,27 @@ async fn bootstrap_rejects_a_payload_that_is_not_a_stream_event() {
     let answer = expect_response(host.invoke(json!({"Records": []})).await);
     assert_eq!(answer["batchItemFailures"], json!([]));
     assert!(host.last_cold_start().is_some());
+
+    // Its summary is one line on stdout: an EMF record naming the function and the request.
+    let summary = output
+        .wait_for(|line| line.stream == OutputStream::Stdout && line.text.contains("\"_aws\""))
+        .await;
+    let record = usersync_function::testing::check_emf_line(&summary.text)
+        .unwrap_or_else(|err| panic!("{err}: {}", summary.text));
+    assert_eq!(record["message"], "batch processed");
+    assert_eq!(record["FunctionName"], function_name.as_str());
+    assert_eq!(
+        record["requestId"].as_str(),
+        summary.request_id.as_deref(),
+        "{record:?}"
+    );
+    assert_eq!(record["Records"], 0);
+    let summaries = output
+        .lines()
+        .into_iter()
+        .filter(|line| line.text.contains("batch processed"))
+        .count();
+    assert_eq!(summaries, 1, "one summary line: {:#?}", output.lines());
     host.shutdown().await;
 }
 

@@ -213,14 +213,29 @@ async fn run_demo(
 /// The function's own output: everything, or only what needs attention.
 fn function_output(all: bool) -> OutputSink {
     OutputSink::new(move |line| {
-        let routine = line.stream != OutputStream::Platform
-            && (line.text.contains(r#""level":"INFO""#)
-                || line.text.contains(r#""level":"DEBUG""#)
-                || line.text.contains(r#""level":"TRACE""#));
-        if all || !routine {
+        if all || !is_routine(line.stream, line.text) {
             eprintln!("  {line}");
         }
     })
+}
+
+/// Whether a line of the function's output is routine: a JSON line at INFO or below, such as
+/// the batch summary (whose figures each batch line shows anyway). Warnings, errors, text
+/// lines and the host's own lines are not.
+fn is_routine(stream: OutputStream, text: &str) -> bool {
+    stream != OutputStream::Platform
+        && (text.contains(r#""level":"INFO""#)
+            || text.contains(r#""level":"DEBUG""#)
+            || text.contains(r#""level":"TRACE""#))
+}
+
+/// A batch's lag for its line: seconds to a tenth, or `-` when no record carried its creation
+/// time.
+fn lag_text(lag_ms: Option<u64>) -> String {
+    lag_ms.map_or_else(
+        || "-".to_owned(),
+        |ms| format!("{:.1} s", Duration::from_millis(ms).as_secs_f64()),
+    )
 }
 
 /// One line per invocation and per discarded run of records.
@@ -248,9 +263,10 @@ fn batch_lines() -> PollerObserver {
                 String::new()
             };
             eprintln!(
-                "batch  {:>5} records  {:>6} ms  {outcome}{retry}",
+                "batch  {:>5} records  {:>6} ms  lag {:>7}  {outcome}{retry}",
                 report.records,
-                report.duration.as_millis()
+                report.duration.as_millis(),
+                lag_text(report.lag_ms)
             );
         }
         PollerEvent::Batch(BatchEvent::Discarded(report)) => eprintln!(
@@ -286,4 +302,38 @@ fn batch_lines() -> PollerObserver {
         PollerEvent::ReadFailed { message } => eprintln!("stream read failed: {message}; retrying"),
     }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_batch_summary_is_routine_and_problems_are_not() {
+        let counts = usersync_function::BatchSummary::default();
+        let summary = usersync_function::metrics::BatchRecord {
+            function_name: "f",
+            request_id: None,
+            at: std::time::SystemTime::now(),
+            summary: &counts,
+            elapsed_ms: 3,
+        }
+        .to_line();
+        let summary = summary.as_str();
+        assert!(is_routine(OutputStream::Stdout, summary));
+        assert!(!is_routine(
+            OutputStream::Stdout,
+            r#"{"level":"WARN","fields":{"message":"failed to write the batch's metrics record"}}"#
+        ));
+        assert!(!is_routine(OutputStream::Stderr, "thread 'main' panicked"));
+        assert!(!is_routine(OutputStream::Platform, summary));
+    }
+
+    #[test]
+    fn the_lag_shows_in_seconds_or_as_unknown() {
+        assert_eq!(lag_text(Some(1_234)), "1.2 s");
+        assert_eq!(lag_text(Some(0)), "0.0 s");
+        assert_eq!(lag_text(Some(61_500)), "61.5 s");
+        assert_eq!(lag_text(None), "-");
+    }
 }

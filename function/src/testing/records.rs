@@ -159,6 +159,12 @@ impl RecordBuilder {
         self
     }
 
+    /// Sets `dynamodb.ApproximateCreationDateTime`, in seconds since the epoch.
+    pub fn creation_time(mut self, epoch_seconds: i64) -> Self {
+        self.approximate_creation_date_time = Some(epoch_seconds);
+        self
+    }
+
     /// Leaves `dynamodb.ApproximateCreationDateTime` out.
     pub fn without_creation_time(mut self) -> Self {
         self.approximate_creation_date_time = None;
@@ -302,6 +308,13 @@ mod tests {
         assert_eq!(
             Value::from(RecordBuilder::new("INSERT", 1)),
             RecordBuilder::new("INSERT", 1).build()
+        );
+        let dated = RecordBuilder::new("INSERT", 5)
+            .creation_time(1_764_000_042)
+            .build();
+        assert_eq!(
+            dated["dynamodb"]["ApproximateCreationDateTime"],
+            1_764_000_042
         );
     }
 

@@ -48,6 +48,7 @@ use deployer::streams::failure_record::{
     discard_message, DiscardCondition, DiscardedBatch, LastInvocation,
 };
 use deployer::streams::record::{event_payload, StreamEventRecord};
+use usersync_function::metrics::{batch_lag_ms, created_at_ms};
 
 /// Where discarded batches' messages go.
 pub trait Discards: Send + Sync {
@@ -179,6 +180,10 @@ pub struct InvocationReport {
     pub request_id: String,
     pub verdict: Verdict,
     pub duration: Duration,
+    /// How far these records trailed the table when the invocation returned: the function's
+    /// own `LagMs` ([`usersync_function::metrics::batch_lag_ms`]); `None` when no record
+    /// carries its creation time.
+    pub lag_ms: Option<u64>,
 }
 
 /// A run of records given up on.
@@ -278,6 +283,7 @@ impl<I: Invoker, D: Discards> BatchRunner<'_, I, D> {
                     request_id: request_id.clone(),
                     verdict: verdict.clone(),
                     duration: started.elapsed(),
+                    lag_ms: lag_ms(&run.records, SystemTime::now()),
                 }));
                 match verdict {
                     Verdict::Success => break,
@@ -399,6 +405,18 @@ impl<I: Invoker, D: Discards> BatchRunner<'_, I, D> {
         }
         (self.observe)(BatchEvent::Discarded(report));
     }
+}
+
+/// The lag of `records` at `now`, as the function computes it when it is done with them; the
+/// two agree up to the time the response takes to come back.
+fn lag_ms(records: &[StreamEventRecord], now: SystemTime) -> Option<u64> {
+    batch_lag_ms(
+        records
+            .iter()
+            .filter_map(|record| record.created_at_epoch_s)
+            .map(created_at_ms),
+        now,
+    )
 }
 
 #[cfg(test)]
@@ -833,6 +851,82 @@ mod tests {
             "RecordAgeExceeded"
         );
         assert_eq!(discarded[0]["DDBStreamBatchInfo"]["batchSize"], 2);
+    }
+
+    #[tokio::test]
+    async fn each_invocation_reports_its_records_lag() {
+        let now_s = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64()
+            .floor();
+        let mut batch = records(10..13);
+        batch[0].created_at_epoch_s = None;
+        batch[1].created_at_epoch_s = Some(now_s - 40.0);
+        batch[2].created_at_epoch_s = Some(now_s - 5.0);
+        let function = ScriptedFunction::new(vec![]);
+        let before = SystemTime::now();
+        let (events, _) = run(&settings(), &function, batch).await;
+        let after = SystemTime::now();
+        let [BatchEvent::Invoked(report)] = events.as_slice() else {
+            panic!("one invocation: {events:?}");
+        };
+        // The oldest record's age, as the function's `LagMs` has it.
+        let age_at = |at: SystemTime| {
+            let at_ms = at.duration_since(UNIX_EPOCH).unwrap().as_millis();
+            u64::try_from(at_ms).unwrap() - (now_s as u64 - 40) * 1000
+        };
+        let lag = report.lag_ms.expect("a lag");
+        assert!((age_at(before)..=age_at(after)).contains(&lag), "{lag}");
+
+        let mut undated = records(20..22);
+        for record in &mut undated {
+            record.created_at_epoch_s = None;
+        }
+        let (events, _) = run(&settings(), &function, undated).await;
+        let [BatchEvent::Invoked(report)] = events.as_slice() else {
+            panic!("one invocation: {events:?}");
+        };
+        assert_eq!(report.lag_ms, None);
+    }
+
+    #[test]
+    fn the_lag_is_the_one_the_function_computes_from_the_same_records() {
+        use usersync_function::plan::plan_records;
+        use usersync_function::testing::{config, string_value, RecordBuilder};
+
+        let created = [1_764_000_030_i64, 1_764_000_000];
+        let batch: Vec<StreamEventRecord> = created
+            .iter()
+            .zip(1..)
+            .map(|(&at, sequence)| {
+                let event = RecordBuilder::new("INSERT", sequence)
+                    .key("name", string_value("alice"))
+                    .creation_time(at)
+                    .build();
+                StreamEventRecord {
+                    sequence_number: event["dynamodb"]["SequenceNumber"]
+                        .as_str()
+                        .unwrap()
+                        .to_owned(),
+                    event,
+                    created_at_epoch_s: Some(at as f64),
+                    payload_bytes: 10,
+                }
+            })
+            .collect();
+        let raw: Vec<Box<serde_json::value::RawValue>> = batch
+            .iter()
+            .map(|r| serde_json::value::to_raw_value(&r.event).unwrap())
+            .collect();
+        let plan = plan_records(&raw, &config("b", usersync_function::DeleteScope::Object));
+
+        let now = UNIX_EPOCH + Duration::from_millis(1_764_000_061_500);
+        assert_eq!(lag_ms(&batch, now), Some(61_500));
+        assert_eq!(
+            lag_ms(&batch, now),
+            batch_lag_ms(plan.oldest_created_ms, now)
+        );
     }
 
     #[tokio::test]
