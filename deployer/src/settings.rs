@@ -18,6 +18,9 @@
 //! # Attach to a table and a bucket that exist already instead of creating them ("adoption").
 //! existing_table = "users"
 //! existing_bucket = "users-mirror"
+//! # Alarm when the mirror trails the table by more than 2 minutes, and email someone.
+//! alarm_iterator_age_seconds = 120
+//! alarm_email = "ops@example.com"
 //! ```
 //!
 //! `parallelization_factor` is the standard remedy for a hot shard (one shard of the stream
@@ -29,6 +32,10 @@
 //! https://docs.aws.amazon.com/lambda/latest/dg/services-ddb-params.html; the per-key order:
 //! https://docs.aws.amazon.com/lambda/latest/dg/with-ddb.html ("Lambda still ensures in-order
 //! processing at the item (partition and sort key) level").
+//!
+//! The alarm settings (`alarm_iterator_age_seconds`, `alarm_email`, `alarm_topic_arn`) have no
+//! deploy flags: a notification target given on one deploy's command line would be dropped by
+//! the next deploy without it, deleting the topic and its subscription. They live in the file.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -81,6 +88,15 @@ const ARCHITECTURE_FORM: &str = "\"arm64\" or \"x86_64\"";
 const TABLE_FORM: &str =
     "the name of an existing DynamoDB table: 3 to 255 characters of letters, digits, '_', '.' and '-', such as \"users\"";
 const BUCKET_FORM: &str = "the name of an existing S3 bucket: 3 to 63 characters of a-z, 0-9, '.' and '-', starting and ending with a letter or digit, such as \"users-mirror\"";
+const ALARM_AGE_FORM: &str =
+    "1 to 86400 seconds (DynamoDB Streams keep a record 24 hours), such as 60";
+const EMAIL_FORM: &str =
+    "one email address of at most 254 characters, local-part@domain, such as \"ops@example.com\"";
+const TOPIC_ARN_FORM: &str = "the ARN of an existing SNS topic, arn:<partition>:sns:<region>:<12-digit account>:<topic name>, such as \"arn:aws:sns:eu-west-1:123456789012:ops-alarms\"";
+
+/// DynamoDB Streams keep a record 24 hours: no record, and so no iterator age, is older.
+/// https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/Streams.html
+pub const MAX_ALARM_ITERATOR_AGE_SECONDS: u32 = 86_400;
 
 /// Parses a `delete_scope` given outside a settings file (a command-line flag, say) by the
 /// function's rule; the error names the setting, the value and the allowed form.
@@ -196,6 +212,22 @@ pub struct StackSettings {
     /// an S3 bucket name, in the stack's region and account. The stack never changes, empties
     /// or deletes it.
     pub existing_bucket: Option<String>,
+    /// How far, in seconds, the mirror may trail the table before the stack's alarms say so:
+    /// the mapping's `IteratorAge` and the function's `LagMs` maxima above it for 3
+    /// consecutive minutes. Default 60; 1 to 86400. Keep it below `maximum_record_age_seconds`:
+    /// older records go to the failure queue instead (and its alarm fires), so a threshold at
+    /// or above that age is never crossed.
+    pub alarm_iterator_age_seconds: u32,
+    /// Who is told when an alarm fires or recovers: the stack creates an SNS topic (encrypted
+    /// with a key of its own) with this one email subscription, which AWS asks the address to
+    /// confirm first. Default unset; an email address. At most one of `alarm_email` and
+    /// `alarm_topic_arn`; with neither, the alarms have no actions.
+    pub alarm_email: Option<String>,
+    /// An existing SNS topic the alarms notify instead of one the stack creates. Default unset;
+    /// an SNS topic ARN. If the topic is encrypted, its key must let `cloudwatch.amazonaws.com`
+    /// use it (`kms:GenerateDataKey*`, `kms:Decrypt`); the AWS managed key `alias/aws/sns`
+    /// cannot, and alarm notifications to such a topic are dropped.
+    pub alarm_topic_arn: Option<String>,
 }
 
 impl Default for StackSettings {
@@ -219,6 +251,9 @@ impl Default for StackSettings {
             architecture: Architecture::Arm64,
             existing_table: None,
             existing_bucket: None,
+            alarm_iterator_age_seconds: 60,
+            alarm_email: None,
+            alarm_topic_arn: None,
         }
     }
 }
@@ -248,6 +283,16 @@ pub enum SettingsError {
         reason: &'static str,
         /// The allowed form.
         expected: &'static str,
+    },
+    /// Two settings that exclude each other are both set.
+    #[error("{first} and {second} are both set: {fix}")]
+    Conflict {
+        /// The first setting's name, as in the config file.
+        first: &'static str,
+        /// The second setting's name.
+        second: &'static str,
+        /// Which one to keep for what.
+        fix: &'static str,
     },
     /// The settings file could not be read.
     #[error("cannot read settings file {}", path.display())]
@@ -357,6 +402,33 @@ impl StackSettings {
         if let Some(bucket) = &self.existing_bucket {
             check_existing_bucket(bucket)?;
         }
+        self.check_alarms()
+    }
+
+    /// The alarm settings: the threshold's range, the notification target's form, and at most
+    /// one target.
+    fn check_alarms(&self) -> Result<(), SettingsError> {
+        check_range(
+            "alarm_iterator_age_seconds",
+            self.alarm_iterator_age_seconds,
+            1,
+            i64::from(MAX_ALARM_ITERATOR_AGE_SECONDS),
+            ALARM_AGE_FORM,
+        )?;
+        if let Some(email) = &self.alarm_email {
+            check_alarm_email(email)?;
+        }
+        if let Some(arn) = &self.alarm_topic_arn {
+            check_alarm_topic_arn(arn)?;
+        }
+        if self.alarm_email.is_some() && self.alarm_topic_arn.is_some() {
+            return Err(SettingsError::Conflict {
+                first: "alarm_email",
+                second: "alarm_topic_arn",
+                fix: "keep alarm_email for a topic the stack creates with that one subscription, \
+                      or alarm_topic_arn to notify a topic that exists already, not both",
+            });
+        }
         Ok(())
     }
 }
@@ -456,6 +528,85 @@ pub fn check_existing_bucket(name: &str) -> Result<(), SettingsError> {
         .map_err(|reason| invalid("existing_bucket", name, reason, BUCKET_FORM))
 }
 
+/// Checks `alarm_email`: the shape of one address as SNS takes it for an `email` subscription
+/// (local-part@domain, the domain with a dot), at most 254 characters (RFC 5321's limit on a
+/// path), with no spaces, control characters, commas or angle brackets (a list or a display
+/// name, not an address).
+fn check_alarm_email(email: &str) -> Result<(), SettingsError> {
+    let problem = if email.is_empty() {
+        Some("empty")
+    } else if email.len() > 254 {
+        Some("longer than 254 characters")
+    } else if email
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control() || matches!(c, ',' | ';' | '<' | '>'))
+    {
+        Some("holds a space, control character, ',', ';', '<' or '>'")
+    } else {
+        match email.split_once('@') {
+            None => Some("has no '@'"),
+            Some((_, domain)) if domain.contains('@') => Some("has more than one '@'"),
+            Some(("", _)) => Some("has nothing before the '@'"),
+            Some((_, domain))
+                if !domain.contains('.')
+                    || domain.starts_with('.')
+                    || domain.ends_with('.')
+                    || domain.contains("..") =>
+            {
+                Some("has no domain such as example.com after the '@'")
+            }
+            Some(_) => None,
+        }
+    };
+    match problem {
+        Some(reason) => Err(invalid("alarm_email", email, reason, EMAIL_FORM)),
+        None => Ok(()),
+    }
+}
+
+/// Checks `alarm_topic_arn`: `arn:<partition>:sns:<region>:<account>:<topic name>`, the account
+/// 12 digits and the name 1 to 256 letters, digits, `-` and `_` (optionally ending in `.fifo`),
+/// as SNS names topics
+/// (https://docs.aws.amazon.com/sns/latest/api/API_CreateTopic.html#API_CreateTopic_RequestParameters).
+fn check_alarm_topic_arn(arn: &str) -> Result<(), SettingsError> {
+    let parts: Vec<&str> = arn.split(':').collect();
+    let lower_word = |part: &str| {
+        !part.is_empty()
+            && part
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    };
+    let problem = match parts.as_slice() {
+        ["arn", partition, service, region, account, name] => {
+            let base = name.strip_suffix(".fifo").unwrap_or(name);
+            if !partition.starts_with("aws") || !lower_word(partition) {
+                Some("the partition is not aws, aws-cn, aws-us-gov or another aws partition")
+            } else if *service != "sns" {
+                Some("not an SNS ARN (the service is not sns)")
+            } else if !lower_word(region) {
+                Some("has no region such as eu-west-1")
+            } else if account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) {
+                Some("the account is not 12 digits")
+            } else if base.is_empty()
+                || name.len() > 256
+                || !base
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                Some("the topic name is not 1 to 256 letters, digits, '-' and '_'")
+            } else {
+                None
+            }
+        }
+        ["arn", ..] => Some("not an SNS topic ARN: a topic ARN has six ':'-separated parts"),
+        _ => Some("does not start with \"arn:\""),
+    };
+    match problem {
+        Some(reason) => Err(invalid("alarm_topic_arn", arn, reason, TOPIC_ARN_FORM)),
+        None => Ok(()),
+    }
+}
+
 /// `max_concurrency` by the function's rule (its `MAX_CONCURRENCY`).
 fn check_max_concurrency(n: u32) -> Result<(), SettingsError> {
     let accepted = usize::try_from(n).is_ok_and(|n| config::check_max_concurrency(n).is_ok());
@@ -501,6 +652,9 @@ mod tests {
         assert_eq!(s.architecture, Architecture::Arm64);
         assert_eq!(s.existing_table, None);
         assert_eq!(s.existing_bucket, None);
+        assert_eq!(s.alarm_iterator_age_seconds, 60);
+        assert_eq!(s.alarm_email, None);
+        assert_eq!(s.alarm_topic_arn, None);
         s.validate().unwrap();
     }
 
@@ -551,6 +705,23 @@ mod tests {
             with(|s| s.existing_table = Some("Users_v2.prod-1".to_owned())),
             with(|s| s.existing_bucket = Some("abc".to_owned())),
             with(|s| s.existing_bucket = Some("users.mirror-1".to_owned())),
+            with(|s| s.alarm_iterator_age_seconds = 1),
+            with(|s| s.alarm_iterator_age_seconds = 86_400),
+            with(|s| s.alarm_email = Some("ops@example.com".to_owned())),
+            with(|s| s.alarm_email = Some("on-call+usersync@ops.example.co.uk".to_owned())),
+            with(|s| {
+                s.alarm_topic_arn = Some("arn:aws:sns:eu-west-1:123456789012:ops-alarms".to_owned())
+            }),
+            with(|s| {
+                s.alarm_topic_arn =
+                    Some("arn:aws-us-gov:sns:us-gov-west-1:123456789012:Ops_Alarms".to_owned())
+            }),
+            with(|s| {
+                s.alarm_topic_arn = Some(format!(
+                    "arn:aws-cn:sns:cn-north-1:123456789012:{}",
+                    "t".repeat(256)
+                ))
+            }),
         ];
         for settings in ok {
             settings
@@ -681,6 +852,100 @@ mod tests {
                 with(|s| s.existing_bucket = Some("ab".to_owned())),
                 "existing_bucket \"ab\" is invalid: must be 3 to 63 characters long",
             ),
+            (
+                with(|s| s.alarm_iterator_age_seconds = 0),
+                "alarm_iterator_age_seconds 0 is out of range: expected 1 to 86400 seconds \
+                 (DynamoDB Streams keep a record 24 hours)",
+            ),
+            (
+                with(|s| s.alarm_iterator_age_seconds = 86_401),
+                "alarm_iterator_age_seconds 86401 is out of range: expected 1 to 86400",
+            ),
+            (
+                with(|s| s.alarm_email = Some("ops.example.com".to_owned())),
+                "alarm_email \"ops.example.com\" is invalid: has no '@'; expected one email \
+                 address of at most 254 characters, local-part@domain, such as \
+                 \"ops@example.com\"",
+            ),
+            (
+                with(|s| s.alarm_email = Some(String::new())),
+                "alarm_email \"\" is invalid: empty",
+            ),
+            (
+                with(|s| s.alarm_email = Some("@example.com".to_owned())),
+                "is invalid: has nothing before the '@'",
+            ),
+            (
+                with(|s| s.alarm_email = Some("ops@localhost".to_owned())),
+                "is invalid: has no domain such as example.com after the '@'",
+            ),
+            (
+                with(|s| s.alarm_email = Some("ops@example..com".to_owned())),
+                "is invalid: has no domain such as example.com after the '@'",
+            ),
+            (
+                with(|s| s.alarm_email = Some("a@b@example.com".to_owned())),
+                "is invalid: has more than one '@'",
+            ),
+            (
+                with(|s| s.alarm_email = Some("ops@example.com, dev@example.com".to_owned())),
+                "is invalid: holds a space, control character, ',', ';', '<' or '>'",
+            ),
+            (
+                with(|s| s.alarm_email = Some("Ops <ops@example.com>".to_owned())),
+                "is invalid: holds a space",
+            ),
+            (
+                with(|s| s.alarm_email = Some(format!("{}@example.com", "o".repeat(243)))),
+                "is invalid: longer than 254 characters",
+            ),
+            (
+                with(|s| s.alarm_topic_arn = Some("ops-alarms".to_owned())),
+                "alarm_topic_arn \"ops-alarms\" is invalid: does not start with \"arn:\"; \
+                 expected the ARN of an existing SNS topic",
+            ),
+            (
+                with(|s| {
+                    s.alarm_topic_arn =
+                        Some("arn:aws:sqs:eu-west-1:123456789012:ops-alarms".to_owned())
+                }),
+                "is invalid: not an SNS ARN (the service is not sns)",
+            ),
+            (
+                with(|s| {
+                    s.alarm_topic_arn = Some(
+                        "arn:aws:sns:eu-west-1:123456789012:ops-alarms:0f3c2b4e-1a2b-4c5d-8e9f-0a1b2c3d4e5f"
+                            .to_owned(),
+                    )
+                }),
+                "is invalid: not an SNS topic ARN: a topic ARN has six ':'-separated parts",
+            ),
+            (
+                with(|s| {
+                    s.alarm_topic_arn = Some("arn:aws:sns:eu-west-1:1234:ops-alarms".to_owned())
+                }),
+                "is invalid: the account is not 12 digits",
+            ),
+            (
+                with(|s| s.alarm_topic_arn = Some("arn:aws:sns::123456789012:ops".to_owned())),
+                "is invalid: has no region such as eu-west-1",
+            ),
+            (
+                with(|s| s.alarm_topic_arn = Some("arn:gcp:sns:eu-west-1:123456789012:ops".to_owned())),
+                "is invalid: the partition is not aws",
+            ),
+            (
+                with(|s| {
+                    s.alarm_topic_arn = Some("arn:aws:sns:eu-west-1:123456789012:ops alarms".to_owned())
+                }),
+                "is invalid: the topic name is not 1 to 256 letters, digits, '-' and '_'",
+            ),
+            (
+                with(|s| {
+                    s.alarm_topic_arn = Some("arn:aws:sns:eu-west-1:123456789012:".to_owned())
+                }),
+                "is invalid: the topic name is not 1 to 256",
+            ),
         ];
         for (settings, expected) in cases {
             let message = settings.validate().unwrap_err().to_string();
@@ -689,6 +954,43 @@ mod tests {
                 "{message:?} should contain {expected:?}"
             );
         }
+    }
+
+    #[test]
+    fn an_alarm_email_and_an_alarm_topic_together_are_refused_naming_both() {
+        let both = with(|s| {
+            s.alarm_email = Some("ops@example.com".to_owned());
+            s.alarm_topic_arn = Some("arn:aws:sns:eu-west-1:123456789012:ops-alarms".to_owned());
+        });
+        let err = both.validate().unwrap_err();
+        assert!(
+            matches!(
+                err,
+                SettingsError::Conflict {
+                    first: "alarm_email",
+                    second: "alarm_topic_arn",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "alarm_email and alarm_topic_arn are both set: keep alarm_email for a topic the \
+             stack creates with that one subscription, or alarm_topic_arn to notify a topic that \
+             exists already, not both"
+        );
+        // From a file, the message names the file first.
+        let message = StackSettings::from_toml_str(
+            "alarm_email = \"ops@example.com\"\n\
+             alarm_topic_arn = \"arn:aws:sns:eu-west-1:123456789012:ops-alarms\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            message.starts_with("alarm_email and alarm_topic_arn are both set"),
+            "{message}"
+        );
     }
 
     #[test]
@@ -759,6 +1061,8 @@ mod tests {
             architecture = "x86_64"
             existing_table = "users"
             existing_bucket = "users-mirror"
+            alarm_iterator_age_seconds = 120
+            alarm_email = "ops@example.com"
         "#;
         let expected = StackSettings {
             stack_name: "users-dev".to_owned(),
@@ -779,8 +1083,19 @@ mod tests {
             architecture: Architecture::X86_64,
             existing_table: Some("users".to_owned()),
             existing_bucket: Some("users-mirror".to_owned()),
+            alarm_iterator_age_seconds: 120,
+            alarm_email: Some("ops@example.com".to_owned()),
+            alarm_topic_arn: None,
         };
         assert_eq!(StackSettings::from_toml_str(text).unwrap(), expected);
+        let topic = StackSettings::from_toml_str(
+            "alarm_topic_arn = \"arn:aws:sns:eu-west-1:123456789012:ops-alarms\"",
+        )
+        .unwrap();
+        assert_eq!(
+            topic.alarm_topic_arn.as_deref(),
+            Some("arn:aws:sns:eu-west-1:123456789012:ops-alarms")
+        );
     }
 
     #[test]
@@ -790,6 +1105,8 @@ mod tests {
             s.architecture = Architecture::X86_64;
             s.max_concurrency = Some(8);
             s.existing_table = Some("users".to_owned());
+            s.alarm_iterator_age_seconds = 300;
+            s.alarm_email = Some("ops@example.com".to_owned());
         });
         let text = toml::to_string(&settings).unwrap();
         assert_eq!(StackSettings::from_toml_str(&text).unwrap(), settings);

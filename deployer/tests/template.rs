@@ -112,6 +112,29 @@ fn custom_settings() -> StackSettings {
         architecture: Architecture::X86_64,
         existing_table: None,
         existing_bucket: None,
+        // Below maximum_record_age_seconds above, so that it can fire.
+        alarm_iterator_age_seconds: 90,
+        alarm_email: Some("ops@example.com".to_owned()),
+        alarm_topic_arn: None,
+    }
+}
+
+/// An existing SNS topic the alarms may notify instead.
+const ALARM_TOPIC_ARN: &str = "arn:aws:sns:eu-west-1:123456789012:ops-alarms";
+
+/// The default settings with the alarms notifying an email address (through a topic the stack
+/// creates) or an existing topic.
+fn alarm_email_settings() -> StackSettings {
+    StackSettings {
+        alarm_email: Some("ops@example.com".to_owned()),
+        ..StackSettings::default()
+    }
+}
+
+fn alarm_topic_settings() -> StackSettings {
+    StackSettings {
+        alarm_topic_arn: Some(ALARM_TOPIC_ARN.to_owned()),
+        ..StackSettings::default()
     }
 }
 
@@ -474,6 +497,9 @@ fn attributes_of(resource_type: &str) -> &'static [&'static str] {
         "AWS::Logs::LogGroup" => &["Arn"],
         "AWS::IAM::Role" => &["Arn", "RoleId"],
         "AWS::Lambda::Function" => &["Arn"],
+        "AWS::KMS::Key" => &["Arn", "KeyId"],
+        "AWS::SNS::Topic" => &["TopicArn", "TopicName"],
+        "AWS::CloudWatch::Alarm" => &["Arn"],
         _ => &[],
     }
 }
@@ -559,11 +585,16 @@ fn every_reference_points_at_an_existing_resource_and_attribute() {
         [StackSettings::default(), custom_settings()]
             .map(|settings| synthesize_adopting(&settings, &artifact(), &adoption))
     });
-    let templates: Vec<Value> = [StackSettings::default(), custom_settings()]
-        .iter()
-        .map(|settings| synthesize(settings, &artifact()))
-        .chain(adopted)
-        .collect();
+    let templates: Vec<Value> = [
+        StackSettings::default(),
+        custom_settings(),
+        alarm_email_settings(),
+        alarm_topic_settings(),
+    ]
+    .iter()
+    .map(|settings| synthesize(settings, &artifact()))
+    .chain(adopted)
+    .collect();
     for template in templates {
         let resources = template["Resources"].as_object().unwrap();
         let mut found = Vec::new();
@@ -957,6 +988,18 @@ fn cfn_lint_finds_no_errors() {
             &to_json_string(&template),
         ));
     }
+    // custom.json has the alarm email's topic; these have the other notification setting, and
+    // the topic in YAML.
+    files.push(write(
+        dir.path(),
+        "alarm-topic.json",
+        &to_json_string(&synthesize(&alarm_topic_settings(), &artifact())),
+    ));
+    files.push(write(
+        dir.path(),
+        "alarm-email.yaml",
+        &to_yaml_string(&synthesize(&alarm_email_settings(), &artifact())).unwrap(),
+    ));
 
     let run = Command::new(&cfn_lint)
         .args([
@@ -1002,8 +1045,9 @@ fn cfn_lint_finds_no_errors() {
 // ---------------------------------------------------------------------------------------
 
 /// The templates that are scanned: the default, each settings variant that changes the
-/// resources' security-relevant parts, every setting changed at once, and each adoption (with
-/// the prefix delete scope, whose role has the most permissions).
+/// resources' security-relevant parts (the alarms' two notification settings among them), every
+/// setting changed at once, and each adoption (with the prefix delete scope, whose role has the
+/// most permissions, and an alarm email, which adds the most resources).
 fn security_variants() -> Vec<(&'static str, Value)> {
     let prefix = StackSettings {
         delete_scope: DeleteScope::Prefix,
@@ -1023,11 +1067,23 @@ fn security_variants() -> Vec<(&'static str, Value)> {
             ),
         ),
         ("custom", synthesize(&custom_settings(), &artifact())),
+        (
+            "alarm-email",
+            synthesize(&alarm_email_settings(), &artifact()),
+        ),
+        (
+            "alarm-topic",
+            synthesize(&alarm_topic_settings(), &artifact()),
+        ),
     ];
+    let prefix_and_email = StackSettings {
+        alarm_email: Some("ops@example.com".to_owned()),
+        ..prefix
+    };
     for (variant, adoption) in adoption_variants() {
         variants.push((
             variant,
-            synthesize_adopting(&prefix, &artifact(), &adoption),
+            synthesize_adopting(&prefix_and_email, &artifact(), &adoption),
         ));
     }
     variants

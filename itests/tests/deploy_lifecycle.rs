@@ -5,7 +5,7 @@ use deployer::console::RecordingConsole;
 use deployer::settings::StackSettings;
 use deployer::stack::{self, ResourceStatus, StackStatus, TeardownOutcome};
 use deployer::target::Target;
-use deployer::template::output;
+use deployer::template::{logical_id, output};
 use deployer::workflow::{self, DeployResult};
 use itests::emulator::{start, REGION};
 
@@ -32,7 +32,7 @@ async fn deploy_status_noop_deploy_and_teardown() {
     assert_eq!(report.result, DeployResult::Created);
     assert_eq!(
         report.changes.len(),
-        8,
+        logical_id::ALL.len(),
         "every resource is added: {:?}",
         report.changes
     );
@@ -97,7 +97,7 @@ async fn deploy_status_noop_deploy_and_teardown() {
         .unwrap()
         .expect("the stack exists");
     assert_eq!(status.status, StackStatus::CreateComplete);
-    assert_eq!(status.resources.len(), 8);
+    assert_eq!(status.resources.len(), logical_id::ALL.len());
     assert!(
         status
             .resources

@@ -351,6 +351,14 @@ fn settings_errors() -> Vec<Sample> {
                 expected: "128 to 10240",
             }),
         }),
+        sample(SettingsError::InFile {
+            path: PathBuf::from("/work/usersync.toml"),
+            error: Box::new(SettingsError::Conflict {
+                first: "alarm_email",
+                second: "alarm_topic_arn",
+                fix: "keep one",
+            }),
+        }),
     ]
 }
 

@@ -393,3 +393,33 @@ fn synth_of_an_adopting_stack_reads_the_target_and_names_it_when_down() {
     );
     assert!(output.stdout.is_empty(), "printed a template: {line}");
 }
+
+#[test]
+fn a_settings_file_with_both_alarm_targets_is_refused_naming_both_and_the_file() {
+    let (_, home) = isolated();
+    let config = home.join("two-alarm-targets.toml");
+    std::fs::write(
+        &config,
+        "alarm_email = \"ops@example.com\"\n\
+         alarm_topic_arn = \"arn:aws:sns:eu-west-1:123456789012:ops-alarms\"\n",
+    )
+    .unwrap();
+    let started = Instant::now();
+    let output = Command::new(XTASK)
+        .args(["synth", "--config"])
+        .arg(&config)
+        .env("HOME", &home)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output()
+        .expect("xtask runs");
+    let line = assert_one_line_failure(
+        &output,
+        started.elapsed(),
+        &[
+            &format!("invalid settings in {}", config.display()),
+            "alarm_email and alarm_topic_arn are both set: keep alarm_email for a topic the \
+             stack creates",
+        ],
+    );
+    assert!(output.stdout.is_empty(), "printed a template: {line}");
+}

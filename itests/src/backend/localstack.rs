@@ -70,6 +70,30 @@ pub const LOG_SUFFIX: &str = ".localstack.log";
 pub const CFN_IGNORE_UNSUPPORTED_RESOURCE_TYPES: (&str, &str) =
     ("CFN_IGNORE_UNSUPPORTED_RESOURCE_TYPES", "0");
 
+/// The one type of the stack that LocalStack's community image has no CloudFormation provider
+/// for: the dashboard. v4.14.0 has providers for the alarms and the notification resources
+/// (`services/cloudwatch/resource_providers/aws_cloudwatch_alarm.py`, whose update is not
+/// implemented, so a stack whose alarms change fails to update there;
+/// `services/sns/resource_providers/aws_sns_topic.py`, which passes `KmsMasterKeyId` on;
+/// `services/sns/resource_providers/aws_sns_subscription.py`;
+/// `services/kms/resource_providers/aws_kms_key.py`) but none for `AWS::CloudWatch::Dashboard`,
+/// which `services/cloudformation/resources.py` only lists as existing on AWS. It is exempted
+/// alone from [`CFN_IGNORE_UNSUPPORTED_RESOURCE_TYPES`]:
+/// `config.py` reads these variables as comma-separated lists, and
+/// `services/cloudformation/engine/v2/unsupported_resource.py`
+/// (`should_ignore_unsupported_resource_type`), which both the support checker and the change
+/// set executor ask, lets a listed type through, reported created but not made. A stack's
+/// deletion runs as an UPDATE change set (`services/cloudformation/v2/entities.py`, the
+/// `ChangeSetType` default), so the type is listed for both. Every other type stays strict, and
+/// nothing the end-to-end scenarios check depends on the dashboard.
+pub const IGNORED_UNSUPPORTED_TYPES: [&str; 1] = ["AWS::CloudWatch::Dashboard"];
+
+/// The variables that list [`IGNORED_UNSUPPORTED_TYPES`], for stacks being created and updated.
+pub const IGNORED_UNSUPPORTED_TYPE_VARIABLES: [&str; 2] = [
+    "CFN_IGNORE_UNSUPPORTED_TYPE_CREATE",
+    "CFN_IGNORE_UNSUPPORTED_TYPE_UPDATE",
+];
+
 /// That one LocalStack service needs another: it calls it through LocalStack's internal
 /// client, and a service missing from `SERVICES` answers "Service '…' is not enabled. Please
 /// check your 'SERVICES' configuration variable." (`aws/handlers/service_plugin.py`).
@@ -398,6 +422,9 @@ impl LocalStackSpec {
             CFN_IGNORE_UNSUPPORTED_RESOURCE_TYPES.0,
             CFN_IGNORE_UNSUPPORTED_RESOURCE_TYPES.1.to_owned(),
         );
+        for variable in IGNORED_UNSUPPORTED_TYPE_VARIABLES {
+            set(variable, IGNORED_UNSUPPORTED_TYPES.join(","));
+        }
         set("LAMBDA_DOCKER_NETWORK", network.clone());
         set(
             "LAMBDA_RUNTIME_ENVIRONMENT_TIMEOUT",
@@ -978,6 +1005,18 @@ mod tests {
     fn unsupported_resource_types_fail_the_stack() {
         let spec = default_spec();
         assert_eq!(spec.env["CFN_IGNORE_UNSUPPORTED_RESOURCE_TYPES"], "0");
+        // Only the dashboard, which the community image cannot create, is let through, and
+        // the default template has one.
+        for variable in [
+            "CFN_IGNORE_UNSUPPORTED_TYPE_CREATE",
+            "CFN_IGNORE_UNSUPPORTED_TYPE_UPDATE",
+        ] {
+            assert_eq!(
+                spec.env[variable], "AWS::CloudWatch::Dashboard",
+                "{variable}"
+            );
+        }
+        assert!(resource_types(&default_template()).contains("AWS::CloudWatch::Dashboard"));
         assert!(spec
             .container_request()
             .env_vars()

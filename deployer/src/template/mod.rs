@@ -10,7 +10,14 @@
 //! Physical names are left to CloudFormation except the function's, `<stack name>-mirror`:
 //! its log group must be named `/aws/lambda/<function name>` before the function exists, and
 //! deriving both from the stack name (rather than a `Ref` between them) avoids a circular
-//! reference.
+//! reference. The alarms are named `<stack name>-<suffix>` ([`ALARMS`]) and the dashboard after
+//! the stack, so that an operator finds them by the stack's name.
+//!
+//! Every stack, adopting or not, watches itself: four alarms (the `alarms` module), a
+//! notification topic when `alarm_email` asks for one, and a dashboard (`dashboard`).
+
+mod alarms;
+mod dashboard;
 
 use serde_json::{json, Map, Value};
 use usersync_function::config::vars;
@@ -18,6 +25,7 @@ use usersync_function::config::vars;
 use crate::settings::{ArtifactLocation, DeleteScope, StackSettings};
 
 pub use crate::settings::FUNCTION_NAME_SUFFIX;
+pub use alarms::{alarm_name, lag_threshold_ms, ALARMS};
 
 /// Logical IDs of the template's resources; use these instead of string literals.
 pub mod logical_id {
@@ -37,10 +45,27 @@ pub mod logical_id {
     pub const MIRROR_FUNCTION: &str = "MirrorFunction";
     /// The stream-to-function mapping (`AWS::Lambda::EventSourceMapping`).
     pub const EVENT_SOURCE_MAPPING: &str = "EventSourceMapping";
+    /// The mapping's `IteratorAge` above the threshold (`AWS::CloudWatch::Alarm`).
+    pub const ITERATOR_AGE_ALARM: &str = "IteratorAgeAlarm";
+    /// Messages in the failure queue (`AWS::CloudWatch::Alarm`).
+    pub const FAILURE_QUEUE_ALARM: &str = "FailureQueueAlarm";
+    /// The function's `Errors` (`AWS::CloudWatch::Alarm`).
+    pub const ERRORS_ALARM: &str = "ErrorsAlarm";
+    /// The function's own `LagMs` above the threshold (`AWS::CloudWatch::Alarm`).
+    pub const LAG_ALARM: &str = "LagAlarm";
+    /// The graphs of the four signals (`AWS::CloudWatch::Dashboard`).
+    pub const DASHBOARD: &str = "Dashboard";
+    /// The topic the alarms notify, with `alarm_email` (`AWS::SNS::Topic`).
+    pub const ALARM_TOPIC: &str = "AlarmTopic";
+    /// The key the alarm topic is encrypted with, with `alarm_email` (`AWS::KMS::Key`).
+    pub const ALARM_TOPIC_KEY: &str = "AlarmTopicKey";
+    /// The `alarm_email` address's subscription to the topic (`AWS::SNS::Subscription`).
+    pub const ALARM_EMAIL_SUBSCRIPTION: &str = "AlarmEmailSubscription";
 
-    /// Every logical ID in the template of a stack that adopts nothing; an adopted table leaves
-    /// out [`USERS_TABLE`], an adopted bucket [`DATA_BUCKET`] and [`DATA_BUCKET_POLICY`].
-    pub const ALL: [&str; 8] = [
+    /// Every logical ID in the template of a stack that adopts nothing, with the default
+    /// settings; an adopted table leaves out [`USERS_TABLE`], an adopted bucket
+    /// [`DATA_BUCKET`] and [`DATA_BUCKET_POLICY`], and `alarm_email` adds [`NOTIFICATION`].
+    pub const ALL: [&str; 13] = [
         USERS_TABLE,
         DATA_BUCKET,
         DATA_BUCKET_POLICY,
@@ -49,7 +74,15 @@ pub mod logical_id {
         FUNCTION_ROLE,
         MIRROR_FUNCTION,
         EVENT_SOURCE_MAPPING,
+        ITERATOR_AGE_ALARM,
+        FAILURE_QUEUE_ALARM,
+        ERRORS_ALARM,
+        LAG_ALARM,
+        DASHBOARD,
     ];
+
+    /// The resources `alarm_email` adds: the topic, its key and the subscription.
+    pub const NOTIFICATION: [&str; 3] = [ALARM_TOPIC_KEY, ALARM_TOPIC, ALARM_EMAIL_SUBSCRIPTION];
 }
 
 /// Names of the template's outputs; use these instead of string literals.
@@ -269,6 +302,13 @@ pub fn synthesize_adopting(
         EVENT_SOURCE_MAPPING.into(),
         event_source_mapping(settings, adoption),
     );
+    let monitoring = alarms::alarms(settings)
+        .into_iter()
+        .chain(alarms::notification_resources(settings))
+        .chain([(DASHBOARD, dashboard::dashboard(settings))]);
+    for (id, resource) in monitoring {
+        resources.insert(id.into(), resource);
+    }
     for (id, check, reason) in CHECKOV_SKIPS {
         // A resource left out for an adopted table or bucket takes its suppressions with it.
         let Some(resource) = resources.get_mut(id) else {
