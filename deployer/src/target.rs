@@ -146,6 +146,10 @@ impl Target {
         aws_sdk_cloudformation::Client::new(&self.sdk)
     }
 
+    pub fn cloudwatch(&self) -> aws_sdk_cloudwatch::Client {
+        aws_sdk_cloudwatch::Client::new(&self.sdk)
+    }
+
     /// S3 with path-style addressing on emulators, which rarely serve virtual-hosted buckets.
     pub fn s3(&self) -> aws_sdk_s3::Client {
         let config = aws_sdk_s3::config::Builder::from(&self.sdk)
@@ -248,8 +252,9 @@ pub const ENDPOINT_URL_VARIABLE: &str = "AWS_ENDPOINT_URL";
 /// endpoint under (each crate's `service_config_key(...)`), with the suffix of their
 /// `AWS_ENDPOINT_URL_<SERVICE>` variable: the id upper-cased, spaces as underscores
 /// (https://docs.aws.amazon.com/sdkref/latest/guide/ss-endpoints-table.html).
-const SERVICES: [(&str, &str); 7] = [
+const SERVICES: [(&str, &str); 8] = [
     ("CloudFormation", "CLOUDFORMATION"),
+    ("CloudWatch", "CLOUDWATCH"),
     ("S3", "S3"),
     ("Lambda", "LAMBDA"),
     ("SQS", "SQS"),
@@ -554,6 +559,7 @@ mod tests {
     /// Sends one request through each client the deployer uses; returns the URIs they went to.
     async fn request_every_service(target: &Target, uris: &Arc<Mutex<Vec<String>>>) -> Vec<String> {
         let _ = target.cloudformation().describe_stacks().send().await;
+        let _ = target.cloudwatch().describe_alarms().send().await;
         let _ = target.s3().list_buckets().send().await;
         let _ = target.lambda().list_functions().send().await;
         let _ = target.sqs().list_queues().send().await;
@@ -561,7 +567,7 @@ mod tests {
         let _ = target.dynamodb_streams().list_streams().send().await;
         let _ = target.sts().get_caller_identity().send().await;
         let sent = uris.lock().expect("not poisoned").clone();
-        assert_eq!(sent.len(), 7, "{sent:#?}");
+        assert_eq!(sent.len(), 8, "{sent:#?}");
         sent
     }
 
@@ -631,8 +637,8 @@ mod tests {
         assert_eq!(
             target.notices,
             [
-                "endpoint_url in the AWS config file (for CloudFormation, Lambda, SQS, DynamoDB, \
-                 DynamoDB Streams, STS) is set (http://localhost:4566) but ignored: without \
+                "endpoint_url in the AWS config file (for CloudFormation, CloudWatch, Lambda, SQS, \
+                 DynamoDB, DynamoDB Streams, STS) is set (http://localhost:4566) but ignored: without \
                  --endpoint-url the target is real AWS; pass --endpoint-url \
                  http://localhost:4566 to use that endpoint",
                 "endpoint_url in the AWS config file (for S3) is set (http://localhost:4567) but \

@@ -5,6 +5,7 @@ mod adopt;
 mod assets;
 mod bucket;
 mod deploy;
+mod health;
 mod mapping;
 mod status;
 mod stuck;
@@ -27,6 +28,10 @@ pub use assets::{
 };
 pub use bucket::delete_all_versions;
 pub use deploy::{deploy, DeployOutcome};
+pub use health::{
+    AlarmReport, HealthReport, MetricTotals, MetricsReport, ALARM_NOT_FOUND, ALARM_RESOURCE_TYPE,
+    METRICS_WINDOW,
+};
 pub use mapping::{disable_mapping, Quieted};
 pub use status::{status, MappingReport, ResourceReport, StackReport};
 pub use teardown::{teardown, teardown_report, TeardownOutcome, TeardownReport};

@@ -1,10 +1,13 @@
-//! What a deployed stack looks like now.
+//! What a deployed stack looks like now, and how it is doing (`health`: its alarms and the
+//! function's metrics).
 
 use std::collections::BTreeMap;
+use std::time::SystemTime;
 
 use aws_sdk_sqs::types::QueueAttributeName;
 
 use super::adopt::{adopted_names, AdoptedNames};
+use super::health::{health, HealthReport};
 use super::{
     as_text, aws_error, describe_stack, outputs_of, status_of, ResourceStatus, StackError,
     StackStatus,
@@ -65,6 +68,10 @@ pub struct StackReport {
     /// resources of it: `adopted_table` and `adopted_bucket`, `null` when it has its own.
     #[serde(flatten)]
     pub adopted: AdoptedNames,
+    /// The stack's alarms and the function's metrics, and what of them could not be read:
+    /// `alarms`, `metrics` and `read_errors`.
+    #[serde(flatten)]
+    pub health: HealthReport,
 }
 
 /// Reads the state of `stack`; `None` when it does not exist.
@@ -89,7 +96,7 @@ pub async fn status(target: &Target, stack: &str) -> Result<Option<StackReport>,
             physical_id: r.physical_resource_id().map(str::to_owned),
             status: r.resource_status().cloned(),
         })
-        .collect();
+        .collect::<Vec<_>>();
 
     let event_source_mappings = match outputs.get(output::FUNCTION_NAME) {
         Some(function) => mappings(target, function).await?,
@@ -103,6 +110,16 @@ pub async fn status(target: &Target, stack: &str) -> Result<Option<StackReport>,
         Some(bucket) => Some(count_objects(target, bucket).await?),
         None => None,
     };
+    // A CloudWatch failure (such as a role without cloudwatch:DescribeAlarms) is recorded in
+    // the report rather than failing it.
+    let health = health(
+        &target.cloudwatch(),
+        &target.kind,
+        &resources,
+        outputs.get(output::FUNCTION_NAME).map(String::as_str),
+        SystemTime::now(),
+    )
+    .await;
 
     Ok(Some(StackReport {
         stack_name: stack.to_owned(),
@@ -114,6 +131,7 @@ pub async fn status(target: &Target, stack: &str) -> Result<Option<StackReport>,
         failure_queue_depth,
         bucket_objects,
         adopted,
+        health,
     }))
 }
 
@@ -172,6 +190,7 @@ async fn count_objects(target: &Target, bucket: &str) -> Result<u64, StackError>
 
 #[cfg(test)]
 mod tests {
+    use super::super::health::{AlarmReport, MetricTotals, MetricsReport};
     use super::*;
 
     #[test]
@@ -208,6 +227,25 @@ mod tests {
                 table: Some("people".to_owned()),
                 bucket: None,
             },
+            health: HealthReport {
+                alarms: Some(vec![AlarmReport {
+                    name: "usersync-errors".to_owned(),
+                    logical_id: "ErrorsAlarm".to_owned(),
+                    state: "ALARM".to_owned(),
+                    reason: Some("Threshold Crossed: 1 datapoint [2.0] was greater than the threshold (0.0).".to_owned()),
+                    state_changed: Some("2026-05-01T10:00:00Z".to_owned()),
+                    metric: Some("AWS/Lambda Errors".to_owned()),
+                    evaluated: true,
+                    not_evaluated_reason: None,
+                }]),
+                metrics: Some(MetricsReport::Published(MetricTotals {
+                    window_seconds: 3600,
+                    records: 1200,
+                    failed_users: 2,
+                    max_lag_ms: Some(850),
+                })),
+                read_errors: BTreeMap::new(),
+            },
         };
         assert_eq!(
             serde_json::to_value(&report).unwrap(),
@@ -241,6 +279,63 @@ mod tests {
                 "bucket_objects": null,
                 "adopted_table": "people",
                 "adopted_bucket": null,
+                "alarms": [{
+                    "name": "usersync-errors",
+                    "logical_id": "ErrorsAlarm",
+                    "state": "ALARM",
+                    "reason": "Threshold Crossed: 1 datapoint [2.0] was greater than the threshold (0.0).",
+                    "state_changed": "2026-05-01T10:00:00Z",
+                    "metric": "AWS/Lambda Errors",
+                    "evaluated": true,
+                    "not_evaluated_reason": null,
+                }],
+                "metrics": {
+                    "published": true,
+                    "window_seconds": 3600,
+                    "records": 1200,
+                    "failed_users": 2,
+                    "max_lag_ms": 850,
+                },
+                "read_errors": {},
+            })
+        );
+    }
+
+    /// On the embedded emulator: alarms shown as not evaluated, metrics as not published; a
+    /// part that could not be read is `null` with its error under `read_errors`.
+    #[test]
+    fn unserved_and_unread_health_keeps_its_json_shape() {
+        let report = StackReport {
+            stack_name: "usersync".to_owned(),
+            status: StackStatus::CreateComplete,
+            status_reason: None,
+            outputs: BTreeMap::new(),
+            resources: Vec::new(),
+            event_source_mappings: Vec::new(),
+            failure_queue_depth: None,
+            bucket_objects: None,
+            adopted: AdoptedNames::default(),
+            health: HealthReport {
+                alarms: None,
+                metrics: Some(MetricsReport::NotPublished {
+                    reason: "nothing publishes them here".to_owned(),
+                }),
+                read_errors: BTreeMap::from([(
+                    "alarms".to_owned(),
+                    "failed to call CloudWatch DescribeAlarms: AccessDenied: no".to_owned(),
+                )]),
+            },
+        };
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["alarms"], serde_json::Value::Null);
+        assert_eq!(
+            json["metrics"],
+            serde_json::json!({"published": false, "reason": "nothing publishes them here"})
+        );
+        assert_eq!(
+            json["read_errors"],
+            serde_json::json!({
+                "alarms": "failed to call CloudWatch DescribeAlarms: AccessDenied: no",
             })
         );
     }
@@ -258,6 +353,7 @@ mod tests {
                 failure_queue_depth: None,
                 bucket_objects: None,
                 adopted: AdoptedNames::default(),
+                health: HealthReport::default(),
             };
             assert_eq!(serde_json::to_value(&report).unwrap()["status"], text);
         }

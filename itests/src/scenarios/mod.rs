@@ -2,10 +2,11 @@
 //! through DynamoDB and asserts on the bucket, waiting on the real pipeline with bounded,
 //! polled waits.
 //!
-//! Scenarios 1 to 8 are here; 9 to 12, on adopting, reconciling and replaying, each in a module
-//! of their own.
+//! Scenarios 1 to 8 are here (8's alarm checks in `alarms`); 9 to 12, on adopting,
+//! reconciling and replaying, each in a module of their own.
 
 mod adopt;
+mod alarms;
 mod drift;
 mod race;
 mod replay;
@@ -66,7 +67,7 @@ pub fn all() -> Vec<Scenario> {
             run: |b| Box::pin(prefix_delete(b)),
         },
         Scenario {
-            name: "e2e_08_teardown_leaves_nothing",
+            name: "e2e_08_alarms_in_status_then_teardown_leaves_nothing",
             run: |b| Box::pin(teardown_leaves_nothing(b)),
         },
         Scenario {
@@ -385,11 +386,13 @@ async fn prefix_delete(backend: &Backend) -> Result<()> {
     Ok(())
 }
 
-/// 8. Teardown leaves no stack, no bucket, no table.
+/// 8. The stack's alarms are in CloudWatch and in `status`; then the teardown leaves no stack,
+///    no bucket, no table, no alarm.
 async fn teardown_leaves_nothing(backend: &Backend) -> Result<()> {
     let stack = backend.deploy(settings("teardown")).await?;
     stack.put_user("alice", &[("plan", s("pro"))]).await?;
     stack.wait_in_step("inserting alice").await?;
+    alarms::alarms_in_cloudwatch_and_status(backend, &stack).await?;
     let target = stack.target.clone();
     let (name, table, bucket) = (
         stack.settings.stack_name.clone(),
@@ -435,5 +438,6 @@ async fn teardown_leaves_nothing(backend: &Backend) -> Result<()> {
         .map(|e| e.into_service_error().is_not_found())
         .unwrap_or(false);
     ensure!(bucket_gone, "bucket {bucket} still exists");
+    alarms::no_alarm_left(&target, &name).await?;
     Ok(())
 }
