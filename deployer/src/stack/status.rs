@@ -306,15 +306,6 @@ mod tests {
     #[test]
     fn unserved_and_unread_health_keeps_its_json_shape() {
         let report = StackReport {
-            stack_name: "usersync".to_owned(),
-            status: StackStatus::CreateComplete,
-            status_reason: None,
-            outputs: BTreeMap::new(),
-            resources: Vec::new(),
-            event_source_mappings: Vec::new(),
-            failure_queue_depth: None,
-            bucket_objects: None,
-            adopted: AdoptedNames::default(),
             health: HealthReport {
                 alarms: None,
                 metrics: Some(MetricsReport::NotPublished {
@@ -325,6 +316,7 @@ mod tests {
                     "failed to call CloudWatch DescribeAlarms: AccessDenied: no".to_owned(),
                 )]),
             },
+            ..bare_report("usersync", StackStatus::CreateComplete)
         };
         let json = serde_json::to_value(&report).unwrap();
         assert_eq!(json["alarms"], serde_json::Value::Null);
@@ -340,21 +332,26 @@ mod tests {
         );
     }
 
+    /// A stack in `status` with nothing else known about it.
+    fn bare_report(stack_name: &str, status: StackStatus) -> StackReport {
+        StackReport {
+            stack_name: stack_name.to_owned(),
+            status,
+            status_reason: None,
+            outputs: BTreeMap::new(),
+            resources: Vec::new(),
+            event_source_mappings: Vec::new(),
+            failure_queue_depth: None,
+            bucket_objects: None,
+            adopted: AdoptedNames::default(),
+            health: HealthReport::default(),
+        }
+    }
+
     #[test]
     fn statuses_unknown_to_the_sdk_serialise_as_given() {
         for text in ["UNKNOWN", "SOME_NEW_STATUS_IN_PROGRESS"] {
-            let report = StackReport {
-                stack_name: "s".to_owned(),
-                status: StackStatus::from(text),
-                status_reason: None,
-                outputs: BTreeMap::new(),
-                resources: Vec::new(),
-                event_source_mappings: Vec::new(),
-                failure_queue_depth: None,
-                bucket_objects: None,
-                adopted: AdoptedNames::default(),
-                health: HealthReport::default(),
-            };
+            let report = bare_report("s", StackStatus::from(text));
             assert_eq!(serde_json::to_value(&report).unwrap()["status"], text);
         }
     }

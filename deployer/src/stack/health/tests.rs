@@ -226,6 +226,15 @@ async fn a_stack_without_alarms_asks_cloudwatch_nothing() {
     assert_eq!(rule.num_calls(), 0);
 }
 
+/// GetMetricData answering that none of the three metrics has a datapoint in the hour.
+fn no_datapoints() -> Rule {
+    metric_data(vec![
+        result("records", &[]),
+        result("failed_users", &[]),
+        result("max_lag_ms", &[]),
+    ])
+}
+
 /// GetMetricData answering with `results`, when asked for the three metrics of `FUNCTION`
 /// over the hour before `now()`.
 fn metric_data(results: Vec<MetricDataResult>) -> Rule {
@@ -313,11 +322,7 @@ async fn metrics_are_summed_and_the_lag_maximised_over_the_last_hour() {
 /// On AWS an hour without a batch is measured: no record, no failure, no lag to show.
 #[tokio::test]
 async fn an_idle_hour_on_aws_is_zero_records_and_no_lag() {
-    let rule = metric_data(vec![
-        result("records", &[]),
-        result("failed_users", &[]),
-        result("max_lag_ms", &[]),
-    ]);
+    let rule = no_datapoints();
     let metrics = metrics(&client(&[&rule]), &TargetKind::Aws, FUNCTION, now())
         .await
         .unwrap();
@@ -421,11 +426,7 @@ async fn at_an_endpoint_only_alarms_on_published_metrics_are_evaluated() {
 
 #[tokio::test]
 async fn at_an_endpoint_no_datapoint_reads_as_nothing_published() {
-    let rule = metric_data(vec![
-        result("records", &[]),
-        result("failed_users", &[]),
-        result("max_lag_ms", &[]),
-    ]);
+    let rule = no_datapoints();
     let nothing = metrics(&client(&[&rule]), &endpoint(), FUNCTION, now())
         .await
         .unwrap();
