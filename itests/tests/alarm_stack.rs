@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 
 use deployer::console::RecordingConsole;
 use deployer::settings::StackSettings;
-use deployer::stack::{self, TeardownOutcome};
+use deployer::stack::{self, StackReport, TeardownOutcome};
 use deployer::target::Target;
 use deployer::template::{self, logical_id, output, ALARMS};
 use deployer::workflow::{self, DeployResult};
@@ -23,46 +23,29 @@ use serde_json::Value;
 
 const EMAIL: &str = "ops@example.com";
 
-/// The stack's resources as CloudFormation lists them: logical ID → (type, physical ID,
-/// status).
+/// The stack's resources as `status` reports them: logical ID → (type, physical ID, status).
 async fn resources(target: &Target, stack: &str) -> BTreeMap<String, (String, String, String)> {
-    let described = target
-        .cloudformation()
-        .describe_stack_resources()
-        .stack_name(stack)
-        .send()
+    report(target, stack)
         .await
-        .expect("the stack's resources are listed");
-    described
-        .stack_resources()
-        .iter()
+        .resources
+        .into_iter()
         .map(|r| {
-            (
-                r.logical_resource_id().unwrap_or_default().to_owned(),
-                (
-                    r.resource_type().unwrap_or_default().to_owned(),
-                    r.physical_resource_id().unwrap_or_default().to_owned(),
-                    r.resource_status()
-                        .map(|s| s.as_str().to_owned())
-                        .unwrap_or_default(),
-                ),
-            )
+            let status = r.status_text().to_owned();
+            let physical = r.physical_id.unwrap_or_default();
+            (r.logical_id, (r.resource_type, physical, status))
         })
         .collect()
 }
 
 async fn stack_status(target: &Target, stack: &str) -> String {
-    let described = target
-        .cloudformation()
-        .describe_stacks()
-        .stack_name(stack)
-        .send()
+    report(target, stack).await.status.as_str().to_owned()
+}
+
+async fn report(target: &Target, stack: &str) -> StackReport {
+    stack::status(target, stack)
         .await
-        .expect("the stack is described");
-    described.stacks()[0]
-        .stack_status()
-        .map(|s| s.as_str().to_owned())
-        .unwrap_or_default()
+        .expect("the stack's status is read")
+        .expect("the stack exists")
 }
 
 async fn deploy(target: &Target, settings: &StackSettings) -> workflow::DeployReport {
