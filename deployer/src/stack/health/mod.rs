@@ -333,22 +333,16 @@ pub async fn metrics(
     }
     let start = now.checked_sub(METRICS_WINDOW).unwrap_or(now);
     let mut results: Vec<MetricDataResult> = Vec::new();
-    let mut next_token: Option<String> = None;
-    loop {
-        let page = cloudwatch
-            .get_metric_data()
-            .set_metric_data_queries(Some(queries(function)))
-            .start_time(DateTime::from(start))
-            .end_time(DateTime::from(now))
-            .set_next_token(next_token.take())
-            .send()
-            .await
-            .map_err(|err| aws_error("call CloudWatch GetMetricData", err))?;
+    let mut pages = cloudwatch
+        .get_metric_data()
+        .set_metric_data_queries(Some(queries(function)))
+        .start_time(DateTime::from(start))
+        .end_time(DateTime::from(now))
+        .into_paginator()
+        .send();
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|err| aws_error("call CloudWatch GetMetricData", err))?;
         results.extend(page.metric_data_results().iter().cloned());
-        match page.next_token() {
-            Some(token) if !token.is_empty() => next_token = Some(token.to_owned()),
-            _ => break,
-        }
     }
     let mut values: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     for result in &results {
